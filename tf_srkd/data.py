@@ -1,0 +1,175 @@
+"""TFDS -> in-memory arrays with sample ids -> per-epoch shuffled batches.
+
+Sample id i is the i-th example of the TFDS split read in file order
+(`shuffle_files=False`), attached before any shuffling. Images stay uint8 in
+memory; `preprocess` (scaling to [0, 1]) runs when a batch is gathered, so the
+models themselves see floats and exported models can wrap the same function to
+take raw pixels.
+
+The epoch order is a pure function of (seed, epoch) (a stateless shuffle), so a
+run resumed at epoch k sees exactly the batches an uninterrupted run would.
+"""
+
+import dataclasses
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from tf_srkd import datasets
+
+
+class DataError(RuntimeError):
+  """A dataset could not be loaded as configured."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitArrays:
+  """One split held in memory.
+
+  Attributes:
+    images: uint8 [N, H, W, C] raw pixels.
+    labels: int32 [N].
+  """
+
+  images: np.ndarray
+  labels: np.ndarray
+
+  @property
+  def size(self) -> int:
+    return int(self.labels.shape[0])
+
+
+def preprocess(images):
+  """Raw uint8 pixels -> float32 in [0, 1]; the only normalisation the models see."""
+  return tf.cast(images, tf.float32) / 255.0
+
+
+def load_split(spec: datasets.DatasetSpec, split: str, limit: int = 0,
+               download: bool = False) -> SplitArrays:
+  """Loads a TFDS split into memory in file order.
+
+  Args:
+    spec: the dataset's registry entry.
+    split: "train" or "test".
+    limit: if > 0, keep only the first `limit` examples.
+    download: let TFDS download and prepare a dataset that is missing.
+
+  Returns:
+    The split as arrays.
+
+  Raises:
+    DataError: if the dataset is not available (offline and not prepared) or
+      has fewer than `limit` examples.
+  """
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+
+  split_arg = f"{split}[:{limit}]" if limit else split
+  try:
+    batch = tfds.load(spec.name, split=split_arg, shuffle_files=False, as_supervised=True,
+                      batch_size=-1, download=download)
+  except Exception as e:  # TFDS raises a variety of types for "not prepared".
+    where = os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets")
+    raise DataError(
+        f"--dataset={spec.name}: could not load split {split_arg!r} from the TFDS data_dir "
+        f"{where!r} (set TFDS_DATA_DIR to a prepared data_dir, or pass --download on a "
+        f"machine with internet): {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    ) from e
+  images, labels = tfds.as_numpy(batch)
+  images = np.asarray(images, dtype=np.uint8)
+  if images.ndim == 3:
+    images = images[..., None]
+  labels = np.asarray(labels, dtype=np.int32)
+  if limit and labels.shape[0] < limit:
+    raise DataError(f"--train_examples={limit}: the {split!r} split of {spec.name} has only "
+                    f"{labels.shape[0]} examples")
+  return SplitArrays(images=images, labels=labels)
+
+
+def steps_per_epoch(num_examples: int, batch_size: int) -> int:
+  """Number of batches per epoch; the last, partial batch is kept so every sample
+  is seen (and can take part) exactly once per epoch."""
+  return -(-num_examples // batch_size)
+
+
+def epoch_permutation(num_examples: int, seed: int, epoch):
+  """The order of sample ids in `epoch`: a stateless function of (seed, epoch)."""
+  return tf.random.experimental.stateless_shuffle(
+      tf.range(num_examples, dtype=tf.int32),
+      seed=tf.stack([tf.cast(seed, tf.int64), tf.cast(epoch, tf.int64)]))
+
+
+def train_dataset(split: SplitArrays, batch_size: int, seed: int, start_epoch: int,
+                  end_epoch: int, extras=None, augment_fn=None) -> tf.data.Dataset:
+  """Batches for epochs [start_epoch, end_epoch), reshuffled every epoch.
+
+  Each element is `(features, label)` with features a dict holding `image`
+  (float32, preprocessed), `id` (int32) and one entry per `extras` array
+  (e.g. cached teacher logits, significance), all gathered by sample id.
+
+  Args:
+    split: the training split in memory.
+    batch_size: global batch size.
+    seed: shuffling seed.
+    start_epoch: first epoch to produce (a resumed run starts later).
+    end_epoch: one past the last epoch.
+    extras: optional dict name -> array of leading dimension N.
+    augment_fn: optional `fn(float_images, ids, epoch) -> float_images`.
+
+  Returns:
+    A dataset of `steps_per_epoch(N, batch_size) * (end_epoch - start_epoch)` batches.
+  """
+  n = split.size
+  images = tf.constant(split.images)
+  labels = tf.constant(split.labels)
+  extras = {k: tf.constant(v) for k, v in (extras or {}).items()}
+
+  def gather(epoch, ids):
+    features = {"image": preprocess(tf.gather(images, ids)), "id": ids}
+    if augment_fn is not None:
+      features["image"] = augment_fn(features["image"], ids, epoch)
+    for name, values in extras.items():
+      features[name] = tf.gather(values, ids)
+    return features, tf.gather(labels, ids)
+
+  epochs = tf.data.Dataset.range(start_epoch, end_epoch)
+  ids = epochs.flat_map(
+      lambda e: tf.data.Dataset.from_tensor_slices(epoch_permutation(n, seed, e))
+      .batch(batch_size).map(lambda batch_ids: (e, batch_ids)))
+  options = tf.data.Options()
+  options.deterministic = True
+  # The source is an id range, not files: split each global batch across workers.
+  options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+  return (ids.map(gather, num_parallel_calls=tf.data.AUTOTUNE)
+          .prefetch(tf.data.AUTOTUNE).with_options(options))
+
+
+def image_batches(images: np.ndarray, batch_size: int) -> tf.data.Dataset:
+  """Preprocessed image batches in order, for inference (evaluation, logit caching)."""
+  return (tf.data.Dataset.from_tensor_slices(images).batch(batch_size)
+          .map(preprocess, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE))
+
+
+def random_shift_augment(max_shift: int, flip: bool, seed: int):
+  """A light, id-seeded augmentation: random translation (+ horizontal flip).
+
+  Returns:
+    `fn(images, ids, epoch) -> images`, a pure function of (seed, epoch, id), so
+    resumed runs see the same augmented pixels.
+  """
+
+  def augment(images, ids, epoch):
+    def one(args):
+      image, sample_id = args
+      s = tf.stack([tf.cast(seed, tf.int64) * 1_000_003 + tf.cast(epoch, tf.int64),
+                    tf.cast(sample_id, tf.int64)])
+      h, w = tf.shape(image)[0], tf.shape(image)[1]
+      padded = tf.pad(image, [[max_shift, max_shift], [max_shift, max_shift], [0, 0]])
+      out = tf.image.stateless_random_crop(padded, tf.shape(image), seed=s)
+      if flip:
+        out = tf.image.stateless_random_flip_left_right(out, seed=s + 1)
+      return tf.ensure_shape(tf.reshape(out, [h, w, tf.shape(image)[2]]), image.shape)
+
+    return tf.map_fn(one, (images, ids), fn_output_signature=images.dtype)
+
+  return augment

@@ -1,0 +1,86 @@
+"""Crash-safe resume of one training stage, on `tf.train.CheckpointManager`.
+
+After every epoch the chief saves the network weights, the optimizer state
+(Adam's moments and iteration count), the participation counts, the
+idle-epoch cache and the next epoch index under `<stage_dir>/backup`.
+Restarting the same command restores them and continues with the next epoch;
+because the batch order and augmentation are pure functions of (seed, epoch),
+the resumed run is identical to an uninterrupted one.
+
+Participation lives in an on-read variable whose cross-replica restore would
+divide the counts by the replica count, so the checkpoint holds an ordinary
+snapshot variable and the restore writes it back exactly
+(`SelfRegulatedModel.set_participation`).
+"""
+
+import os
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+
+class StageCheckpoint:
+  """Checkpoint of one stage's training state.
+
+  Args:
+    directory: where checkpoints go (`<stage_dir>/backup`).
+    model: the `SelfRegulatedModel` being trained (its optimizer must be built).
+    is_chief: only the chief writes; every worker reads.
+  """
+
+  def __init__(self, directory, model, is_chief=True):
+    self.directory = directory
+    self.model = model
+    self.is_chief = is_chief
+    n = model.num_examples
+    with tf.init_scope():
+      self._epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
+      self._participation = tf.Variable(np.zeros([n], np.int32), trainable=False)
+      self._extra = {name: tf.Variable(value, trainable=False)
+                     for name, value in model.resume_state().items()}
+    self._checkpoint = tf.train.Checkpoint(
+        network=model.network, optimizer=model.optimizer, epoch=self._epoch,
+        participation=self._participation, **self._extra)
+    self._manager = tf.train.CheckpointManager(self._checkpoint, directory, max_to_keep=1)
+
+  def restore(self) -> int:
+    """Restores the latest checkpoint if any; returns the epoch to start from."""
+    latest = self._manager.latest_checkpoint
+    if not latest:
+      return 0
+    self._checkpoint.restore(latest).assert_existing_objects_matched()
+    self.model.set_participation(self._participation.numpy())
+    self.model.restore_resume_state({k: v.numpy() for k, v in self._extra.items()})
+    return int(self._epoch.numpy())
+
+  def save(self, next_epoch: int):
+    """Snapshots the state reached at the end of epoch `next_epoch - 1`.
+
+    Every worker must call this (reading participation is a collective under a
+    strategy); only the chief writes.
+    """
+    counts = self.model.participation_counts()
+    extra = self.model.resume_state()
+    if not self.is_chief:
+      return
+    self._epoch.assign(next_epoch)
+    self._participation.assign(counts)
+    for name, value in extra.items():
+      self._extra[name].assign(value)
+    self._manager.save(checkpoint_number=next_epoch)
+
+
+class CheckpointCallback(keras.callbacks.Callback):
+  """Saves a `StageCheckpoint` at the end of every epoch."""
+
+  def __init__(self, checkpoint: StageCheckpoint):
+    super().__init__()
+    self.checkpoint = checkpoint
+
+  def on_epoch_end(self, epoch, logs=None):
+    self.checkpoint.save(epoch + 1)
+
+
+def has_checkpoint(directory) -> bool:
+  return tf.train.latest_checkpoint(directory) is not None if os.path.isdir(directory) else False

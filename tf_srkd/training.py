@@ -1,0 +1,319 @@
+"""Self-regulated training (Algorithm 1) as a thin `keras.Model` wrapper.
+
+`SelfRegulatedModel` wraps a classifier network and overrides `train_step`:
+every sample's gate g (take part or not) is a per-sample mask on the loss, the
+loss follows the one normalisation rule of `losses.normalised_loss`, and a batch
+in which no sample takes part (globally, over all replicas) leaves the weights
+*and* the optimizer state untouched. Participation counts live in a
+non-trainable variable indexed by sample id.
+
+Two backward strategies compute the same update:
+  * ``masked``: one training-mode forward over the batch decides the gate and
+    gives the loss; non-participants get weight 0 (their backward still runs).
+  * ``compact``: an inference-mode forward decides the gate, then forward and
+    backward run only on the participating rows. For models with dropout the
+    inference-mode gate differs from the training-mode one (documented in
+    README); for deterministic models both give the same gates.
+``auto`` switches between the two per epoch from the previous epoch's
+participation fraction (compact below `COMPACT_BREAK_EVEN`).
+"""
+
+import math
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tf_srkd import losses
+from tf_srkd import regulation
+
+#: Participation fraction under which `compact` beats `masked` (measured: the
+#: inference pass costs ~0.38 of a masked epoch, break-even near one half).
+COMPACT_BREAK_EVEN = 0.5
+
+BACKWARDS = ("masked", "compact", "auto")
+
+
+def apply_if(optimizer, grads, variables, should_apply):
+  """`optimizer.apply(grads, variables)` only where `should_apply` is true.
+
+  The skipped branch does nothing at all: no weight, slot or iteration changes.
+  Under a distribution strategy the optimizer synchronises replicas with
+  `merge_call`, which TensorFlow forbids inside a replica-context `tf.cond`;
+  as Keras' own `LossScaleOptimizer` does, the condition is therefore taken in
+  cross-replica context. `should_apply` must be identical on every replica.
+  """
+
+  def no_op():
+    return tf.no_op()
+
+  if not tf.distribute.has_strategy() or tf.__internal__.distribute.strategy_supports_no_merge_call():
+
+    def apply_fn():
+      optimizer.apply(grads, variables)
+      return tf.no_op()
+
+    tf.cond(should_apply, apply_fn, no_op)
+    return
+
+  def cross_replica(distribution, grads, should):
+    flag = distribution.experimental_local_results(should)[0]
+
+    def apply_fn():
+      distribution.extended.call_for_each_replica(
+          lambda g: optimizer.apply(g, variables), args=(grads,))
+      return tf.no_op()
+
+    tf.cond(flag, apply_fn, no_op)
+
+  tf.distribute.get_replica_context().merge_call(cross_replica, args=(grads, should_apply))
+
+
+def global_sum(value):
+  """Sum of a per-replica scalar over all replicas (identity without a strategy)."""
+  ctx = tf.distribute.get_replica_context()
+  if ctx is None or ctx.num_replicas_in_sync == 1:
+    return value
+  return ctx.all_reduce(tf.distribute.ReduceOp.SUM, value)
+
+
+def _pad_if_empty(features, labels):
+  """Appends one all-zero row when a batch is empty, with weight 0.
+
+  TF's oneDNN convolution kernels crash on zero-row batches ("input depth must
+  be evenly divisible by filter depth"); a replica can receive an empty batch
+  (compact selection, or the last uneven batch of an epoch under a strategy).
+
+  Returns:
+    (features, labels, valid): `valid` is float32 1 for real rows, 0 for the pad.
+  """
+  n = tf.shape(labels)[0]
+
+  def pad():
+    padded = tf.nest.map_structure(
+        lambda t: tf.concat([t, tf.zeros(tf.concat([[1], tf.shape(t)[1:]], 0), t.dtype)], 0),
+        (features, labels))
+    return padded + (tf.zeros([1], tf.float32),)
+
+  def keep():
+    return features, labels, tf.ones([n], tf.float32)
+
+  features, labels, valid = tf.cond(n > 0, keep, pad)
+  return features, labels, valid
+
+
+class SelfRegulatedModel(keras.Model):
+  """Trains `network` with Algorithm 1's per-sample gate.
+
+  Subclasses change the objective by overriding `per_sample_loss`. Features are
+  a dict with at least `image` and `id`; labels are integer classes.
+
+  Attributes:
+    network: the wrapped classifier (outputs logits); this is what gets saved.
+    participation: int32 [N] participation counts v, exact under any strategy
+      (on-read synchronised, summed over replicas when read).
+    eta: the current threshold; set at each epoch start by `RegulationSchedule`.
+  """
+
+  def __init__(self, network, num_examples, *, regulate=True, weight_by_significance=False,
+               gate_temperature=1.0, backward="masked", **kwargs):
+    super().__init__(**kwargs)
+    if backward not in BACKWARDS:
+      raise ValueError(f"backward must be one of {BACKWARDS}, got {backward!r}")
+    self.network = network
+    self.num_examples = int(num_examples)
+    self.regulate = bool(regulate)
+    self.weight_by_significance = bool(weight_by_significance)
+    self.gate_temperature = float(gate_temperature)
+    self.backward = backward
+    # `auto` starts masked: early epochs have most samples taking part.
+    self.active_backward = "compact" if backward == "compact" else "masked"
+    self.participation = keras.Variable(
+        np.zeros([self.num_examples], np.int32), dtype="int32", trainable=False,
+        synchronization="on_read", aggregation="sum", name="participation")
+    self.eta = keras.Variable(0.0, dtype="float32", trainable=False, name="eta")
+    self._trackers = {
+        name: keras.metrics.Mean(name=name)
+        for name in ("loss", "accuracy", "participation_fraction") + self.loss_part_names()
+    }
+    self._train_functions = {}
+    self.built = True
+
+  # -- objective -------------------------------------------------------------
+
+  def loss_part_names(self):
+    """Names of the per-sample loss parts that `per_sample_loss` reports."""
+    return ("ce_loss",)
+
+  def per_sample_loss(self, features, labels, logits):
+    """Per-sample objective for the teacher: cross-entropy at temperature 1.
+
+    Returns:
+      (total [batch], parts dict name -> [batch]).
+    """
+    ce = losses.cross_entropy(labels, logits)
+    return ce, {"ce_loss": ce}
+
+  # -- keras plumbing --------------------------------------------------------
+
+  def call(self, features, training=False):
+    return self.network(features["image"], training=training)
+
+  @property
+  def metrics(self):
+    return list(self._trackers.values())
+
+  def make_train_function(self, force=False):
+    """Builds one compiled step per backward strategy and selects the active one.
+
+    Keras' `fit` looks `self.train_function` up on every step, so `auto` swaps
+    strategies at epoch boundaries (`set_backward`) without retracing and
+    without a `tf.cond` around the optimizer (which a strategy forbids).
+    """
+    if self.train_function is not None and not force:
+      return self.train_function
+    choices = ("masked", "compact") if self.backward == "auto" else (self.active_backward,)
+    self._train_functions = {
+        b: self._make_function(lambda data, b=b: self._train_step(data, b)) for b in choices
+    }
+    self.train_function = self._train_functions[self.active_backward]
+    return self.train_function
+
+  def set_backward(self, backward):
+    """Selects `masked` or `compact` for the next steps (only with backward=auto)."""
+    if backward not in self._train_functions and self._train_functions:
+      raise ValueError(f"backward {backward!r} was not compiled for this model")
+    self.active_backward = backward
+    if self._train_functions:
+      self.train_function = self._train_functions[backward]
+
+  def train_step(self, data):
+    return self._train_step(data, self.active_backward)
+
+  # -- the step --------------------------------------------------------------
+
+  def _gate(self, logits, labels):
+    """Gate for real rows; everyone takes part when the run does not regulate."""
+    if not self.regulate:
+      return tf.ones_like(labels, tf.float32)
+    participates, _, _ = regulation.gate(logits, labels, self.eta, self.gate_temperature)
+    return participates
+
+  def _sample_weights(self, features, gate):
+    if self.weight_by_significance:
+      return gate * tf.cast(features["significance"], tf.float32)
+    return gate
+
+  def _train_step(self, data, backward):
+    features, labels = data[0], data[1]
+    ids = features["id"]
+    variables = self.network.trainable_variables
+    padded, padded_labels, valid = _pad_if_empty(features, labels)
+
+    if backward == "compact":
+      gate_logits = self.network(padded["image"], training=False)
+      gate = self._gate(gate_logits, padded_labels) * valid
+      count = global_sum(tf.reduce_sum(gate))
+      rows = tf.reshape(tf.where(gate > 0), [-1])
+      chosen, chosen_labels, chosen_valid = _pad_if_empty(
+          tf.nest.map_structure(lambda t: tf.gather(t, rows), padded),
+          tf.gather(padded_labels, rows))
+      with tf.GradientTape() as tape:
+        logits = self.network(chosen["image"], training=True)
+        total, parts = self.per_sample_loss(chosen, chosen_labels, logits)
+        weights = self._sample_weights(chosen, chosen_valid)
+        loss = losses.normalised_loss(total, weights, count)
+      loss_gate = chosen_valid
+    else:
+      with tf.GradientTape() as tape:
+        logits = self.network(padded["image"], training=True)
+        gate = self._gate(tf.stop_gradient(logits), padded_labels) * valid
+        count = global_sum(tf.reduce_sum(gate))
+        total, parts = self.per_sample_loss(padded, padded_labels, logits)
+        weights = self._sample_weights(padded, gate)
+        loss = losses.normalised_loss(total, weights, count)
+      gate_logits, chosen, loss_gate = logits, padded, gate
+
+    grads = tape.gradient(loss, variables)
+    apply_if(self.optimizer, grads, variables, count > 0)
+
+    n = tf.shape(ids)[0]
+    real_gate = gate[:n]
+    self.participation.assign_add(
+        tf.scatter_nd(tf.expand_dims(ids, 1), tf.cast(real_gate > 0, tf.int32),
+                      [self.num_examples]))
+    self._update_metrics(chosen, loss_gate, total, parts, gate_logits[:n], labels, real_gate)
+    return {name: t.result() for name, t in self._trackers.items()}
+
+  def _update_metrics(self, chosen, loss_gate, total, parts, logits, labels, gate):
+    """Loss metrics: sum(g s L) / sum(g) over the epoch; accuracy and participation
+    fraction over every real sample."""
+    scale = (tf.cast(chosen["significance"], tf.float32)
+             if self.weight_by_significance else tf.ones_like(total))
+    self._trackers["loss"].update_state(scale * total, sample_weight=loss_gate)
+    for name, values in parts.items():
+      self._trackers[name].update_state(scale * values, sample_weight=loss_gate)
+    correct = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32),
+                               tf.cast(labels, tf.int32)), tf.float32)
+    self._trackers["accuracy"].update_state(correct)
+    self._trackers["participation_fraction"].update_state(gate)
+
+  # -- state helpers ---------------------------------------------------------
+
+  def resume_state(self):
+    """Extra arrays (name -> numpy) a crash-safe checkpoint must carry."""
+    return {}
+
+  def restore_resume_state(self, state):
+    """Inverse of `resume_state`."""
+    del state
+
+  def participation_counts(self) -> np.ndarray:
+    """The participation counts v as int32 [N] (summed over replicas)."""
+    return np.asarray(keras.ops.convert_to_numpy(self.participation.value), dtype=np.int32)
+
+  def set_participation(self, counts):
+    """Sets v exactly: the whole value goes to replica 0, zeros elsewhere.
+
+    Assigning an on-read SUM variable in cross-replica context divides the value
+    by the replica count (integer division loses counts), so each replica's
+    copy is written from inside a replica context instead.
+    """
+    counts = tf.constant(np.asarray(counts, np.int32))
+    strategy = self.distribute_strategy
+
+    def assign():
+      ctx = tf.distribute.get_replica_context()
+      first = tf.equal(ctx.replica_id_in_sync_group, 0)
+      self.participation.assign(tf.where(first, counts, tf.zeros_like(counts)))
+
+    strategy.run(tf.function(assign))
+
+
+class RegulationSchedule(keras.callbacks.Callback):
+  """Sets eta(n) at each epoch start, picks the backward for `auto`, and adds
+  eta, the backward used and the cumulative zeta to the epoch logs."""
+
+  def __init__(self, alpha, num_examples, start_epoch=0, previous_fraction=None):
+    super().__init__()
+    self.alpha = float(alpha)
+    self.num_examples = int(num_examples)
+    self.start_epoch = int(start_epoch)
+    self._previous_fraction = previous_fraction
+    self._eta = 0.0
+
+  def on_epoch_begin(self, epoch, logs=None):
+    model = self.model
+    self._eta = regulation.threshold(self.alpha, epoch)
+    model.eta.assign(self._eta)
+    if model.backward == "auto" and self._previous_fraction is not None:
+      model.set_backward("compact" if self._previous_fraction < COMPACT_BREAK_EVEN else "masked")
+
+  def on_epoch_end(self, epoch, logs=None):
+    if logs is None:
+      return
+    self._previous_fraction = float(logs.get("participation_fraction", 1.0))
+    logs["eta"] = self._eta if math.isfinite(self._eta) else 1.0
+    logs["compact_backward"] = float(self.model.active_backward == "compact")
+    counts = self.model.participation_counts()
+    logs["zeta"] = regulation.sample_efficiency(counts, epoch + 1)
