@@ -66,8 +66,8 @@ def load_split(spec: datasets.DatasetSpec, split: str, limit: int = 0,
 
   split_arg = f"{split}[:{limit}]" if limit else split
   try:
-    batch = tfds.load(spec.name, split=split_arg, shuffle_files=False, as_supervised=True,
-                      batch_size=-1, download=download)
+    dataset = tfds.load(spec.name, split=split_arg, shuffle_files=False, as_supervised=True,
+                        download=download)
   except Exception as e:  # TFDS raises a variety of types for "not prepared".
     where = os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets")
     raise DataError(
@@ -75,8 +75,12 @@ def load_split(spec: datasets.DatasetSpec, split: str, limit: int = 0,
         f"{where!r} (set TFDS_DATA_DIR to a prepared data_dir, or pass --download on a "
         f"machine with internet): {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
     ) from e
-  images, labels = tfds.as_numpy(batch)
-  images = np.asarray(images, dtype=np.uint8)
+  # Large batches rather than `batch_size=-1`, which aborts under tfds.testing.mock_data.
+  chunks = list(tfds.as_numpy(dataset.batch(8192)))
+  if not chunks:
+    raise DataError(f"--dataset={spec.name}: split {split_arg!r} is empty")
+  images = np.concatenate([c[0] for c in chunks]).astype(np.uint8, copy=False)
+  labels = np.concatenate([c[1] for c in chunks])
   if images.ndim == 3:
     images = images[..., None]
   labels = np.asarray(labels, dtype=np.int32)

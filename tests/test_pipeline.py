@@ -1,0 +1,107 @@
+"""End-to-end: all four modes on tfds mock data, the output contract, reuse and resume."""
+
+import dataclasses
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from tf_srkd import config as config_lib
+from tf_srkd import pipeline
+
+N = 96
+
+
+def smoke_config(out, **overrides):
+  config = config_lib.Config(dataset="mnist", epochs=2, train_examples=N, batch_size=32,
+                             eval_batch_size=64, output_dir=str(out), verbose=0, mlflow=False,
+                             alpha=0.5, distill_alpha=0.5, seed=3)
+  return dataclasses.replace(config, **overrides)
+
+
+@pytest.fixture(scope="module")
+def mock_run(tmp_path_factory):
+  out = tmp_path_factory.mktemp("mock") / "run"
+  with tfds.testing.mock_data(num_examples=N):
+    summary = pipeline.run(smoke_config(out))
+  return out, summary
+
+
+def test_all_four_modes_write_the_output_contract(mock_run):
+  out, summary = mock_run
+  for name in ("flags.txt", "run_config.json", "summary.json", "teacher/model.keras",
+               "teacher/participation.npy", "teacher/significance.npy", "teacher/metrics.json"):
+    assert (out / name).is_file(), name
+  participation = np.load(out / "teacher/participation.npy")
+  significance = np.load(out / "teacher/significance.npy")
+  assert participation.dtype == np.int32 and participation.shape == (N,)
+  assert significance.dtype == np.float32 and significance.shape == (N,)
+  assert participation.min() >= 0 and participation.max() <= 2
+  assert not (out / "teacher/backup").exists()
+  for mode in ("conventional", "significance", "regulated", "hybrid"):
+    d = out / "students" / mode
+    assert (d / "model.keras").is_file() and (d / "metrics.json").is_file()
+    assert (d / "participation.npy").is_file() == (mode in ("regulated", "hybrid"))
+  on_disk = json.loads((out / "summary.json").read_text())
+  assert on_disk == json.loads(json.dumps(summary))
+  assert set(on_disk) == {"dataset", "train_examples", "teacher", "students"}
+  assert on_disk["train_examples"] == N
+  assert on_disk["teacher"]["params"] == 61706
+  assert on_disk["teacher"]["zeta"] == pytest.approx(participation.sum() / (2 * N))
+  for mode, m in on_disk["students"].items():
+    assert m["params"] == 35820
+    assert 0 <= m["test_accuracy"] <= 1
+    assert (m["zeta"] is None) == (mode in ("conventional", "significance"))
+  hybrid = np.load(out / "students/hybrid/participation.npy")
+  assert on_disk["students"]["hybrid"]["zeta"] == pytest.approx(hybrid.sum() / (2 * N))
+  assert "--modes=conventional,significance,regulated,hybrid" in (out / "flags.txt").read_text()
+
+
+def test_history_has_every_epoch(mock_run):
+  out, _ = mock_run
+  metrics = json.loads((out / "teacher/metrics.json").read_text())
+  history = metrics["history"]
+  assert [h["epoch"] for h in history] == [0, 1]
+  assert history[0]["eta"] == 0.0
+  assert history[1]["eta"] == pytest.approx(1 - np.exp(-0.5))
+  counts = np.load(out / "teacher/participation.npy")
+  assert sum(h["participation_fraction"] for h in history) * N == pytest.approx(counts.sum(), abs=1e-3)
+
+
+def test_rerun_reuses_finished_stages(mock_run):
+  out, summary = mock_run
+  before = {p: os.path.getmtime(p) for p in out.rglob("*.keras")}
+  with tfds.testing.mock_data(num_examples=N):
+    again = pipeline.run(smoke_config(out))
+  assert again == summary
+  assert {p: os.path.getmtime(p) for p in out.rglob("*.keras")} == before
+
+
+def test_different_settings_are_refused_then_moved_aside(mock_run, tmp_path):
+  out, _ = mock_run
+  with pytest.raises(config_lib.ConfigError, match="different settings \\(epochs\\)"):
+    with tfds.testing.mock_data(num_examples=N):
+      pipeline.run(smoke_config(out, epochs=3))
+
+
+def test_teacher_dir_reuse_distills_without_training_a_teacher(mock_run, tmp_path):
+  out, summary = mock_run
+  new = tmp_path / "reuse"
+  with tfds.testing.mock_data(num_examples=N):
+    result = pipeline.run(smoke_config(new, teacher_dir=str(out), modes=("significance",),
+                                       distill_epochs=1))
+  assert not (new / "teacher").exists()
+  assert result["teacher"]["test_accuracy"] == summary["teacher"]["test_accuracy"]
+  assert (new / "students/significance/model.keras").is_file()
+
+
+def test_overwrite_moves_the_old_run_aside(tmp_path):
+  out = tmp_path / "run"
+  with tfds.testing.mock_data(num_examples=N):
+    pipeline.run(smoke_config(out, stage="teacher", epochs=1))
+    pipeline.run(smoke_config(out, stage="teacher", epochs=2, overwrite=True))
+  old = [p for p in tmp_path.iterdir() if p.name.startswith("run.old-")]
+  assert len(old) == 1 and (old[0] / "teacher/model.keras").is_file()
+  assert json.loads((out / "teacher/metrics.json").read_text())["epochs"] == 2

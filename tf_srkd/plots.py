@@ -1,0 +1,160 @@
+"""Matplotlib figures for tracking and the report (headless: the Agg backend).
+
+Every function returns a `matplotlib.figure.Figure` built with the object API
+(no pyplot state), so callers can hand it to `mlflow.log_figure` or
+`Figure.savefig` and then drop it; nothing is shown on screen.
+
+  significance_histograms    the paper's Figures 3-5: one panel per class
+  participation_plot         participation fraction (and eta) per epoch of an SR run
+  report_figure              Table I, Tables III-V and Table VI side by side
+"""
+
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top,wrong-import-position
+import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+_OURS = "tab:blue"
+_PAPER = "tab:gray"
+
+
+def _grid(count):
+  """(rows, cols) for `count` panels: at most 5 per row (10 classes -> 2 x 5)."""
+  cols = min(count, 5) if count else 1
+  return max(1, math.ceil(count / cols)), cols
+
+
+def significance_histograms(significance, labels, class_names, bins=20, title=None) -> Figure:
+  """Class-wise histograms of the sample significance (the paper's Figures 3-5).
+
+  Args:
+    significance: [N] significance in [0, 1] (Algorithm 2).
+    labels: [N] integer labels.
+    class_names: names indexed by label; one panel per class, titled
+      "<label>: <name>".
+    bins: histogram bins over [0, 1].
+    title: optional figure title.
+
+  Returns:
+    A figure with `len(class_names)` histogram axes, in label order.
+  """
+  significance = np.asarray(significance, dtype=np.float64)
+  labels = np.asarray(labels)
+  if significance.shape != labels.shape:
+    raise ValueError(f"significance {significance.shape} and labels {labels.shape} differ in shape")
+  rows, cols = _grid(len(class_names))
+  fig = Figure(figsize=(3.0 * cols, 2.6 * rows), layout="constrained")
+  axes = fig.subplots(rows, cols, squeeze=False, sharex=True)
+  edges = np.linspace(0.0, 1.0, bins + 1)
+  for index, ax in enumerate(axes.flat):
+    if index >= len(class_names):
+      ax.set_visible(False)
+      continue
+    values = significance[labels == index]
+    ax.hist(values, bins=edges, color=_OURS)
+    ax.set_title(f"{index}: {class_names[index]}", fontsize=10)
+    ax.set_xlim(0.0, 1.0)
+    if index % cols == 0:
+      ax.set_ylabel("frequency")
+    if index >= (rows - 1) * cols:
+      ax.set_xlabel("sample significance")
+  if title:
+    fig.suptitle(title)
+  return fig
+
+
+def participation_plot(history, title=None) -> Figure:
+  """Participation fraction per epoch (and the threshold eta) of one SR run.
+
+  Args:
+    history: per-epoch dicts with at least `epoch` and `participation_fraction`
+      (and optionally `eta`), as the pipeline's `history.json`.
+    title: optional axes title.
+
+  Returns:
+    A figure with one axes: the fraction line first, then eta if present.
+  """
+  entries = sorted(history, key=lambda e: e["epoch"])
+  epochs = [int(e["epoch"]) for e in entries]
+  fig = Figure(figsize=(6.0, 3.6), layout="constrained")
+  ax = fig.add_subplot()
+  ax.plot(epochs, [float(e["participation_fraction"]) for e in entries], marker=".",
+          color=_OURS, label="participation fraction")
+  if entries and all("eta" in e for e in entries):
+    ax.plot(epochs, [float(e["eta"]) for e in entries], linestyle="--", color=_PAPER,
+            label="threshold η")
+  ax.set_xlabel("epoch")
+  ax.set_ylabel("fraction of the training set")
+  ax.set_ylim(0.0, 1.05)
+  ax.legend(loc="best")
+  if title:
+    ax.set_title(title)
+  return fig
+
+
+def _no_data(ax, text):
+  ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="0.4")
+  ax.set_xticks([])
+  ax.set_yticks([])
+
+
+def _paired_bars(ax, labels, ours, paper, ylabel):
+  x = np.arange(len(labels))
+  width = 0.4
+  nan = float("nan")
+  ax.bar(x - width / 2, [nan if v is None else v for v in ours], width, color=_OURS,
+         label="runs")
+  ax.bar(x + width / 2, [nan if v is None else v for v in paper], width, color=_PAPER,
+         label="paper")
+  ax.set_xticks(x, labels, rotation=45, ha="right", fontsize=8)
+  ax.set_ylabel(ylabel)
+  ax.legend(loc="best", fontsize=8)
+
+
+def report_figure(table1, table3to5, table6) -> Figure:
+  """The report's combined figure: one panel per table group.
+
+  Args:
+    table1: {dataset: [(alpha_label, ours_or_None, paper_or_None), ...]}.
+    table3to5: [(label, ours_or_None, paper_or_None), ...] over dataset/method.
+    table6: [(label, ours_percent_or_None, paper_percent_or_None), ...].
+
+  Returns:
+    A figure with three axes (Table I, Tables III-V, Table VI); a panel with no
+    runs says so instead of plotting.
+  """
+  fig = Figure(figsize=(16.0, 4.8), layout="constrained")
+  ax1, ax2, ax3 = fig.subplots(1, 3)
+  ax1.set_title("Table I: teacher test accuracy per α")
+  if table1:
+    for index, (dataset, rows) in enumerate(sorted(table1.items())):
+      color = matplotlib.colormaps["tab10"](index)
+      x = np.arange(len(rows))
+      ours = [np.nan if r[1] is None else r[1] for r in rows]
+      paper = [np.nan if r[2] is None else r[2] for r in rows]
+      ax1.plot(x, ours, marker="o", color=color, label=f"{dataset} (runs)")
+      ax1.plot(x, paper, marker="x", linestyle="--", color=color, alpha=0.6,
+               label=f"{dataset} (paper)")
+      ax1.set_xticks(x, [r[0] for r in rows])
+    ax1.set_xlabel("α")
+    ax1.set_ylabel("test accuracy")
+    ax1.legend(loc="best", fontsize=8)
+  else:
+    _no_data(ax1, "no teacher runs")
+  ax2.set_title("Tables III-V: student test accuracy")
+  if table3to5:
+    _paired_bars(ax2, [r[0] for r in table3to5], [r[1] for r in table3to5],
+                 [r[2] for r in table3to5], "test accuracy")
+  else:
+    _no_data(ax2, "no student runs")
+  ax3.set_title("Table VI: sample efficiency ζ")
+  if table6:
+    _paired_bars(ax3, [r[0] for r in table6], [r[1] for r in table6], [r[2] for r in table6],
+                 "ζ (% of samples × epochs)")
+  else:
+    _no_data(ax3, "no regulated/hybrid runs")
+  return fig
