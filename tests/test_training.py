@@ -14,6 +14,7 @@ from tf_srkd import models
 from tf_srkd import modes
 from tf_srkd import regulation
 from tf_srkd import training
+from tests.recount import BruteForceRecount
 
 
 def random_split(n, seed=0, shape=(28, 28, 1)):
@@ -92,30 +93,6 @@ def test_update_is_the_normalised_gated_loss():
   np.testing.assert_array_equal(model.participation_counts(), g.numpy().astype(np.int32))
 
 
-class BruteForceRecount(keras.callbacks.Callback):
-  """Recomputes every batch's gate from the weights *before* its step."""
-
-  def __init__(self, split, batch_size, seed, alpha):
-    super().__init__()
-    self.counts = np.zeros(split.size, np.int64)
-    self.per_epoch = []
-    self.split, self.alpha = split, alpha
-    self.batches = list(data.train_dataset(split, batch_size, seed, 0, 100).as_numpy_iterator())
-    self.step = 0
-
-  def on_epoch_begin(self, epoch, logs=None):
-    self.epoch = epoch
-    self.per_epoch.append(0)
-
-  def on_train_batch_begin(self, batch, logs=None):
-    features, labels = self.batches[self.step]
-    self.step += 1
-    logits = self.model.network(features["image"], training=False)
-    g = regulation.gate(logits, labels, regulation.threshold(self.alpha, self.epoch))[0].numpy()
-    np.add.at(self.counts, features["id"], g.astype(np.int64))
-    self.per_epoch[-1] += int(g.sum())
-
-
 @pytest.mark.parametrize("backward", ["masked", "compact", "auto"])
 def test_participation_equals_brute_force_recount(backward):
   split = random_split(200, seed=5)
@@ -123,7 +100,7 @@ def test_participation_equals_brute_force_recount(backward):
   split = data.SplitArrays(split.images, (split.images.reshape(200, -1).mean(1) > 127.5).astype(np.int32))
   model = make_teacher(200, backward, keras.optimizers.Adam(3e-3))
   alpha, epochs = 0.5, 4
-  recount = BruteForceRecount(split, 48, 7, alpha)
+  recount = BruteForceRecount(split, 48, 7, alpha, epochs)
   history = model.fit(data.train_dataset(split, 48, 7, 0, epochs), epochs=epochs,
                       steps_per_epoch=data.steps_per_epoch(200, 48), verbose=0,
                       callbacks=[training.RegulationSchedule(alpha, 200), recount])

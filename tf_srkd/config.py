@@ -57,6 +57,7 @@ class Config:
   strategy: str = "auto"
   cpu_replicas: int = 0
   overwrite: bool = False
+  deterministic: bool = False
   skip_idle_epochs: bool = True
   export: Tuple[str, ...] = ()
   mlflow: bool = True
@@ -179,7 +180,7 @@ def _validate_teacher_dir(config: Config):
 _NON_IDENTITY_FIELDS = frozenset({
     "stage", "overwrite", "verbose", "mlflow", "mlflow_experiment", "mlflow_tracking_uri",
     "export", "output_dir", "eval_batch_size", "download", "strategy", "cpu_replicas",
-    "jit_compile", "teacher_dir", "modes",
+    "jit_compile", "teacher_dir", "modes", "deterministic",
 })
 
 

@@ -62,6 +62,8 @@ flags.DEFINE_integer("cpu_replicas", _D.cpu_replicas, "Split the CPU into K logi
                      "(to exercise MirroredStrategy without GPUs).")
 flags.DEFINE_bool("overwrite", _D.overwrite, "Move an existing --output_dir made with other "
                   "settings aside instead of refusing.")
+flags.DEFINE_bool("deterministic", _D.deterministic, "Enable TensorFlow op determinism "
+                  "(bit-identical reruns and resumes; slower on GPUs).")
 flags.DEFINE_list("export", [], "Export every student to TFLite with these quantizations "
                   "(float32,dynamic,float16,int8).")
 flags.DEFINE_bool("mlflow", _D.mlflow, "Track the run in MLflow.")
@@ -96,7 +98,7 @@ def config_from_flags() -> config_lib.Config:
       skip_idle_epochs=FLAGS.skip_idle_epochs, download=FLAGS.download,
       jit_compile=FLAGS.jit_compile, eval_batch_size=FLAGS.eval_batch_size,
       strategy=FLAGS.strategy, cpu_replicas=FLAGS.cpu_replicas, overwrite=FLAGS.overwrite,
-      export=tuple(FLAGS.export), mlflow=FLAGS.mlflow, mlflow_experiment=FLAGS.mlflow_experiment,
+      deterministic=FLAGS.deterministic, export=tuple(FLAGS.export), mlflow=FLAGS.mlflow, mlflow_experiment=FLAGS.mlflow_experiment,
       mlflow_tracking_uri=FLAGS.mlflow_tracking_uri, verbose=FLAGS.verbose)
 
 
@@ -113,12 +115,19 @@ def main(argv):
   from tf_srkd import strategy as strategy_lib  # pylint: disable=import-outside-toplevel
   from tf_srkd import tracking  # pylint: disable=import-outside-toplevel
 
+  if config.deterministic:
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    tf.config.experimental.enable_op_determinism()
   strategy = strategy_lib.make_strategy(config.strategy, config.cpu_replicas)
   chief = strategy_lib.is_chief(strategy)
   tracker = tracking.NullTracker()
   if config.mlflow and chief:
     from tf_srkd import mlflow_tracking  # pylint: disable=import-outside-toplevel
-    tracker = mlflow_tracking.connect(config)  # Fails fast if the server is unreachable.
+    try:
+      tracker = mlflow_tracking.connect(config)  # Fails fast if the server is unreachable.
+    except mlflow_tracking.TrackingError as e:
+      print(f"error: {e}", file=sys.stderr)
+      sys.exit(2)
   started = time.time()
   try:
     summary = pipeline.run(config, strategy, tracker=tracker, is_chief=chief)

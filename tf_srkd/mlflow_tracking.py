@@ -36,6 +36,7 @@ import dataclasses
 import logging
 import math
 import os
+import re
 import tempfile
 
 import mlflow
@@ -115,9 +116,37 @@ def stage_run_name(name, model_name, alpha) -> str:
   return f"{name} {model_name} alpha={format_alpha(alpha)}"
 
 
-def _short(error, limit=300) -> str:
+def _short(error, limit=200) -> str:
+  """A one-line reason: the OS error inside a connection failure, else the truncated text."""
   text = " ".join(str(error).split()) or type(error).__name__
+  os_error = re.search(r"\[Errno -?\d+\] [^'\")]+", text)
+  if os_error:
+    return os_error.group(0).strip()
+  if "Read timed out" in text or "ConnectTimeout" in text:
+    return f"no answer within {CHECK_TIMEOUT_S} s"
   return text if len(text) <= limit else text[:limit] + "..."
+
+
+@contextlib.contextmanager
+def using_tracking_uri(uri):
+  """Sets MLflow's global tracking URI (the fluent API needs it) and restores it after.
+
+  `mlflow.set_tracking_uri` also exports MLFLOW_TRACKING_URI to the environment;
+  that is restored too, so nothing leaks to later runs or subprocesses.
+  """
+  from mlflow.tracking._tracking_service import utils  # pylint: disable=import-outside-toplevel
+
+  previous = getattr(utils, "_tracking_uri", None)
+  previous_env = os.environ.get("MLFLOW_TRACKING_URI")
+  mlflow.set_tracking_uri(uri)
+  try:
+    yield
+  finally:
+    mlflow.set_tracking_uri(previous)
+    if previous_env is None:
+      os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+      os.environ["MLFLOW_TRACKING_URI"] = previous_env
 
 
 @contextlib.contextmanager
@@ -140,11 +169,31 @@ def _fail_fast_http():
 # -- connecting -------------------------------------------------------------------
 
 
-def _get_or_create_experiment(client, name) -> str:
+def default_artifact_location(uri, experiment_name):
+  """`<directory of the DB>/mlruns/<experiment>` for a file-backed sqlite store, else None.
+
+  MLflow would put a new experiment's artifacts under `./mlruns` of whatever
+  directory the process runs in, wherever the database lives; keeping them next
+  to the database instead changes nothing for the default URI
+  (`sqlite:///mlflow.db` in the working directory) and keeps an explicit
+  `sqlite:////some/dir/mlflow.db` self-contained. None (MLflow's default) for
+  other stores: a server decides its own artifact root.
+  """
+  prefix = "sqlite:///"
+  if not uri.startswith(prefix):
+    return None
+  path = uri[len(prefix):].split("?", 1)[0]
+  if not path or path.startswith(":memory:"):
+    return None
+  safe_name = re.sub(r"[^A-Za-z0-9._-]+", "_", experiment_name).strip("._") or "experiment"
+  return os.path.join(os.path.dirname(os.path.abspath(path)), "mlruns", safe_name)
+
+
+def _get_or_create_experiment(client, name, uri) -> str:
   experiment = client.get_experiment_by_name(name)
   if experiment is None:
     try:
-      return client.create_experiment(name)
+      return client.create_experiment(name, artifact_location=default_artifact_location(uri, name))
     except mlflow.exceptions.MlflowException:
       experiment = client.get_experiment_by_name(name)  # Created meanwhile by another run.
       if experiment is None:
@@ -174,7 +223,7 @@ def connect(config, strict=False):
   try:
     with _fail_fast_http():
       client = mlflow.MlflowClient(tracking_uri=uri)
-      experiment_id = _get_or_create_experiment(client, config.experiment_name)
+      experiment_id = _get_or_create_experiment(client, config.experiment_name, uri)
   except TrackingError:
     raise
   except Exception as e:  # pylint: disable=broad-except
@@ -236,7 +285,12 @@ class MlflowTracker:
   @contextlib.contextmanager
   def run(self, config, flags_text):
     """The parent run; logs params, flags.txt and (on success) summary.json."""
-    mlflow.set_tracking_uri(self.tracking_uri)
+    with using_tracking_uri(self.tracking_uri):
+      with self._parent_run(config, flags_text):
+        yield self
+
+  @contextlib.contextmanager
+  def _parent_run(self, config, flags_text):
     self.config = config
     tags = dict(self._base_tags(config), model=config.teacher_model,
                 student_model=config.student_model, alpha=format_alpha(config.alpha),

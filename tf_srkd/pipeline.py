@@ -344,6 +344,11 @@ def run(config: config_lib.Config, strategy=None, tracker=None, is_chief=True) -
   """
   config_lib.validate(config)
   strategy = strategy or tf.distribute.get_strategy()
+  replicas = strategy.num_replicas_in_sync
+  if config.batch_size % replicas:
+    raise config_lib.ConfigError(
+        f"--batch_size={config.batch_size}: the global batch must divide evenly over the "
+        f"{replicas} replicas of the {type(strategy).__name__}")
   tracker = tracker or tracking.NullTracker()
   spec = config.dataset_spec
   train = data.load_split(spec, "train", config.train_examples, config.download)

@@ -1,8 +1,9 @@
 """Matplotlib figures for tracking and the report (headless: the Agg backend).
 
 Every function returns a `matplotlib.figure.Figure` built with the object API
-(no pyplot state), so callers can hand it to `mlflow.log_figure` or
-`Figure.savefig` and then drop it; nothing is shown on screen.
+and an Agg canvas of its own (no pyplot, no global backend switch), so callers
+can hand it to `mlflow.log_figure` or `Figure.savefig` and then drop it;
+nothing is shown on screen and nothing needs closing.
 
   significance_histograms    the paper's Figures 3-5: one panel per class
   participation_plot         participation fraction (and eta) per epoch of an SR run
@@ -12,14 +13,19 @@ Every function returns a `matplotlib.figure.Figure` built with the object API
 import math
 
 import matplotlib
-
-matplotlib.use("Agg")
-
-from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top,wrong-import-position
-import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+import matplotlib.ticker
+import numpy as np
 
 _OURS = "tab:blue"
 _PAPER = "tab:gray"
+
+
+def _new_figure(**kwargs) -> Figure:
+  figure = Figure(layout="constrained", **kwargs)
+  FigureCanvasAgg(figure)
+  return figure
 
 
 def _grid(count):
@@ -35,7 +41,7 @@ def significance_histograms(significance, labels, class_names, bins=20, title=No
     significance: [N] significance in [0, 1] (Algorithm 2).
     labels: [N] integer labels.
     class_names: names indexed by label; one panel per class, titled
-      "<label>: <name>".
+      "<label>: <name>" (just the name where it is the label, as for MNIST).
     bins: histogram bins over [0, 1].
     title: optional figure title.
 
@@ -47,7 +53,7 @@ def significance_histograms(significance, labels, class_names, bins=20, title=No
   if significance.shape != labels.shape:
     raise ValueError(f"significance {significance.shape} and labels {labels.shape} differ in shape")
   rows, cols = _grid(len(class_names))
-  fig = Figure(figsize=(3.0 * cols, 2.6 * rows), layout="constrained")
+  fig = _new_figure(figsize=(3.0 * cols, 2.6 * rows))
   axes = fig.subplots(rows, cols, squeeze=False, sharex=True)
   edges = np.linspace(0.0, 1.0, bins + 1)
   for index, ax in enumerate(axes.flat):
@@ -56,7 +62,8 @@ def significance_histograms(significance, labels, class_names, bins=20, title=No
       continue
     values = significance[labels == index]
     ax.hist(values, bins=edges, color=_OURS)
-    ax.set_title(f"{index}: {class_names[index]}", fontsize=10)
+    name = str(class_names[index])
+    ax.set_title(name if name == str(index) else f"{index}: {name}", fontsize=10)
     ax.set_xlim(0.0, 1.0)
     if index % cols == 0:
       ax.set_ylabel("frequency")
@@ -80,7 +87,7 @@ def participation_plot(history, title=None) -> Figure:
   """
   entries = sorted(history, key=lambda e: e["epoch"])
   epochs = [int(e["epoch"]) for e in entries]
-  fig = Figure(figsize=(6.0, 3.6), layout="constrained")
+  fig = _new_figure(figsize=(6.0, 3.6))
   ax = fig.add_subplot()
   ax.plot(epochs, [float(e["participation_fraction"]) for e in entries], marker=".",
           color=_OURS, label="participation fraction")
@@ -88,6 +95,7 @@ def participation_plot(history, title=None) -> Figure:
     ax.plot(epochs, [float(e["eta"]) for e in entries], linestyle="--", color=_PAPER,
             label="threshold η")
   ax.set_xlabel("epoch")
+  ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
   ax.set_ylabel("fraction of the training set")
   ax.set_ylim(0.0, 1.05)
   ax.legend(loc="best")
@@ -127,7 +135,7 @@ def report_figure(table1, table3to5, table6) -> Figure:
     A figure with three axes (Table I, Tables III-V, Table VI); a panel with no
     runs says so instead of plotting.
   """
-  fig = Figure(figsize=(16.0, 4.8), layout="constrained")
+  fig = _new_figure(figsize=(16.0, 4.8))
   ax1, ax2, ax3 = fig.subplots(1, 3)
   ax1.set_title("Table I: teacher test accuracy per α")
   if table1:

@@ -179,6 +179,15 @@ class SelfRegulatedModel(keras.Model):
     self.train_function = self._train_functions[self.active_backward]
     return self.train_function
 
+  def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+    """Nothing to build: network, optimizer and trackers exist before `fit`.
+
+    Keras' version pulls a batch off the training iterator under a strategy and
+    `strategy.reduce`s it, which fails for dict features under
+    MultiWorkerMirroredStrategy and would cost the epoch its first batch.
+    """
+    del iterator, data_batch
+
   def set_backward(self, backward):
     """Selects `masked` or `compact` for the next steps (only with backward=auto)."""
     if backward not in self._train_functions and self._train_functions:
@@ -243,7 +252,13 @@ class SelfRegulatedModel(keras.Model):
         tf.scatter_nd(tf.expand_dims(ids, 1), tf.cast(real_gate > 0, tf.int32),
                       [self.num_examples]))
     self._update_metrics(chosen, loss_gate, total, parts, gate_logits[:n], labels, real_gate)
-    return {name: t.result() for name, t in self._trackers.items()}
+    results = {name: t.result() for name, t in self._trackers.items()}
+    if isinstance(self.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy):
+      # Keras reduces per-step results with `reduce("MEAN", v, axis=0)` under
+      # this strategy, which rejects scalars. Epoch logs are unaffected: Keras
+      # replaces them with the (cross-replica) tracker results.
+      results = {name: tf.reshape(v, [1]) for name, v in results.items()}
+    return results
 
   def _update_metrics(self, chosen, loss_gate, total, parts, logits, labels, gate):
     """Loss metrics: sum(g s L) / sum(g) over the epoch; accuracy and participation
