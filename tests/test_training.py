@@ -144,7 +144,7 @@ def test_auto_switches_to_compact_when_few_take_part():
   schedule.on_epoch_begin(3)
   assert model.active_backward == "compact"
   assert model.train_function is model._train_functions["compact"]
-  schedule._previous_fraction = 0.9
+  schedule.previous_fraction = 0.9
   schedule.on_epoch_begin(4)
   assert model.active_backward == "masked"
   assert model.eta.numpy() == pytest.approx(1 - math.exp(-0.4))

@@ -117,6 +117,11 @@ def fit_stage(model, split, config, *, stage_dir, epochs, alpha, extras=None, ca
               is_chief=True):
   """Trains `model` for `epochs`, resuming from `<stage_dir>/backup` if present.
 
+  With `config.skip_idle_epochs`, epochs in which provably no sample takes part
+  (see `training.IdleEpochSkipper`) are not run: they are logged with
+  participation 0 and `skipped_epoch` 1, and training resumes at the first
+  epoch with a participant. The result is bit-identical to running them.
+
   Returns:
     (history list of per-epoch dicts, wall time in seconds of this process' share).
   """
@@ -131,16 +136,45 @@ def fit_stage(model, split, config, *, stage_dir, epochs, alpha, extras=None, ca
   if config.augment:
     augment_fn = data.random_shift_augment(2, flip=config.dataset_spec.image_shape[-1] == 3,
                                            seed=config.seed)
-  dataset = data.train_dataset(split, config.batch_size, config.seed, start, epochs, extras,
-                               augment_fn)
   schedule = training.RegulationSchedule(alpha, split.size, start, previous)
+  skipper = None
+  if config.skip_idle_epochs and model.regulate and model.backward != "masked":
+    skipper = training.IdleEpochSkipper(split.labels, alpha, epochs)
   began = time.time()
-  if start < epochs:
-    model.fit(dataset, epochs=epochs, initial_epoch=start,
+  epoch = start
+  while epoch < epochs:
+    dataset = data.train_dataset(split, config.batch_size, config.seed, epoch, epochs, extras,
+                                 augment_fn)
+    model.fit(dataset, epochs=epochs, initial_epoch=epoch,
               steps_per_epoch=data.steps_per_epoch(split.size, config.batch_size),
-              callbacks=[schedule, history, resume.CheckpointCallback(checkpoint), *callbacks],
+              callbacks=[schedule, *([skipper] if skipper else []), history,
+                         resume.CheckpointCallback(checkpoint), *callbacks],
               verbose=config.verbose)
+    if skipper is None or skipper.idle_from is None:
+      break
+    epoch = _log_idle_epochs(model, skipper, split, alpha, epochs, [history, *callbacks])
+    schedule.previous_fraction = 0.0
+    checkpoint.save(epoch)
   return history.as_list(), time.time() - began
+
+
+def _log_idle_epochs(model, skipper, split, alpha, epochs, callbacks):
+  """Logs the idle epochs from `skipper.idle_from`; returns the first busy epoch."""
+  margins, predictions = skipper.cache
+  counts = model.participation_counts()
+  accuracy = float(np.mean(predictions == split.labels))
+  epoch = skipper.idle_from
+  while epoch < epochs and not skipper.next_participants(margins, predictions, epoch).any():
+    eta = regulation.threshold(alpha, epoch)
+    logs = {name: 0.0 for name in ("loss",) + model.loss_part_names()}
+    logs.update(accuracy=accuracy, participation_fraction=0.0, eta=eta, compact_backward=1.0,
+                zeta=regulation.sample_efficiency(counts, epoch + 1), skipped_epoch=1.0)
+    for callback in callbacks:
+      callback.on_epoch_end(epoch, logs)
+    epoch += 1
+  logging.info("skipped idle epochs %d-%d: no sample could take part", skipper.idle_from,
+               epoch - 1)
+  return epoch
 
 
 def evaluate_accuracy(network, split: data.SplitArrays, batch_size: int) -> float:

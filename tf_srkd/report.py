@@ -152,6 +152,30 @@ def _fail_fast_http():
         os.environ[key] = value
 
 
+def resolve_tracking_uri(flag_value=None) -> str:
+  """--mlflow_tracking_uri, else $MLFLOW_TRACKING_URI, else MLflow's default."""
+  import mlflow  # pylint: disable=import-outside-toplevel
+
+  return flag_value or os.environ.get("MLFLOW_TRACKING_URI") or mlflow.get_tracking_uri()
+
+
+def open_client(uri):
+  """An `MlflowClient` for reading `uri`.
+
+  Raises:
+    ReportError: `uri` is a sqlite file that does not exist (MLflow would
+      silently create an empty database there).
+  """
+  import mlflow  # pylint: disable=import-outside-toplevel
+
+  if uri.startswith("sqlite:///"):
+    path = uri[len("sqlite:///"):].split("?", 1)[0]
+    if path and not path.startswith(":memory:") and not os.path.exists(path):
+      raise ReportError(f"{uri}: no such MLflow database (check --mlflow_tracking_uri, "
+                        "MLFLOW_TRACKING_URI, or the working directory)")
+  return mlflow.MlflowClient(tracking_uri=uri)
+
+
 def fetch_records(client, experiment_names=()) -> list:
   """The stage runs of the named experiments (all active ones if none named).
 
@@ -159,11 +183,6 @@ def fetch_records(client, experiment_names=()) -> list:
     ReportError: the store does not answer, or an experiment does not exist.
   """
   uri = client.tracking_uri
-  if uri.startswith("sqlite:///"):
-    path = uri[len("sqlite:///"):].split("?", 1)[0]
-    if path and not path.startswith(":memory:") and not os.path.exists(path):
-      raise ReportError(f"{uri}: no such MLflow database (check --mlflow_tracking_uri, "
-                        "MLFLOW_TRACKING_URI, or the working directory)")
   try:
     with _fail_fast_http():
       if experiment_names:
@@ -451,16 +470,13 @@ def define_flags(flag_values=flags.FLAGS):
 
 def main(argv):
   del argv
-  import mlflow  # pylint: disable=import-outside-toplevel
-
   values = flags.FLAGS
-  uri = values.mlflow_tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or mlflow.get_tracking_uri()
   figure = values.figure
   if figure is None and values.output:
     figure = os.path.splitext(values.output)[0] + ".png"
   try:
-    markdown = write_report(mlflow.MlflowClient(tracking_uri=uri), values.experiment,
-                            values.output, figure)
+    client = open_client(resolve_tracking_uri(values.mlflow_tracking_uri))
+    markdown = write_report(client, values.experiment, values.output, figure)
   except ReportError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

@@ -132,6 +132,15 @@ class SelfRegulatedModel(keras.Model):
         np.zeros([self.num_examples], np.int32), dtype="int32", trainable=False,
         synchronization="on_read", aggregation="sum", name="participation")
     self.eta = keras.Variable(0.0, dtype="float32", trainable=False, name="eta")
+    # Margins and predictions from the compact (inference-mode) gate pass, by id.
+    # Each epoch every id is written by exactly one replica onto zeros, so the
+    # on-read sum is the exact value (see `IdleEpochSkipper`).
+    self.cached_margin = keras.Variable(
+        np.zeros([self.num_examples], np.float32), dtype="float32", trainable=False,
+        synchronization="on_read", aggregation="sum", name="cached_margin")
+    self.cached_prediction = keras.Variable(
+        np.zeros([self.num_examples], np.int32), dtype="int32", trainable=False,
+        synchronization="on_read", aggregation="sum", name="cached_prediction")
     self._trackers = {
         name: keras.metrics.Mean(name=name)
         for name in ("loss", "accuracy", "participation_fraction") + self.loss_part_names()
@@ -202,11 +211,12 @@ class SelfRegulatedModel(keras.Model):
   # -- the step --------------------------------------------------------------
 
   def _gate(self, logits, labels):
-    """Gate for real rows; everyone takes part when the run does not regulate."""
+    """(gate, margin, prediction); everyone takes part when the run does not regulate."""
+    participates, delta, predicted = regulation.gate(logits, labels, self.eta,
+                                                     self.gate_temperature)
     if not self.regulate:
-      return tf.ones_like(labels, tf.float32)
-    participates, _, _ = regulation.gate(logits, labels, self.eta, self.gate_temperature)
-    return participates
+      participates = tf.ones_like(participates)
+    return participates, delta, predicted
 
   def _sample_weights(self, features, gate):
     if self.weight_by_significance:
@@ -221,7 +231,13 @@ class SelfRegulatedModel(keras.Model):
 
     if backward == "compact":
       gate_logits = self.network(padded["image"], training=False)
-      gate = self._gate(gate_logits, padded_labels) * valid
+      gate, delta, predicted = self._gate(gate_logits, padded_labels)
+      gate = gate * valid
+      n_real = tf.shape(ids)[0]
+      self.cached_margin.assign_add(
+          tf.scatter_nd(tf.expand_dims(ids, 1), delta[:n_real], [self.num_examples]))
+      self.cached_prediction.assign_add(
+          tf.scatter_nd(tf.expand_dims(ids, 1), predicted[:n_real], [self.num_examples]))
       count = global_sum(tf.reduce_sum(gate))
       rows = tf.reshape(tf.where(gate > 0), [-1])
       chosen, chosen_labels, chosen_valid = _pad_if_empty(
@@ -236,7 +252,7 @@ class SelfRegulatedModel(keras.Model):
     else:
       with tf.GradientTape() as tape:
         logits = self.network(padded["image"], training=True)
-        gate = self._gate(tf.stop_gradient(logits), padded_labels) * valid
+        gate = self._gate(tf.stop_gradient(logits), padded_labels)[0] * valid
         count = global_sum(tf.reduce_sum(gate))
         total, parts = self.per_sample_loss(padded, padded_labels, logits)
         weights = self._sample_weights(padded, gate)
@@ -290,19 +306,44 @@ class SelfRegulatedModel(keras.Model):
   def set_participation(self, counts):
     """Sets v exactly: the whole value goes to replica 0, zeros elsewhere.
 
-    Assigning an on-read SUM variable in cross-replica context divides the value
-    by the replica count (integer division loses counts), so each replica's
-    copy is written from inside a replica context instead.
+    See `_assign_on_read_sum`.
     """
-    counts = tf.constant(np.asarray(counts, np.int32))
-    strategy = self.distribute_strategy
+    _assign_on_read_sum(self.distribute_strategy, self.participation,
+                        np.asarray(counts, np.int32))
 
-    def assign():
-      ctx = tf.distribute.get_replica_context()
-      first = tf.equal(ctx.replica_id_in_sync_group, 0)
-      self.participation.assign(tf.where(first, counts, tf.zeros_like(counts)))
+  def reset_gate_cache(self):
+    """Zeroes the cached margins/predictions on every replica (epoch start)."""
+    _assign_on_read_sum(self.distribute_strategy, self.cached_margin,
+                        np.zeros([self.num_examples], np.float32))
+    _assign_on_read_sum(self.distribute_strategy, self.cached_prediction,
+                        np.zeros([self.num_examples], np.int32))
 
-    strategy.run(tf.function(assign))
+  def gate_cache(self):
+    """(margins float32 [N], predictions int32 [N]) from the last compact epoch."""
+    return (np.asarray(keras.ops.convert_to_numpy(self.cached_margin.value), np.float32),
+            np.asarray(keras.ops.convert_to_numpy(self.cached_prediction.value), np.int32))
+
+
+_ASSIGNERS = {}
+
+
+def _assign_on_read_sum(strategy, variable, value):
+  """Gives an on-read SUM variable exactly `value`: all of it on replica 0, zeros elsewhere.
+
+  Assigning such a variable in cross-replica context divides the value by the
+  replica count (integer division would lose counts), so each replica's copy
+  is written from inside a replica context instead.
+  """
+  key = (id(strategy), id(variable))
+  if key not in _ASSIGNERS:  # One traced function per variable, not one per call.
+
+    @tf.function
+    def assign(new_value):
+      first = tf.equal(tf.distribute.get_replica_context().replica_id_in_sync_group, 0)
+      variable.assign(tf.where(first, new_value, tf.zeros_like(new_value)))
+
+    _ASSIGNERS[key] = assign
+  strategy.run(_ASSIGNERS[key], args=(tf.constant(value),))
 
 
 class RegulationSchedule(keras.callbacks.Callback):
@@ -314,21 +355,69 @@ class RegulationSchedule(keras.callbacks.Callback):
     self.alpha = float(alpha)
     self.num_examples = int(num_examples)
     self.start_epoch = int(start_epoch)
-    self._previous_fraction = previous_fraction
+    self.previous_fraction = previous_fraction
     self._eta = 0.0
 
   def on_epoch_begin(self, epoch, logs=None):
     model = self.model
     self._eta = regulation.threshold(self.alpha, epoch)
     model.eta.assign(self._eta)
-    if model.backward == "auto" and self._previous_fraction is not None:
-      model.set_backward("compact" if self._previous_fraction < COMPACT_BREAK_EVEN else "masked")
+    if model.backward == "auto" and self.previous_fraction is not None:
+      model.set_backward("compact" if self.previous_fraction < COMPACT_BREAK_EVEN else "masked")
 
   def on_epoch_end(self, epoch, logs=None):
     if logs is None:
       return
-    self._previous_fraction = float(logs.get("participation_fraction", 1.0))
+    self.previous_fraction = float(logs.get("participation_fraction", 1.0))
     logs["eta"] = self._eta if math.isfinite(self._eta) else 1.0
+    logs["skipped_epoch"] = 0.0
     logs["compact_backward"] = float(self.model.active_backward == "compact")
     counts = self.model.participation_counts()
     logs["zeta"] = regulation.sample_efficiency(counts, epoch + 1)
+
+
+class IdleEpochSkipper(keras.callbacks.Callback):
+  """Detects epochs in which provably no sample takes part, so they can be skipped.
+
+  Exact reasoning: when an epoch ran with the compact (inference-mode) gate and
+  applied no update, the model that starts the next epoch is the one that
+  started this one, so every sample's margin and prediction are already known
+  from this epoch's gate pass; only eta changes. The next epoch's participants
+  are then `prediction != label or margin < eta(n + 1)`, with no forward pass.
+  If there are none, `idle_from` is set and training stops after this epoch;
+  the caller records the idle epochs and resumes at the first busy one.
+
+  Only the compact gate is cached: with masked backward the gate comes from
+  the training-mode forward, which for dropout models is not the cached one.
+  """
+
+  def __init__(self, labels, alpha, epochs):
+    super().__init__()
+    self.labels = np.asarray(labels, np.int32)
+    self.alpha = float(alpha)
+    self.epochs = int(epochs)
+    self.idle_from = None
+    self._iterations = None
+    self._compact = False
+
+  def on_epoch_begin(self, epoch, logs=None):
+    self._compact = self.model.regulate and self.model.active_backward == "compact"
+    if self._compact:
+      self.model.reset_gate_cache()
+      self._iterations = int(self.model.optimizer.iterations.numpy())
+
+  def on_epoch_end(self, epoch, logs=None):
+    self.idle_from = None
+    if not self._compact or epoch + 1 >= self.epochs:
+      return
+    margins, predictions = self.model.gate_cache()  # A collective: every worker reads.
+    if int(self.model.optimizer.iterations.numpy()) != self._iterations:
+      return  # The weights moved during the epoch: earlier rows are stale.
+    if not self.next_participants(margins, predictions, epoch + 1).any():
+      self.idle_from = epoch + 1
+      self.cache = (margins, predictions)
+      self.model.stop_training = True
+
+  def next_participants(self, margins, predictions, epoch):
+    """The participants of `epoch` for an unchanged model, from the cache."""
+    return (predictions != self.labels) | (margins < regulation.threshold(self.alpha, epoch))
