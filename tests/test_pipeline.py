@@ -105,3 +105,13 @@ def test_overwrite_moves_the_old_run_aside(tmp_path):
   old = [p for p in tmp_path.iterdir() if p.name.startswith("run.old-")]
   assert len(old) == 1 and (old[0] / "teacher/model.keras").is_file()
   assert json.loads((out / "teacher/metrics.json").read_text())["epochs"] == 2
+
+
+def test_conventional_teacher_alpha_inf_runs_and_everyone_takes_part(tmp_path):
+  out = tmp_path / "inf"
+  with tfds.testing.mock_data(num_examples=N):
+    summary = pipeline.run(smoke_config(out, stage="teacher", alpha=float("inf")))
+  assert summary["teacher"]["zeta"] == 1.0
+  np.testing.assert_array_equal(np.load(out / "teacher/participation.npy"), np.full(N, 2))
+  assert json.loads((out / "run_config.json").read_text())["alpha"] == "inf"
+  assert json.loads((out / "teacher/metrics.json").read_text())["alpha"] == "inf"

@@ -184,9 +184,19 @@ _NON_IDENTITY_FIELDS = frozenset({
 })
 
 
+def _json_value(value):
+  """Tuples as lists and infinite rates as the string "inf" (strict JSON has no inf)."""
+  if isinstance(value, tuple):
+    return list(value)
+  if isinstance(value, float) and math.isinf(value):
+    return "inf" if value > 0 else "-inf"
+  return value
+
+
 def identity(config: Config) -> dict:
-  """The settings that determine a run's results, for restart-compatibility checks."""
-  return {k: v if not isinstance(v, tuple) else list(v)
+  """The settings that determine a run's results, as strict-JSON values, for
+  restart-compatibility checks."""
+  return {k: _json_value(v)
           for k, v in dataclasses.asdict(config).items() if k not in _NON_IDENTITY_FIELDS}
 
 
