@@ -39,10 +39,10 @@ def py_module_binary(name, module, **kwargs):
 def pytest_test(name, deps = [], data = [], **kwargs):
     """A py_test that runs pytest on `<name>.py` (fixtures, marks and all).
 
-    For tests/BUILD only (it uses tests/pytest_runner.py and the :conftest
+    For tests/BUILD only (it uses tests/pytest_runner.py and the :support
     library there). Every test file tests/test_*.py needs one of these (checked by
-    tests/test_build_sync.py). Extra kwargs (size, tags, ...) go to py_test; tag a
-    test file "slow" to leave it out of `bazel test --config=fast`.
+    tests/test_build_sync.py). Extra kwargs (size, tags, ...) go to py_test; a
+    size = "large" test file is left out of `bazel test --config=fast`.
     """
     src = name + ".py"
     py_test(
@@ -50,7 +50,7 @@ def pytest_test(name, deps = [], data = [], **kwargs):
         srcs = ["pytest_runner.py", src],
         main = "pytest_runner.py",
         args = ["$(rootpath %s)" % src],
-        deps = [":conftest"] + deps,
+        deps = [":support"] + deps,
         data = data,
         **kwargs
     )

@@ -400,6 +400,12 @@ class MlflowStage:
                   run_id=self.run_id, synchronous=True)
     self.logged_epochs.add(int(epoch))
 
+  def log_history(self, history):
+    """Logs the epochs of `history` that the callback did not (resumed or reused stages)."""
+    for entry in history or ():
+      if int(entry["epoch"]) not in self.logged_epochs:
+        self.log_epoch(int(entry["epoch"]), entry)
+
   def log_metrics(self, metrics, step=None):
     values = {k: float(v) for k, v in metrics.items() if v is not None}
     if values:
@@ -454,9 +460,7 @@ class MlflowStage:
     earlier epochs) are logged here, so the run's metric history is complete.
     """
     self._log_array("participation.npy", np.asarray(counts, dtype=np.int32))
-    for entry in history or ():
-      if int(entry["epoch"]) not in self.logged_epochs:
-        self.log_epoch(int(entry["epoch"]), entry)
+    self.log_history(history)
     if history:
       self.log_dict(list(history), "history.json")
       figure = self._guard("plot participation", plots.participation_plot, history,

@@ -214,7 +214,12 @@ def train_teacher(config, strategy, train, test, tracker, is_chief=True) -> Stag
   spec = config.dataset_spec
   if os.path.exists(os.path.join(stage_dir, "metrics.json")):
     logging.info("teacher: finished earlier, reusing %s", stage_dir)
-    return _load_teacher(stage_dir, strategy)
+    teacher = _load_teacher(stage_dir, strategy)
+    with tracker.stage("teacher", role="teacher", model_name=config.teacher_model,
+                       alpha=config.alpha) as stage:
+      _log_finished_stage(stage, teacher.metrics, teacher.network, teacher.participation)
+      stage.log_significance(teacher.significance, train.labels, spec.class_names)
+    return teacher
   keras.utils.set_random_seed(config.seed)
   with strategy.scope():
     network = models.build_model(config.teacher_model, spec.image_shape, spec.num_classes)
@@ -242,10 +247,8 @@ def train_teacher(config, strategy, train, test, tracker, is_chief=True) -> Stag
     _finish_stage(stage_dir, network, metrics,
                   {"participation.npy": counts.astype(np.int32),
                    "significance.npy": significance.astype(np.float32)}, is_chief)
-    stage.log_metrics(_final_metrics(metrics))
-    stage.log_participation(counts, history)
+    _log_finished_stage(stage, metrics, network, counts)
     stage.log_significance(significance, train.labels, spec.class_names)
-    stage.log_model(network)
   return StageResult(network, metrics, counts, significance)
 
 
@@ -260,6 +263,15 @@ def _load_teacher(teacher_dir, strategy) -> StageResult:
   if "params" not in metrics:
     metrics["params"] = int(network.count_params())
   return StageResult(network, metrics, participation, np.load(significance_path))
+
+
+def _log_finished_stage(stage, metrics, network, participation=None):
+  """Final metrics, the whole per-epoch history, participation and the model."""
+  stage.log_metrics(_final_metrics(metrics))
+  stage.log_history(metrics.get("history"))
+  if participation is not None:
+    stage.log_participation(participation, metrics.get("history"))
+  stage.log_model(network)
 
 
 def _final_metrics(metrics):
@@ -279,9 +291,16 @@ def distill_students(config, strategy, train, test, teacher: StageResult, tracke
   for mode_name in config.modes:
     mode = modes_lib.get_mode(mode_name)
     stage_dir = os.path.join(config.output_dir, "students", mode_name)
+    alpha = config.distill_alpha if mode.regulate else float("inf")
     if os.path.exists(os.path.join(stage_dir, "metrics.json")):
       logging.info("student %s: finished earlier, reusing %s", mode_name, stage_dir)
       results[mode_name] = io_utils.read_json(os.path.join(stage_dir, "metrics.json"))
+      with tracker.stage(f"student-{mode_name}", role="student", model_name=config.student_model,
+                         mode=mode_name, alpha=alpha) as stage:
+        participation_path = os.path.join(stage_dir, "participation.npy")
+        _log_finished_stage(
+            stage, results[mode_name], _load_network(os.path.join(stage_dir, "model.keras"), strategy),
+            np.load(participation_path) if os.path.exists(participation_path) else None)
       continue
     extras = {}
     if not config.augment:
@@ -290,7 +309,6 @@ def distill_students(config, strategy, train, test, teacher: StageResult, tracke
       extras["teacher_logits"] = teacher_logits
     if mode.weight_by_significance:
       extras["significance"] = teacher.significance.astype(np.float32)
-    alpha = config.distill_alpha if mode.regulate else float("inf")
     keras.utils.set_random_seed(config.seed)
     with strategy.scope():
       student = models.build_model(config.student_model, spec.image_shape, spec.num_classes)
@@ -323,10 +341,7 @@ def distill_students(config, strategy, train, test, teacher: StageResult, tracke
       }
       arrays = {"participation.npy": counts.astype(np.int32)} if mode.regulate else {}
       _finish_stage(stage_dir, student, metrics, arrays, is_chief)
-      stage.log_metrics(_final_metrics(metrics))
-      if mode.regulate:
-        stage.log_participation(counts, history)
-      stage.log_model(student)
+      _log_finished_stage(stage, metrics, student, counts if mode.regulate else None)
     results[mode_name] = metrics
   return results
 

@@ -18,6 +18,10 @@ class NullStage:
   def log_metrics(self, metrics, step=None):
     del metrics, step
 
+  def log_history(self, history):
+    """Per-epoch metrics of epochs not seen by the callbacks (resumed/reused stages)."""
+    del history
+
   def log_artifact(self, path, artifact_path=None):
     del path, artifact_path
 

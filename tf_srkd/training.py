@@ -77,6 +77,22 @@ def global_sum(value):
   return ctx.all_reduce(tf.distribute.ReduceOp.SUM, value)
 
 
+def scatter_add_by_id(variable, ids, values):
+  """variable[ids] += values for a per-sample [N] state variable.
+
+  A single (non-distributed) variable takes a sparse update, O(batch). An
+  on-read variable under a strategy does not implement `scatter_add`, so it
+  takes a dense [N] delta on the local replica's copy, which stays exact
+  because reads sum the replicas.
+  """
+  target = getattr(variable, "value", variable)
+  if isinstance(target, tf.Variable) and not isinstance(target, tf.distribute.DistributedValues):
+    target.scatter_add(tf.IndexedSlices(tf.cast(values, target.dtype), ids))
+  else:
+    variable.assign_add(tf.scatter_nd(tf.expand_dims(ids, 1), tf.cast(values, variable.dtype),
+                                      tf.shape(variable, out_type=tf.int32)))
+
+
 def _pad_if_empty(features, labels):
   """Appends one all-zero row when a batch is empty, with weight 0.
 
@@ -234,10 +250,8 @@ class SelfRegulatedModel(keras.Model):
       gate, delta, predicted = self._gate(gate_logits, padded_labels)
       gate = gate * valid
       n_real = tf.shape(ids)[0]
-      self.cached_margin.assign_add(
-          tf.scatter_nd(tf.expand_dims(ids, 1), delta[:n_real], [self.num_examples]))
-      self.cached_prediction.assign_add(
-          tf.scatter_nd(tf.expand_dims(ids, 1), predicted[:n_real], [self.num_examples]))
+      scatter_add_by_id(self.cached_margin, ids, delta[:n_real])
+      scatter_add_by_id(self.cached_prediction, ids, predicted[:n_real])
       count = global_sum(tf.reduce_sum(gate))
       rows = tf.reshape(tf.where(gate > 0), [-1])
       chosen, chosen_labels, chosen_valid = _pad_if_empty(
@@ -264,9 +278,7 @@ class SelfRegulatedModel(keras.Model):
 
     n = tf.shape(ids)[0]
     real_gate = gate[:n]
-    self.participation.assign_add(
-        tf.scatter_nd(tf.expand_dims(ids, 1), tf.cast(real_gate > 0, tf.int32),
-                      [self.num_examples]))
+    scatter_add_by_id(self.participation, ids, tf.cast(real_gate > 0, tf.int32))
     self._update_metrics(chosen, loss_gate, total, parts, gate_logits[:n], labels, real_gate)
     results = {name: t.result() for name, t in self._trackers.items()}
     if isinstance(self.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy):

@@ -1,0 +1,119 @@
+"""The Bazel BUILD files are in sync with the tree (fast; no Bazel needed).
+
+Every module under tf_srkd/ and export/ is in a py_library's srcs in /BUILD, every
+tests/test_*.py has a `pytest_test` in tests/BUILD (other tests/*.py in some srcs
+there), nothing listed is missing on disk, and every CLI target names a module that
+exists. The BUILD files are read by exec-ing them with stand-ins that record each
+rule call (Starlark BUILD syntax is a subset of Python's).
+"""
+
+import builtins
+import fnmatch
+import os
+
+import pytest
+
+# Under `bazel test` this file is a symlink in the runfiles tree: check the real tree.
+ROOT = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
+LIBRARY_DIRS = ("tf_srkd", "export")
+
+
+class _BuildFile(dict):
+  """Namespace for exec-ing one BUILD file: any unknown name is a rule that records its call."""
+
+  def __init__(self, package):
+    super().__init__(load=lambda *args: None, glob=self._glob)
+    self.package = package
+    self.calls = []  # (rule name, kwargs)
+
+  def __missing__(self, name):
+    if hasattr(builtins, name):
+      return getattr(builtins, name)
+    return lambda *args, **kwargs: self.calls.append((name, kwargs))
+
+  def _glob(self, include, exclude=(), **unused):
+    base = os.path.join(ROOT, self.package)
+    found = set()
+    for dirpath, _, files in os.walk(base):
+      for f in files:
+        rel = os.path.relpath(os.path.join(dirpath, f), base).replace(os.sep, "/")
+        if (any(fnmatch.fnmatch(rel, p) for p in include)
+            and not any(fnmatch.fnmatch(rel, p) for p in exclude)):
+          found.add(rel)
+    return sorted(found)
+
+  def rules(self, *kinds):
+    return [kwargs for kind, kwargs in self.calls if kind in kinds]
+
+  def path(self, src):
+    """Repository-relative path of a source label written in this package."""
+    if src.startswith("//"):
+      package, _, name = src[2:].partition(":")
+      return f"{package}/{name}" if package else name
+    return f"{self.package}/{src.lstrip(':')}" if self.package else src.lstrip(":")
+
+
+def read_build(package):
+  path = os.path.join(ROOT, package, "BUILD")
+  build = _BuildFile(package)
+  with open(path) as f:
+    exec(compile(f.read(), path, "exec"), {"__builtins__": {}}, build)  # pylint: disable=exec-used
+  return build
+
+
+def python_files(directory):
+  found = []
+  for dirpath, dirnames, files in os.walk(os.path.join(ROOT, directory)):
+    dirnames[:] = [d for d in dirnames if d != "__pycache__"]
+    found += [os.path.relpath(os.path.join(dirpath, f), ROOT).replace(os.sep, "/")
+              for f in files if f.endswith(".py")]
+  return sorted(found)
+
+
+def exists(path):
+  return os.path.isfile(os.path.join(ROOT, path))
+
+
+def test_every_library_module_is_in_a_py_library():
+  build = read_build("")
+  listed = {build.path(s) for lib in build.rules("py_library") for s in lib.get("srcs", [])}
+  missing = [f for d in LIBRARY_DIRS for f in python_files(d) if f not in listed]
+  assert not missing, (f"not in any py_library's srcs in BUILD (add them to the srcs of "
+                       f"//:tf_srkd or //:export): {', '.join(missing)}")
+  stale = sorted(f for f in listed if not exists(f))
+  assert not stale, f"listed in BUILD's py_library srcs but not on disk: {', '.join(stale)}"
+
+
+def test_every_test_file_has_a_py_test():
+  build = read_build("tests")
+  covered = {build.path(t["name"] + ".py") for t in build.rules("pytest_test")}
+  covered |= {build.path(s) for t in build.rules("py_test") for s in t.get("srcs", [])}
+  test_files = [f for f in python_files("tests")
+                if fnmatch.fnmatch(os.path.basename(f), "test_*.py")]
+  missing = [f for f in test_files if f not in covered]
+  assert not missing, ("no py_test in tests/BUILD for: " + ", ".join(missing) + "; add "
+                       + " ".join(f'pytest_test(name = "{os.path.basename(f)[:-3]}")'
+                                  for f in missing))
+  stale = sorted(f for f in covered if not exists(f))
+  assert not stale, f"tests/BUILD has a py_test for a file not on disk: {', '.join(stale)}"
+
+
+def test_test_helpers_are_in_tests_build():
+  """conftest.py and any helper module the tests import must be in the runfiles."""
+  build = read_build("tests")
+  listed = {build.path(s) for kind, rule in build.calls for s in rule.get("srcs", [])}
+  for t in build.rules("pytest_test"):  # see bazel/defs.bzl
+    listed |= {build.path(t["name"] + ".py"), build.path("pytest_runner.py")}
+  missing = [f for f in python_files("tests") if f not in listed]
+  assert not missing, ("not in any srcs in tests/BUILD (add them to the srcs of "
+                       f"//tests:support): {', '.join(missing)}")
+
+
+@pytest.mark.parametrize("name", ["main", "report", "tflite"])
+def test_cli_targets_name_existing_modules(name):
+  build = read_build("")
+  binaries = {b["name"]: b["module"] for b in build.rules("py_module_binary")}
+  assert name in binaries, f"BUILD has no py_module_binary //:{name}"
+  module = binaries[name]
+  path = module.replace(".", "/") + ".py"
+  assert exists(path), f"//:{name} runs `python -m {module}`, but {path} does not exist"
