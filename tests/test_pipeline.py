@@ -115,3 +115,15 @@ def test_conventional_teacher_alpha_inf_runs_and_everyone_takes_part(tmp_path):
   np.testing.assert_array_equal(np.load(out / "teacher/participation.npy"), np.full(N, 2))
   assert json.loads((out / "run_config.json").read_text())["alpha"] == "inf"
   assert json.loads((out / "teacher/metrics.json").read_text())["alpha"] == "inf"
+
+
+def test_export_flag_writes_verified_tflite_students(tmp_path):
+  out = tmp_path / "export"
+  with tfds.testing.mock_data(num_examples=N):
+    pipeline.run(smoke_config(out, epochs=1, modes=("regulated",), export=("float32",)))
+  tflite_dir = out / "students/regulated/tflite"
+  assert (tflite_dir / "model_float32.tflite").is_file()
+  assert (tflite_dir / "labels.txt").read_text().splitlines()[:2] == ["0", "1"]
+  sidecar = json.loads((tflite_dir / "model_float32.json").read_text())
+  assert sidecar["quantization"] == "float32"
+  assert any("agreement" in k for k in json.dumps(sidecar).split('"'))

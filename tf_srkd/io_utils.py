@@ -25,8 +25,13 @@ def atomic_path(path: str, suffix: str = ""):
   fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp" + suffix,
                              dir=directory)
   os.close(fd)
+  umask = os.umask(0)
+  os.umask(umask)
   try:
     yield tmp
+    # mkstemp creates 0600; give the result the permissions a plain open() would.
+    if os.path.isfile(tmp):
+      os.chmod(tmp, 0o666 & ~umask)
     os.replace(tmp, path)
   finally:
     if os.path.exists(tmp):

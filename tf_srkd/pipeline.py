@@ -349,6 +349,27 @@ def distill_students(config, strategy, train, test, teacher: StageResult, tracke
 # -- the job ---------------------------------------------------------------------
 
 
+def export_students(config, modes, tracker):
+  """TFLite export + LiteRT verification of every student (`--export`).
+
+  Files go to `students/<mode>/tflite/`; with MLflow on, each student's run gets
+  the verification metrics and the `.tflite` files.
+  """
+  from export import tflite  # pylint: disable=import-outside-toplevel
+
+  run_ids = getattr(tracker, "stage_run_ids", {}) or {}
+  results = tflite.export_run(
+      config.output_dir, config.export, modes=modes,
+      mlflow_run_ids={m: run_ids[f"student-{m}"] for m in modes if f"student-{m}" in run_ids})
+  for mode, by_quantization in results.items():
+    for quantization, result in by_quantization.items():
+      logging.info("export %s/%s: %s", mode, quantization, {
+          k: v for k, v in result.items()
+          if any(t in k for t in ("accuracy", "agreement", "size", "latency", "file"))})
+  return results
+
+
+
 def summarize(config, train_size, teacher_metrics, student_metrics) -> dict:
   """The `summary.json` contract."""
 
@@ -417,6 +438,8 @@ def run(config: config_lib.Config, strategy=None, tracker=None, is_chief=True) -
     students = {}
     if config.stage in ("distill", "all"):
       students = distill_students(config, strategy, train, test, teacher, tracker, is_chief)
+    if config.export and students and is_chief:
+      export_students(config, list(students), tracker)
     summary = summarize(config, train.size, teacher.metrics, students)
     if is_chief:
       io_utils.write_json(os.path.join(config.output_dir, "summary.json"), summary)
