@@ -64,6 +64,11 @@ def test_skipping_idle_epochs_is_bit_identical(mnist_subset, tmp_path, kind):
     assert p["zeta"] == pytest.approx(f["zeta"])
   for epoch in skipped:
     assert plain_history[epoch]["participation_fraction"] == 0.0
+  if kind == "student":
+    # A busy epoch after idle ones took its gate from the cache until its first update.
+    assert any(h["gate_from_cache"] > 0 and not h.get("skipped_epoch") and
+               h["participation_fraction"] > 0 for h in fast_history)
+  assert all(h["gate_from_cache"] == 0 for h in plain_history)
 
 
 def test_masked_gate_is_never_shortcut(mnist_subset, tmp_path):

@@ -43,12 +43,12 @@ import mlflow
 import mlflow.keras
 import numpy as np
 
+from tf_srkd import mlflow_store
 from tf_srkd import plots
 from tf_srkd import tracking
 
 #: How long the reachability check may take per request, and how often it retries.
-CHECK_TIMEOUT_S = 10
-CHECK_MAX_RETRIES = 0
+CHECK_TIMEOUT_S = int(mlflow_store.FAIL_FAST_ENV["MLFLOW_HTTP_REQUEST_TIMEOUT"])
 
 #: Keras epoch-log names whose MLflow metric name differs.
 EPOCH_METRIC_NAMES = {"zeta": "cumulative_zeta"}
@@ -104,8 +104,7 @@ def epoch_metrics(logs) -> dict:
 
 def resolve_tracking_uri(config) -> str:
   """--mlflow_tracking_uri, else $MLFLOW_TRACKING_URI, else MLflow's default."""
-  return (config.mlflow_tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-          or mlflow.get_tracking_uri())
+  return mlflow_store.resolve_tracking_uri(config.mlflow_tracking_uri)
 
 
 def parent_run_name(config) -> str:
@@ -147,23 +146,6 @@ def using_tracking_uri(uri):
       os.environ.pop("MLFLOW_TRACKING_URI", None)
     else:
       os.environ["MLFLOW_TRACKING_URI"] = previous_env
-
-
-@contextlib.contextmanager
-def _fail_fast_http():
-  """No retries and a short timeout for MLflow's REST calls inside the block."""
-  settings = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(CHECK_MAX_RETRIES),
-              "MLFLOW_HTTP_REQUEST_TIMEOUT": str(CHECK_TIMEOUT_S)}
-  saved = {k: os.environ.get(k) for k in settings}
-  os.environ.update(settings)
-  try:
-    yield
-  finally:
-    for key, value in saved.items():
-      if value is None:
-        os.environ.pop(key, None)
-      else:
-        os.environ[key] = value
 
 
 # -- connecting -------------------------------------------------------------------
@@ -221,7 +203,7 @@ def connect(config, strict=False):
   """
   uri = resolve_tracking_uri(config)
   try:
-    with _fail_fast_http():
+    with mlflow_store.fail_fast_http():
       client = mlflow.MlflowClient(tracking_uri=uri)
       experiment_id = _get_or_create_experiment(client, config.experiment_name, uri)
   except TrackingError:

@@ -168,6 +168,7 @@ def _log_idle_epochs(model, skipper, split, alpha, epochs, callbacks):
     eta = regulation.threshold(alpha, epoch)
     logs = {name: 0.0 for name in ("loss",) + model.loss_part_names()}
     logs.update(accuracy=accuracy, participation_fraction=0.0, eta=eta, compact_backward=1.0,
+                gate_from_cache=1.0,
                 zeta=regulation.sample_efficiency(counts, epoch + 1), skipped_epoch=1.0)
     for callback in callbacks:
       callback.on_epoch_end(epoch, logs)

@@ -22,7 +22,6 @@ Library use: `fetch_records(client, names)` -> `build_tables(records)` ->
 TensorFlow.
 """
 
-import contextlib
 import dataclasses
 import os
 import sys
@@ -30,6 +29,8 @@ from typing import Optional
 
 from absl import app
 from absl import flags
+
+from tf_srkd import mlflow_store
 
 #: The paper's numbers (Mishra & Sundaram, arXiv 2102.07125v2); a test keeps
 #: them equal to the project's shared copy of the paper's tables.
@@ -76,9 +77,6 @@ EFFICIENCY_MODES = ("regulated", "hybrid")
 MISSING = "—"
 
 #: The reachability check: no retries, a short timeout.
-CHECK_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
-
-
 class ReportError(RuntimeError):
   """The runs cannot be read (unreachable store, unknown experiment)."""
 
@@ -138,25 +136,7 @@ def record_from_run(run) -> Optional[RunRecord]:
       train_examples=_int_or_none(params.get("num_train_examples")), model=tags.get("model"))
 
 
-@contextlib.contextmanager
-def _fail_fast_http():
-  saved = {k: os.environ.get(k) for k in CHECK_ENV}
-  os.environ.update(CHECK_ENV)
-  try:
-    yield
-  finally:
-    for key, value in saved.items():
-      if value is None:
-        os.environ.pop(key, None)
-      else:
-        os.environ[key] = value
-
-
-def resolve_tracking_uri(flag_value=None) -> str:
-  """--mlflow_tracking_uri, else $MLFLOW_TRACKING_URI, else MLflow's default."""
-  import mlflow  # pylint: disable=import-outside-toplevel
-
-  return flag_value or os.environ.get("MLFLOW_TRACKING_URI") or mlflow.get_tracking_uri()
+resolve_tracking_uri = mlflow_store.resolve_tracking_uri
 
 
 def open_client(uri):
@@ -184,7 +164,7 @@ def fetch_records(client, experiment_names=()) -> list:
   """
   uri = client.tracking_uri
   try:
-    with _fail_fast_http():
+    with mlflow_store.fail_fast_http():
       if experiment_names:
         experiments = []
         for name in experiment_names:

@@ -157,9 +157,22 @@ class SelfRegulatedModel(keras.Model):
     self.cached_prediction = keras.Variable(
         np.zeros([self.num_examples], np.int32), dtype="int32", trainable=False,
         synchronization="on_read", aggregation="sum", name="cached_prediction")
+    # The previous epoch's cache, mirrored so every replica can read any id, and
+    # whether it still describes the current weights (`IdleEpochSkipper` sets
+    # it at epoch start; the first update of the epoch clears it).
+    self.previous_margin = keras.Variable(
+        np.zeros([self.num_examples], np.float32), dtype="float32", trainable=False,
+        aggregation="only_first_replica", name="previous_margin")
+    self.previous_prediction = keras.Variable(
+        np.zeros([self.num_examples], np.int32), dtype="int32", trainable=False,
+        aggregation="only_first_replica", name="previous_prediction")
+    self.gate_cache_valid = keras.Variable(0, dtype="int32", trainable=False,
+                                           aggregation="only_first_replica",
+                                           name="gate_cache_valid")
     self._trackers = {
         name: keras.metrics.Mean(name=name)
-        for name in ("loss", "accuracy", "participation_fraction") + self.loss_part_names()
+        for name in ("loss", "accuracy", "participation_fraction", "gate_from_cache")
+        + self.loss_part_names()
     }
     self._train_functions = {}
     self.built = True
@@ -245,10 +258,24 @@ class SelfRegulatedModel(keras.Model):
     variables = self.network.trainable_variables
     padded, padded_labels, valid = _pad_if_empty(features, labels)
 
+    use_cache = tf.constant(False)
     if backward == "compact":
-      gate_logits = self.network(padded["image"], training=False)
-      gate, delta, predicted = self._gate(gate_logits, padded_labels)
-      gate = gate * valid
+      use_cache = tf.equal(self.gate_cache_valid, 1)
+
+      def gate_from_cache():
+        return (tf.gather(self.previous_margin, padded["id"]),
+                tf.gather(self.previous_prediction, padded["id"]))
+
+      def gate_from_model():
+        _, margin, prediction = self._gate(self.network(padded["image"], training=False),
+                                           padded_labels)
+        return margin, prediction
+
+      # Until the epoch's first update the weights are those the cache was made
+      # with: the gate needs no forward pass.
+      delta, predicted = tf.cond(use_cache, gate_from_cache, gate_from_model)
+      gate = valid * (regulation.gate_from_margin(delta, predicted, padded_labels, self.eta)
+                      if self.regulate else tf.ones_like(delta))
       n_real = tf.shape(ids)[0]
       scatter_add_by_id(self.cached_margin, ids, delta[:n_real])
       scatter_add_by_id(self.cached_prediction, ids, predicted[:n_real])
@@ -271,15 +298,19 @@ class SelfRegulatedModel(keras.Model):
         total, parts = self.per_sample_loss(padded, padded_labels, logits)
         weights = self._sample_weights(padded, gate)
         loss = losses.normalised_loss(total, weights, count)
-      gate_logits, chosen, loss_gate = logits, padded, gate
+      chosen, loss_gate = padded, gate
+      predicted = tf.argmax(logits, -1, output_type=tf.int32)
 
     grads = tape.gradient(loss, variables)
     apply_if(self.optimizer, grads, variables, count > 0)
+    if backward == "compact":
+      self.gate_cache_valid.assign(tf.where(count > 0, 0, self.gate_cache_valid))
 
     n = tf.shape(ids)[0]
     real_gate = gate[:n]
     scatter_add_by_id(self.participation, ids, tf.cast(real_gate > 0, tf.int32))
-    self._update_metrics(chosen, loss_gate, total, parts, gate_logits[:n], labels, real_gate)
+    self._update_metrics(chosen, loss_gate, total, parts, predicted[:n], labels, real_gate)
+    self._trackers["gate_from_cache"].update_state(tf.cast(use_cache, tf.float32))
     results = {name: t.result() for name, t in self._trackers.items()}
     if isinstance(self.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy):
       # Keras reduces per-step results with `reduce("MEAN", v, axis=0)` under
@@ -288,7 +319,7 @@ class SelfRegulatedModel(keras.Model):
       results = {name: tf.reshape(v, [1]) for name, v in results.items()}
     return results
 
-  def _update_metrics(self, chosen, loss_gate, total, parts, logits, labels, gate):
+  def _update_metrics(self, chosen, loss_gate, total, parts, predicted, labels, gate):
     """Loss metrics: sum(g s L) / sum(g) over the epoch; accuracy and participation
     fraction over every real sample."""
     scale = (tf.cast(chosen["significance"], tf.float32)
@@ -296,8 +327,7 @@ class SelfRegulatedModel(keras.Model):
     self._trackers["loss"].update_state(scale * total, sample_weight=loss_gate)
     for name, values in parts.items():
       self._trackers[name].update_state(scale * values, sample_weight=loss_gate)
-    correct = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32),
-                               tf.cast(labels, tf.int32)), tf.float32)
+    correct = tf.cast(tf.equal(predicted, tf.cast(labels, tf.int32)), tf.float32)
     self._trackers["accuracy"].update_state(correct)
     self._trackers["participation_fraction"].update_state(gate)
 
@@ -397,7 +427,9 @@ class IdleEpochSkipper(keras.callbacks.Callback):
   from this epoch's gate pass; only eta changes. The next epoch's participants
   are then `prediction != label or margin < eta(n + 1)`, with no forward pass.
   If there are none, `idle_from` is set and training stops after this epoch;
-  the caller records the idle epochs and resumes at the first busy one.
+  the caller records the idle epochs and resumes at the first busy one. In the
+  busy epoch that follows, batches before the first update take their gate
+  from the cache too (`gate_from_cache` in the logs), with no forward pass.
 
   Only the compact gate is cached: with masked backward the gate comes from
   the training-mode forward, which for dropout models is not the cached one.
@@ -409,25 +441,35 @@ class IdleEpochSkipper(keras.callbacks.Callback):
     self.alpha = float(alpha)
     self.epochs = int(epochs)
     self.idle_from = None
+    self.cache = None  # (margins, predictions) valid for the current weights, or None.
     self._iterations = None
     self._compact = False
 
   def on_epoch_begin(self, epoch, logs=None):
-    self._compact = self.model.regulate and self.model.active_backward == "compact"
+    model = self.model
+    self._compact = model.regulate and model.active_backward == "compact"
+    if self._compact and self.cache is not None:
+      model.previous_margin.assign(self.cache[0])
+      model.previous_prediction.assign(self.cache[1])
+      model.gate_cache_valid.assign(1)
+    else:
+      model.gate_cache_valid.assign(0)
     if self._compact:
-      self.model.reset_gate_cache()
-      self._iterations = int(self.model.optimizer.iterations.numpy())
+      model.reset_gate_cache()
+      self._iterations = int(model.optimizer.iterations.numpy())
 
   def on_epoch_end(self, epoch, logs=None):
     self.idle_from = None
-    if not self._compact or epoch + 1 >= self.epochs:
+    self.cache = None
+    if not self._compact:
       return
     margins, predictions = self.model.gate_cache()  # A collective: every worker reads.
     if int(self.model.optimizer.iterations.numpy()) != self._iterations:
       return  # The weights moved during the epoch: earlier rows are stale.
-    if not self.next_participants(margins, predictions, epoch + 1).any():
+    self.cache = (margins, predictions)
+    if epoch + 1 < self.epochs and not self.next_participants(margins, predictions,
+                                                              epoch + 1).any():
       self.idle_from = epoch + 1
-      self.cache = (margins, predictions)
       self.model.stop_training = True
 
   def next_participants(self, margins, predictions, epoch):
