@@ -84,6 +84,40 @@ def test_two_worker_multiworker_counts_match_brute_force(tmp_path):
   print(f"2-worker MultiWorkerMirroredStrategy test wall time: {wall:.1f} s")
 
 
+def test_two_worker_cli_equals_one_process(tmp_path):
+  """The whole job under MultiWorkerMirroredStrategy: same results, only the chief writes."""
+  args = ["--modes=regulated", "--epochs=2", "--train_examples=256", "--alpha=0.5",
+          "--distill_alpha=0.5"]
+  cli(*args, f"--output_dir={tmp_path / 'single'}")
+  ports = [_free_port(), _free_port()]
+  cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+  procs = []
+  try:
+    for index in range(2):
+      env = dict(ENV, TF_CONFIG=json.dumps({"cluster": cluster,
+                                            "task": {"type": "worker", "index": index}}))
+      procs.append(subprocess.Popen(
+          [sys.executable, "-m", "tf_srkd.main", "--flagfile=flags/smoke.flags", *args,
+           "--strategy=multi_worker", f"--output_dir={tmp_path / 'multi'}"],
+          cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    outputs = [p.communicate(timeout=420)[0] for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+  for p, out in zip(procs, outputs):
+    assert p.returncode == 0, out[-3000:]
+  assert "student/regulated" in outputs[0] and "student/regulated" not in outputs[1]
+  for name in ("teacher/participation.npy", "students/regulated/participation.npy"):
+    np.testing.assert_array_equal(np.load(tmp_path / "single" / name),
+                                  np.load(tmp_path / "multi" / name), err_msg=name)
+  single = json.loads((tmp_path / "single/summary.json").read_text())
+  multi = json.loads((tmp_path / "multi/summary.json").read_text())
+  assert single == multi
+  assert not [p for p in (tmp_path / "multi").rglob("*") if ".tmp" in p.name]
+
+
 def _kill_when(path_glob_dir, prefix, process, minimum=1, timeout=300):
   deadline = time.time() + timeout
   while time.time() < deadline:
