@@ -1,0 +1,316 @@
+"""Shared helpers for the benchmarks of issue 6.
+
+Every benchmark compares variants *side by side in one process on the same
+data*: the machine is shared with other processes, so absolute seconds drift
+from minute to minute while ratios of epochs measured next to each other do
+not. `interleave` runs one epoch of every variant per round (rotating the order
+each round), drops the warm-up rounds (tracing, first-iterator costs) and
+reports per-variant medians and the median of the per-round ratios.
+
+`write_section` puts a script's table into `bench/RESULTS.md` between
+`<!-- bench:NAME -->` and `<!-- /bench:NAME -->`, replacing only its own
+section, so the scripts never clobber each other.
+"""
+
+import contextlib
+import datetime
+import fcntl
+import os
+import platform
+import statistics
+import sys
+import time
+
+BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
+REPO_ROOT = os.path.dirname(BENCH_DIR)
+RESULTS_PATH = os.path.join(BENCH_DIR, "RESULTS.md")
+
+if REPO_ROOT not in sys.path:
+  sys.path.insert(0, REPO_ROOT)
+os.environ.setdefault("TFDS_DATA_DIR", "/work/shared/tfds")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# -- machine -------------------------------------------------------------------
+
+
+def _cpu_model():
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or "unknown CPU"
+
+
+def load_average():
+  """The 1-minute load average (other processes share this machine)."""
+  try:
+    return os.getloadavg()[0]
+  except OSError:
+    return float("nan")
+
+
+def machine_description():
+  """One line: CPU, cores, TF/Keras/Python versions, threads, GPUs, load."""
+  import keras  # pylint: disable=import-outside-toplevel
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+  try:
+    usable = len(os.sched_getaffinity(0))
+  except AttributeError:
+    usable = os.cpu_count()
+  gpus = tf.config.list_physical_devices("GPU")
+  onednn = os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default (on)")
+  return (f"{_cpu_model()}, {os.cpu_count()} logical cores ({usable} usable), "
+          f"{'no GPU' if not gpus else f'{len(gpus)} GPU(s)'}; TensorFlow {tf.__version__}, "
+          f"Keras {keras.__version__}, Python {platform.python_version()}; "
+          f"intra/inter-op threads {tf.config.threading.get_intra_op_parallelism_threads()}/"
+          f"{tf.config.threading.get_inter_op_parallelism_threads()} (0 = TF default), "
+          f"oneDNN {onednn}, jit_compile=False; {code_version()}; 1-min load average at start "
+          f"{load_average():.1f}")
+
+
+def code_version():
+  """The commit the library was measured at, and whether `tf_srkd/` had local edits."""
+  import subprocess  # pylint: disable=import-outside-toplevel
+
+  try:
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT,
+                          capture_output=True, text=True, check=True).stdout.strip()
+    dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "tf_srkd"],
+                           cwd=REPO_ROOT).returncode != 0
+    return f"`tf_srkd` at {head}" + (" + uncommitted edits" if dirty else "")
+  except (OSError, subprocess.CalledProcessError):
+    return "`tf_srkd` (no git information)"
+
+
+def utc_now():
+  return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+# -- timing --------------------------------------------------------------------
+
+
+class EpochClock:
+  """Times Keras epochs from the first `on_epoch_begin` to the last `on_epoch_end`.
+
+  Pass `clock.callbacks(others)` as `fit`'s callbacks: the start hook runs before
+  every other callback's `on_epoch_begin` and the stop hook after every other
+  callback's `on_epoch_end`, so an epoch's time includes the callbacks' work
+  (e.g. `RegulationSchedule`) but not `fit`'s one-off setup.
+  """
+
+  def __init__(self):
+    import keras  # pylint: disable=import-outside-toplevel
+
+    clock = self
+    self.times = []
+    self.logs = []
+    self._began = None
+
+    class _Start(keras.callbacks.Callback):
+
+      def on_epoch_begin(self, epoch, logs=None):
+        clock._began = (time.perf_counter(), time.process_time())
+
+    class _Stop(keras.callbacks.Callback):
+
+      def on_epoch_end(self, epoch, logs=None):
+        wall, cpu = time.perf_counter(), time.process_time()
+        clock.times.append(wall - clock._began[0])
+        entry = dict(logs or {})
+        entry["cpu_s"] = cpu - clock._began[1]
+        clock.logs.append(entry)
+
+    self._start, self._stop = _Start(), _Stop()
+
+  def callbacks(self, others=()):
+    return [self._start, *others, self._stop]
+
+  def last(self):
+    """(wall seconds, logs) of the last epoch; logs["cpu_s"] is the process CPU time
+    (all threads, user + system) the epoch took."""
+    return self.times[-1], self.logs[-1]
+
+
+def fit_one_epoch(model, dataset, epoch=0, callbacks=(), steps=None):
+  """`model.fit` for exactly one epoch (index `epoch`); returns (seconds, logs), with the
+  epoch's process CPU seconds in logs["cpu_s"]."""
+  clock = EpochClock()
+  model.fit(dataset, initial_epoch=epoch, epochs=epoch + 1, steps_per_epoch=steps,
+            callbacks=clock.callbacks(callbacks), verbose=0)
+  return clock.last()
+
+
+def interleave(variants, rounds, warmup=1, log=print):
+  """Runs every variant once per round, in a rotating order.
+
+  Args:
+    variants: dict name -> `fn(round_index) -> (seconds, info_dict)`; each call
+      runs (and times) one epoch.
+    rounds: measured rounds.
+    warmup: leading rounds that are run but not kept.
+    log: progress printer.
+
+  Returns:
+    dict name -> list of (seconds, info) for the measured rounds, in round order.
+  """
+  names = list(variants)
+  results = {name: [] for name in names}
+  for r in range(warmup + rounds):
+    order = names[r % len(names):] + names[:r % len(names)]
+    for name in order:
+      seconds, info = variants[name](r)
+      tag = "warm-up" if r < warmup else "round"
+      log(f"  [{tag} {r}] {name:<38} {seconds:7.3f} s  load {load_average():.1f}  "
+          + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                     for k, v in (info or {}).items()), flush=True)
+      if r >= warmup:
+        results[name].append((seconds, info or {}))
+  return results
+
+
+def seconds_of(samples):
+  return [s for s, _ in samples]
+
+
+def median(values):
+  return statistics.median(values)
+
+
+def paired_ratios(samples, baseline):
+  """Per-round ratios variant / baseline (each round ran both next to each other)."""
+  return [a / b for a, b in zip(seconds_of(samples), seconds_of(baseline))]
+
+
+def ratio_summary(samples, baseline):
+  """(median of per-round ratios, min, max)."""
+  ratios = paired_ratios(samples, baseline)
+  return median(ratios), min(ratios), max(ratios)
+
+
+def cpu_ratio_summary(samples, baseline):
+  """Like `ratio_summary` on the per-epoch process CPU seconds (info["cpu_s"]).
+
+  CPU time is much less sensitive than wall time to other processes competing
+  for the cores (it counts the work this process did, not how long it waited)."""
+  ratios = [a["cpu_s"] / b["cpu_s"] for (_, a), (_, b) in zip(samples, baseline)]
+  return median(ratios), min(ratios), max(ratios)
+
+
+def timed(fn):
+  """Runs `fn()`; returns (wall seconds, CPU seconds, result)."""
+  wall, cpu = time.perf_counter(), time.process_time()
+  result = fn()
+  return time.perf_counter() - wall, time.process_time() - cpu, result
+
+
+def fmt_ratio(summary):
+  mid, low, high = summary
+  return f"**{mid:.3f}** ({low:.2f}–{high:.2f})"
+
+
+def verdict(value, goal, at_most=True):
+  ok = value <= goal if at_most else value >= goal
+  return "met" if ok else "missed"
+
+
+# -- markdown ------------------------------------------------------------------
+
+
+def markdown_table(headers, rows):
+  """A GitHub-flavoured Markdown table."""
+  lines = ["| " + " | ".join(str(h) for h in headers) + " |",
+           "|" + "|".join(" --- " for _ in headers) + "|"]
+  lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+  return "\n".join(lines)
+
+
+_HEADER = ("# Benchmark results (issue 6)\n\n"
+           "Written by the scripts in `bench/` (see `bench/README.md`); each section is\n"
+           "replaced only by the script that owns it. Ratios are measured side by side\n"
+           "in one process on the same data.\n")
+
+
+@contextlib.contextmanager
+def _locked(path):
+  """An exclusive lock on the directory holding `path` (no lock file left behind)."""
+  fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    yield
+  finally:
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)
+
+
+def write_section(name, body, path=RESULTS_PATH):
+  """Replaces (or appends) the section `name` of `path` with `body`."""
+  begin, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
+  block = f"{begin}\n{body.rstrip()}\n{end}"
+  with _locked(path):
+    text = open(path).read() if os.path.exists(path) else _HEADER
+    if begin in text and end in text:
+      head, rest = text.split(begin, 1)
+      _, tail = rest.split(end, 1)
+      text = head + block + tail
+    else:
+      text = text.rstrip("\n") + "\n\n" + block + "\n"
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+      f.write(text)
+    os.replace(tmp, path)
+  return path
+
+
+def section_preamble(title, command, machine, notes=()):
+  """Common heading lines of a section: title, how it was run, machine, notes."""
+  lines = [f"## {title}", "", f"Measured {utc_now()} with `{command}`.", "",
+           f"Machine: {machine}.", ""]
+  lines += [f"- {n}" for n in notes]
+  if notes:
+    lines.append("")
+  return "\n".join(lines)
+
+
+def command_line():
+  return "python " + " ".join([os.path.relpath(sys.argv[0], REPO_ROOT)] + sys.argv[1:])
+
+
+# -- data ----------------------------------------------------------------------
+
+
+def load_mnist(limit=0):
+  """The MNIST train and test splits as `data.SplitArrays`."""
+  from tf_srkd import data  # pylint: disable=import-outside-toplevel
+  from tf_srkd import datasets  # pylint: disable=import-outside-toplevel
+
+  spec = datasets.get_dataset_spec("mnist")
+  return spec, data.load_split(spec, "train", limit), data.load_split(spec, "test")
+
+
+def plain_dataset(split, batch_size):
+  """What a plain `keras.Model.fit` user feeds, at its cheapest: preprocessed
+  float tensors held in memory, sliced into consecutive batches (no shuffle, no
+  per-example work)."""
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+  from tf_srkd import data  # pylint: disable=import-outside-toplevel
+
+  images = data.preprocess(tf.constant(split.images))
+  labels = tf.constant(split.labels)
+  steps = data.steps_per_epoch(split.size, batch_size)
+
+  def batch(i):
+    i = tf.cast(i, tf.int32)
+    return images[i * batch_size:(i + 1) * batch_size], labels[i * batch_size:(i + 1) * batch_size]
+
+  return tf.data.Dataset.range(steps).map(batch).prefetch(tf.data.AUTOTUNE)
+
+
+class NoJit:
+  """The only config field `pipeline.compile_model` reads."""
+
+  jit_compile = False
