@@ -1,6 +1,5 @@
 """Skipping provably idle epochs is bit-identical to running them (compact gate)."""
 
-import dataclasses
 
 import keras
 import numpy as np

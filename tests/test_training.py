@@ -136,7 +136,6 @@ def test_compact_and_masked_make_the_same_update():
 
 
 def test_auto_switches_to_compact_when_few_take_part():
-  split = random_split(64)
   model = make_teacher(64, "auto")
   model.make_train_function()
   schedule = training.RegulationSchedule(0.1, 64, previous_fraction=0.1)

@@ -1,8 +1,10 @@
 """Crash-safe resume of one training stage, on `tf.train.CheckpointManager`.
 
 After every epoch the chief saves the network weights, the optimizer state
-(Adam's moments and iteration count), the participation counts, the
-idle-epoch cache and the next epoch index under `<stage_dir>/backup`.
+(Adam's moments and iteration count), the participation counts and the next
+epoch index under `<stage_dir>/backup`. The idle-epoch gate cache is not saved:
+a resumed run starts with it invalid and recomputes it, which is exact because
+an idle epoch that is run instead of skipped changes nothing.
 Restarting the same command restores them and continues with the next epoch;
 because the batch order and augmentation are pure functions of (seed, epoch),
 the resumed run is identical to an uninterrupted one.
@@ -13,7 +15,6 @@ snapshot variable and the restore writes it back exactly
 (`SelfRegulatedModel.set_participation`).
 """
 
-import os
 
 import keras
 import numpy as np
@@ -37,11 +38,9 @@ class StageCheckpoint:
     with tf.init_scope():
       self._epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
       self._participation = tf.Variable(np.zeros([n], np.int32), trainable=False)
-      self._extra = {name: tf.Variable(value, trainable=False)
-                     for name, value in model.resume_state().items()}
     self._checkpoint = tf.train.Checkpoint(
         network=model.network, optimizer=model.optimizer, epoch=self._epoch,
-        participation=self._participation, **self._extra)
+        participation=self._participation)
     self._manager = tf.train.CheckpointManager(self._checkpoint, directory, max_to_keep=1)
 
   def restore(self) -> int:
@@ -51,7 +50,6 @@ class StageCheckpoint:
       return 0
     self._checkpoint.restore(latest).assert_existing_objects_matched()
     self.model.set_participation(self._participation.numpy())
-    self.model.restore_resume_state({k: v.numpy() for k, v in self._extra.items()})
     return int(self._epoch.numpy())
 
   def save(self, next_epoch: int):
@@ -61,13 +59,10 @@ class StageCheckpoint:
     strategy); only the chief writes.
     """
     counts = self.model.participation_counts()
-    extra = self.model.resume_state()
     if not self.is_chief:
       return
     self._epoch.assign(next_epoch)
     self._participation.assign(counts)
-    for name, value in extra.items():
-      self._extra[name].assign(value)
     self._manager.save(checkpoint_number=next_epoch)
 
 
@@ -80,7 +75,3 @@ class CheckpointCallback(keras.callbacks.Callback):
 
   def on_epoch_end(self, epoch, logs=None):
     self.checkpoint.save(epoch + 1)
-
-
-def has_checkpoint(directory) -> bool:
-  return tf.train.latest_checkpoint(directory) is not None if os.path.isdir(directory) else False

@@ -335,14 +335,6 @@ class SelfRegulatedModel(keras.Model):
 
   # -- state helpers ---------------------------------------------------------
 
-  def resume_state(self):
-    """Extra arrays (name -> numpy) a crash-safe checkpoint must carry."""
-    return {}
-
-  def restore_resume_state(self, state):
-    """Inverse of `resume_state`."""
-    del state
-
   def participation_counts(self) -> np.ndarray:
     """The participation counts v as int32 [N] (summed over replicas)."""
     return np.asarray(keras.ops.convert_to_numpy(self.participation.value), dtype=np.int32)
