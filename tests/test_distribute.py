@@ -53,27 +53,35 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def test_two_worker_multiworker_counts_match_brute_force(tmp_path):
-  ports = [_free_port(), _free_port()]
-  cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+def _run_two_workers(command_for, timeout=420):
+  """Runs `command_for(index)` as the two workers of a 127.0.0.1 TF_CONFIG cluster.
+
+  Both are killed if anything fails; each must exit 0. Returns their outputs.
+  """
+  cluster = {"worker": [f"127.0.0.1:{_free_port()}" for _ in range(2)]}
   procs = []
-  started = time.time()
   try:
     for index in range(2):
       env = dict(ENV, TF_CONFIG=json.dumps({"cluster": cluster,
                                             "task": {"type": "worker", "index": index}}))
-      procs.append(subprocess.Popen(
-          [sys.executable, "tests/multiworker_worker.py", str(tmp_path / f"worker{index}.npz")],
-          cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    outputs = [p.communicate(timeout=420)[0] for p in procs]
+      procs.append(subprocess.Popen(command_for(index), cwd=ROOT, env=env,
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    outputs = [p.communicate(timeout=timeout)[0] for p in procs]
   finally:
     for p in procs:
       if p.poll() is None:
         p.kill()
         p.wait()
-  wall = time.time() - started
   for p, out in zip(procs, outputs):
     assert p.returncode == 0, out[-3000:]
+  return outputs
+
+
+def test_two_worker_multiworker_counts_match_brute_force(tmp_path):
+  started = time.time()
+  _run_two_workers(lambda index: [sys.executable, "tests/multiworker_worker.py",
+                                  str(tmp_path / f"worker{index}.npz")])
+  wall = time.time() - started
   assert not (tmp_path / "worker1.npz").exists(), "only the chief writes"
   result = np.load(tmp_path / "worker0.npz")
   assert int(result["replicas"]) == 2
@@ -89,25 +97,9 @@ def test_two_worker_cli_equals_one_process(tmp_path):
   args = ["--modes=regulated", "--epochs=2", "--train_examples=256", "--alpha=0.5",
           "--distill_alpha=0.5"]
   cli(*args, f"--output_dir={tmp_path / 'single'}")
-  ports = [_free_port(), _free_port()]
-  cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
-  procs = []
-  try:
-    for index in range(2):
-      env = dict(ENV, TF_CONFIG=json.dumps({"cluster": cluster,
-                                            "task": {"type": "worker", "index": index}}))
-      procs.append(subprocess.Popen(
-          [sys.executable, "-m", "tf_srkd.main", "--flagfile=flags/smoke.flags", *args,
-           "--strategy=multi_worker", f"--output_dir={tmp_path / 'multi'}"],
-          cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    outputs = [p.communicate(timeout=420)[0] for p in procs]
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
-        p.wait()
-  for p, out in zip(procs, outputs):
-    assert p.returncode == 0, out[-3000:]
+  outputs = _run_two_workers(lambda index: [
+      sys.executable, "-m", "tf_srkd.main", "--flagfile=flags/smoke.flags", *args,
+      "--strategy=multi_worker", f"--output_dir={tmp_path / 'multi'}"])
   assert "student/regulated" in outputs[0] and "student/regulated" not in outputs[1]
   for name in ("teacher/participation.npy", "students/regulated/participation.npy"):
     np.testing.assert_array_equal(np.load(tmp_path / "single" / name),
