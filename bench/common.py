@@ -275,6 +275,17 @@ def section_preamble(title, command, machine, notes=()):
   return "\n".join(lines)
 
 
+def publish(name, title, machine, notes, table, write=True):
+  """Prints a measured section (preamble, table, closing load average) and, unless
+  `write` is false, stores it as section `name` of bench/RESULTS.md."""
+  body = section_preamble(title, command_line(), machine, notes)
+  body += "\n" + table + f"\n\nLoad average at end: {load_average():.1f}."
+  print(body)
+  if write:
+    write_section(name, body)
+  return body
+
+
 def command_line():
   return "python " + " ".join([os.path.relpath(sys.argv[0], REPO_ROOT)] + sys.argv[1:])
 

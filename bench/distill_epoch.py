@@ -226,12 +226,9 @@ def main():
       "columns give the median ratio of process CPU seconds, which other processes on the "
       "shared cores disturb far less.",
   ]
-  body = common.section_preamble("4. Distillation epoch / Keras Distiller epoch / student-alone "
-                                 "epoch", common.command_line(), machine, notes)
-  body += "\n" + table + f"\n\nLoad average at end: {common.load_average():.1f}."
-  print(body)
-  if not args.no_write:
-    common.write_section("distill_epoch", body)
+  common.publish("distill_epoch",
+                 "4. Distillation epoch / Keras Distiller epoch / student-alone epoch",
+                 machine, notes, table, write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -172,12 +172,8 @@ def main():
       "The issue's '≥ 0.9' is read as efficiency (bare time / end-to-end time), since the "
       "time ratio end-to-end / bare cannot be below 1.",
   ]
-  body = common.section_preamble("5. End-to-end epoch vs a bare in-memory tf.function loop",
-                                 common.command_line(), machine, notes)
-  body += "\n" + table + f"\n\nLoad average at end: {common.load_average():.1f}."
-  print(body)
-  if not args.no_write:
-    common.write_section("pipeline_overhead", body)
+  common.publish("pipeline_overhead", "5. End-to-end epoch vs a bare in-memory tf.function loop", machine,
+                 notes, table, write=not args.no_write)
 
 
 if __name__ == "__main__":

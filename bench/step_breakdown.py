@@ -162,12 +162,8 @@ def main():
       "The SR steps are `SelfRegulatedModel._train_step` (gate, participation counts, metrics, "
       "conditional `Adam.apply`) with eta set so that p of the batch takes part.",
   ]
-  body = common.section_preamble("Diagnostic: what a training step is made of",
-                                 common.command_line(), machine, notes)
-  body += "\n" + table + f"\n\nLoad average at end: {common.load_average():.1f}."
-  print(body)
-  if not args.no_write:
-    common.write_section("step_breakdown", body)
+  common.publish("step_breakdown", "Diagnostic: what a training step is made of", machine,
+                 notes, table, write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -244,12 +244,8 @@ def main():
     spec, train, _ = common.load_mnist(args.examples)
     plain_ds = common.plain_dataset(train, args.batch_size)
     text1, _ = table1(args, spec, train, plain_ds, print)
-    body = common.section_preamble("1. SR teacher epoch (masked) / plain fit epoch",
-                                   common.command_line(), machine, notes(train, args.rounds))
-    body += "\n" + text1 + f"\n\nLoad average at end: {common.load_average():.1f}."
-    print(body)
-    if not args.no_write:
-      common.write_section("teacher_epoch_masked", body)
+    common.publish("teacher_epoch_masked", "1. SR teacher epoch (masked) / plain fit epoch", machine,
+                   notes(train, args.rounds), text1, write=not args.no_write)
   if "2" in tables:
     spec, train, _ = common.load_mnist(args.examples2)
     plain_ds = common.plain_dataset(train, args.batch_size)
@@ -258,13 +254,9 @@ def main():
         f"Subset: the first {train.size} MNIST training examples (12 variants × "
         f"{args.warmup + args.rounds2} epochs on all 60000 would take ~10 min on this busy "
         "machine; the per-step costs compared here do not depend on N)."]
-    body = common.section_preamble("2. compact and masked epochs / plain epoch at controlled "
-                                   "participation", common.command_line(), machine,
-                                   extra + notes(train, args.rounds2))
-    body += "\n" + text2 + f"\n\nLoad average at end: {common.load_average():.1f}."
-    print(body)
-    if not args.no_write:
-      common.write_section("teacher_epoch_compact", body)
+    common.publish("teacher_epoch_compact",
+                   "2. compact and masked epochs / plain epoch at controlled participation",
+                   machine, extra + notes(train, args.rounds2), text2, write=not args.no_write)
 
 
 if __name__ == "__main__":
