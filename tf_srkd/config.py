@@ -17,6 +17,7 @@ from tf_srkd import modes
 
 STAGES = ("teacher", "distill", "all")
 BACKWARDS = ("masked", "compact", "auto")
+LOSS_NORMALISERS = ("participants", "batch", "weights")
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
 QUANTIZATIONS = ("float32", "dynamic", "float16", "int8")
 
@@ -43,6 +44,7 @@ class Config:
   kd_lambda: float = 0.3
   kd_scale_temperature_squared: bool = True
   gate_temperature: float = 1.0
+  loss_normaliser: str = "participants"
   modes: Tuple[str, ...] = ("conventional", "significance", "regulated", "hybrid")
   seed: int = 0
   output_dir: str = "runs/mnist"
@@ -122,6 +124,9 @@ def validate(config: Config) -> Config:
     _check_name("modes", mode, modes.MODES)
   _require(len(set(config.modes)) == len(config.modes), f"--modes={','.join(config.modes)}: a mode is repeated")
   _require(config.stage in STAGES, f"--stage={config.stage}: expected one of {', '.join(STAGES)}")
+  _require(config.loss_normaliser in LOSS_NORMALISERS,
+           f"--loss_normaliser={config.loss_normaliser}: expected one of "
+           f"{', '.join(LOSS_NORMALISERS)}")
   _require(config.backward in BACKWARDS, f"--backward={config.backward}: expected one of {', '.join(BACKWARDS)}")
   _require(config.strategy in STRATEGIES, f"--strategy={config.strategy}: expected one of {', '.join(STRATEGIES)}")
   for q in config.export:
@@ -193,11 +198,19 @@ def _json_value(value):
   return value
 
 
+#: Result-determining fields added after runs were already written, with the
+#: value those runs used: a field at that value is left out of the identity, so
+#: the older runs' `run_config.json` still matches (and resumes).
+_ADDED_IDENTITY_FIELDS = {"loss_normaliser": "participants"}
+
+
 def identity(config: Config) -> dict:
   """The settings that determine a run's results, as strict-JSON values, for
   restart-compatibility checks."""
   return {k: _json_value(v)
-          for k, v in dataclasses.asdict(config).items() if k not in _NON_IDENTITY_FIELDS}
+          for k, v in dataclasses.asdict(config).items()
+          if k not in _NON_IDENTITY_FIELDS
+          and not (k in _ADDED_IDENTITY_FIELDS and v == _ADDED_IDENTITY_FIELDS[k])}
 
 
 def to_flagfile(config: Config) -> str:

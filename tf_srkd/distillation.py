@@ -30,16 +30,18 @@ class Distiller(training.SelfRegulatedModel):
     scale_temperature_squared: multiply the KD term by tau**2 (Hinton).
     gate_temperature: softmax temperature of the student's own gate.
     backward: masked | compact | auto.
+    normaliser: participants | batch (see `training.NORMALISERS`).
     teacher: optional live teacher network; when given, its logits are computed
       in the step (needed with augmentation) instead of read from features.
   """
 
   def __init__(self, student, num_examples, mode: modes_lib.Mode, *, temperature, kd_lambda,
                scale_temperature_squared=True, gate_temperature=1.0, backward="masked",
-               teacher=None, **kwargs):
+               normaliser="participants", teacher=None, **kwargs):
     super().__init__(student, num_examples, regulate=mode.regulate,
                      weight_by_significance=mode.weight_by_significance,
-                     gate_temperature=gate_temperature, backward=backward, **kwargs)
+                     gate_temperature=gate_temperature, backward=backward,
+                     normaliser=normaliser, **kwargs)
     self.mode = mode
     self.temperature = float(temperature)
     self.kd_lambda = float(kd_lambda)

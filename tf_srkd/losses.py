@@ -2,7 +2,9 @@
 
 loss = sum_i g_i * s_i * L_i / max(1, sum_i g_i), with g the gate (1 for every
 sample when the run does not self-regulate) and s the significance (1 when the
-mode does not weight by it). Under a distribution strategy the normaliser is the
+mode does not weight by it). With `--loss_normaliser=batch` the divisor is the
+batch size instead of the participant count (the two agree without a gate);
+with `--loss_normaliser=weights` it is sum_i g_i * s_i (a weighted mean). Under a distribution strategy the normaliser is the
 *global* participant count, so the per-replica losses add up to the global loss.
 """
 
@@ -54,12 +56,15 @@ def distillation_loss(labels, teacher_logits, student_logits, temperature, kd_la
   return kd + kd_lambda * ce, kd, ce
 
 
-def normalised_loss(per_sample, weights, normaliser):
-  """sum(weights * per_sample) / max(1, normaliser).
+def normalised_loss(per_sample, weights, normaliser, floor=1.0):
+  """sum(weights * per_sample) / max(floor, normaliser).
 
   Args:
     per_sample: [batch] per-sample losses.
     weights: [batch] g_i * s_i.
-    normaliser: scalar sum of the gate (global under a strategy).
+    normaliser: scalar sum of the gate, the batch size, or the sum of the
+      weights (global under a strategy).
+    floor: lower bound of the divisor (1 for counts: an empty batch has loss 0).
   """
-  return tf.reduce_sum(weights * per_sample) / tf.maximum(tf.cast(normaliser, tf.float32), 1.0)
+  divisor = tf.maximum(tf.cast(normaliser, tf.float32), tf.cast(floor, tf.float32))
+  return tf.reduce_sum(weights * per_sample) / divisor

@@ -39,6 +39,10 @@ flags.DEFINE_bool("kd_scale_temperature_squared", _D.kd_scale_temperature_square
                   "Scale the KD term by tau^2 (Hinton et al.; the paper is silent).")
 flags.DEFINE_float("gate_temperature", _D.gate_temperature, "Softmax temperature of a student's "
                    "own gate (1 by default; Algorithm 3 literally uses tau).")
+flags.DEFINE_enum("loss_normaliser", _D.loss_normaliser, list(config_lib.LOSS_NORMALISERS),
+                  "Divide the gated loss sum by the number of participants (mean over "
+                  "participants), the batch size (mean over the batch) or the participants' "
+                  "summed significance weights (weighted mean); the paper is silent.")
 flags.DEFINE_list("modes", list(_D.modes), f"Distillation modes, a subset of {list(modes.MODES)}.")
 flags.DEFINE_integer("seed", _D.seed, "Seed for initialisation and the per-epoch shuffles.")
 flags.DEFINE_string("output_dir", None, "Output directory (default runs/<dataset>-<UTC time>).")
@@ -92,7 +96,8 @@ def config_from_flags() -> config_lib.Config:
       distill_alpha=_parse_rate("distill_alpha", FLAGS.distill_alpha),
       temperature=FLAGS.temperature, kd_lambda=FLAGS.kd_lambda,
       kd_scale_temperature_squared=FLAGS.kd_scale_temperature_squared,
-      gate_temperature=FLAGS.gate_temperature, modes=tuple(FLAGS.modes), seed=FLAGS.seed,
+      gate_temperature=FLAGS.gate_temperature, loss_normaliser=FLAGS.loss_normaliser,
+      modes=tuple(FLAGS.modes), seed=FLAGS.seed,
       output_dir=output_dir, train_examples=FLAGS.train_examples, teacher_dir=FLAGS.teacher_dir,
       stage=FLAGS.stage, backward=FLAGS.backward, augment=FLAGS.augment,
       skip_idle_epochs=FLAGS.skip_idle_epochs, download=FLAGS.download,

@@ -225,7 +225,8 @@ def train_teacher(config, strategy, train, test, tracker, is_chief=True) -> Stag
   with strategy.scope():
     network = models.build_model(config.teacher_model, spec.image_shape, spec.num_classes)
     model = training.SelfRegulatedModel(network, train.size, regulate=True,
-                                        backward=config.backward, name="teacher")
+                                        backward=config.backward,
+                                        normaliser=config.loss_normaliser, name="teacher")
     compile_model(model, config.teacher_lr, config)
   with tracker.stage("teacher", role="teacher", model_name=config.teacher_model,
                      alpha=config.alpha) as stage:
@@ -318,6 +319,7 @@ def distill_students(config, strategy, train, test, teacher: StageResult, tracke
           scale_temperature_squared=config.kd_scale_temperature_squared,
           gate_temperature=config.gate_temperature,
           backward=config.backward if mode.regulate else "masked",
+          normaliser=config.loss_normaliser,
           teacher=teacher.network if config.augment else None, name=f"student_{mode_name}")
       compile_model(model, config.distill_lr, config)
     with tracker.stage(f"student-{mode_name}", role="student", model_name=config.student_model,

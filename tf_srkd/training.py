@@ -36,6 +36,11 @@ COMPACT_BREAK_EVEN = 0.65
 
 BACKWARDS = ("masked", "compact", "auto")
 
+#: What the gated loss sum is divided by: the (global) number of participants,
+#: the (global) number of samples in the batch, participants or not, or the
+#: (global) sum of the participants' weights g*s (a weighted mean).
+NORMALISERS = ("participants", "batch", "weights")
+
 
 def apply_if(optimizer, grads, variables, should_apply):
   """`optimizer.apply(grads, variables)` only where `should_apply` is true.
@@ -135,10 +140,13 @@ class SelfRegulatedModel(keras.Model):
   """
 
   def __init__(self, network, num_examples, *, regulate=True, weight_by_significance=False,
-               gate_temperature=1.0, backward="masked", **kwargs):
+               gate_temperature=1.0, backward="masked", normaliser="participants", **kwargs):
     super().__init__(**kwargs)
     if backward not in BACKWARDS:
       raise ValueError(f"backward must be one of {BACKWARDS}, got {backward!r}")
+    if normaliser not in NORMALISERS:
+      raise ValueError(f"normaliser must be one of {NORMALISERS}, got {normaliser!r}")
+    self.normaliser = normaliser
     self.network = network
     self.num_examples = int(num_examples)
     self.regulate = bool(regulate)
@@ -254,6 +262,15 @@ class SelfRegulatedModel(keras.Model):
       return gate * tf.cast(features["significance"], tf.float32)
     return gate
 
+  def _divisor(self, count, valid, weights):
+    """(divisor, floor) of the loss: see `NORMALISERS` and `losses.normalised_loss`."""
+    if self.normaliser == "participants":
+      return count, 1.0
+    if self.normaliser == "batch":
+      return global_sum(tf.reduce_sum(valid)), 1.0
+    # A batch whose participants all weigh 0 has a zero loss, not 0/0.
+    return global_sum(tf.reduce_sum(weights)), 1e-6
+
   def _train_step(self, data, backward):
     features, labels = data[0], data[1]
     ids = features["id"]
@@ -290,7 +307,8 @@ class SelfRegulatedModel(keras.Model):
         logits = self.network(chosen["image"], training=True)
         total, parts = self.per_sample_loss(chosen, chosen_labels, logits)
         weights = self._sample_weights(chosen, chosen_valid)
-        loss = losses.normalised_loss(total, weights, count)
+        loss = losses.normalised_loss(total, weights,
+                                      *self._divisor(count, valid, tf.stop_gradient(weights)))
       loss_gate = chosen_valid
     else:
       with tf.GradientTape() as tape:
@@ -299,7 +317,8 @@ class SelfRegulatedModel(keras.Model):
         count = global_sum(tf.reduce_sum(gate))
         total, parts = self.per_sample_loss(padded, padded_labels, logits)
         weights = self._sample_weights(padded, gate)
-        loss = losses.normalised_loss(total, weights, count)
+        loss = losses.normalised_loss(total, weights,
+                                      *self._divisor(count, valid, tf.stop_gradient(weights)))
       chosen, loss_gate = padded, gate
       predicted = tf.argmax(logits, -1, output_type=tf.int32)
 
