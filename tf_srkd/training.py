@@ -24,6 +24,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tf_srkd import config as config_lib
 from tf_srkd import losses
 from tf_srkd import regulation
 
@@ -33,9 +34,6 @@ from tf_srkd import regulation
 #: than masked at 50 % participation (0.85 vs 1.03 of a plain epoch); the
 #: break-even lies near 0.65-0.7.
 COMPACT_BREAK_EVEN = 0.65
-
-BACKWARDS = ("masked", "compact", "auto")
-
 
 def apply_if(optimizer, grads, variables, should_apply):
   """`optimizer.apply(grads, variables)` only where `should_apply` is true.
@@ -137,8 +135,8 @@ class SelfRegulatedModel(keras.Model):
   def __init__(self, network, num_examples, *, regulate=True, weight_by_significance=False,
                gate_temperature=1.0, backward="masked", **kwargs):
     super().__init__(**kwargs)
-    if backward not in BACKWARDS:
-      raise ValueError(f"backward must be one of {BACKWARDS}, got {backward!r}")
+    if backward not in config_lib.BACKWARDS:
+      raise ValueError(f"backward must be one of {config_lib.BACKWARDS}, got {backward!r}")
     self.network = network
     self.num_examples = int(num_examples)
     self.regulate = bool(regulate)
