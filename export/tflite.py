@@ -294,19 +294,12 @@ def train_examples_of(student: Student) -> int:
 
 def teacher_dir_of(run_dir: str) -> str:
   """The directory holding the run's teacher (`--teacher_dir` runs point elsewhere)."""
-  own = os.path.join(run_dir, "teacher")
-  if os.path.exists(os.path.join(own, "model.keras")):
-    return own
-  flags_path = os.path.join(run_dir, "flags.txt")
-  if os.path.exists(flags_path):
-    with open(flags_path, encoding="utf-8") as f:
-      for line in f:
-        if line.startswith("--teacher_dir="):
-          from tf_srkd import config as config_lib  # pylint: disable=import-outside-toplevel
+  from tf_srkd import config as config_lib  # pylint: disable=import-outside-toplevel
+  from tf_srkd import layout  # pylint: disable=import-outside-toplevel
 
-          model_path, _ = config_lib.teacher_files(line.strip().split("=", 1)[1])
-          return os.path.dirname(model_path)
-  return own
+  run = layout.RunDir(run_dir)
+  configured = config_lib.read_flagfile(run.flags).teacher_dir if os.path.exists(run.flags) else None
+  return layout.teacher_of(run, configured).path
 
 
 def load_significance(student: Student, significance_path: Optional[str] = None) -> np.ndarray:

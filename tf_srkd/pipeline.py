@@ -29,6 +29,7 @@ from tf_srkd import config as config_lib
 from tf_srkd import data
 from tf_srkd import distillation
 from tf_srkd import io_utils
+from tf_srkd import layout
 from tf_srkd import models
 from tf_srkd import modes as modes_lib
 from tf_srkd import regulation
@@ -254,8 +255,8 @@ def train_teacher(config, strategy, train, test, tracker, is_chief=True) -> Stag
 
 
 def _load_teacher(teacher_dir, strategy) -> StageResult:
-  model_path, significance_path = config_lib.teacher_files(teacher_dir)
-  base = os.path.dirname(model_path)
+  stage = layout.teacher_stage(teacher_dir)
+  model_path, significance_path, base = stage.model, stage.significance, stage.path
   metrics_path = os.path.join(base, "metrics.json")
   metrics = io_utils.read_json(metrics_path) if os.path.exists(metrics_path) else {}
   participation_path = os.path.join(base, "participation.npy")
