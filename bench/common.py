@@ -322,6 +322,6 @@ def plain_dataset(split, batch_size):
 
 
 class NoJit:
-  """The only config field `pipeline.compile_model` reads."""
+  """The only config field `stages.compile_model` reads."""
 
   jit_compile = False

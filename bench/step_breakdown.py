@@ -35,7 +35,7 @@ import tensorflow as tf  # pylint: disable=wrong-import-position
 from tf_srkd import data  # pylint: disable=wrong-import-position
 from tf_srkd import losses  # pylint: disable=wrong-import-position
 from tf_srkd import models  # pylint: disable=wrong-import-position
-from tf_srkd import pipeline  # pylint: disable=wrong-import-position
+from tf_srkd import stages  # pylint: disable=wrong-import-position
 from tf_srkd import training  # pylint: disable=wrong-import-position
 
 
@@ -102,7 +102,7 @@ def main():
     eta = float((order[k - 1] + order[k]) / 2)
     for backward in ("masked", "compact"):
       model = training.SelfRegulatedModel(net, b, backward=backward)
-      pipeline.compile_model(model, 0.0, common.NoJit)
+      stages.compile_model(model, 0.0, common.NoJit)
       model.eta.assign(eta)
       step = tf.function(lambda feats, labels, model=model, backward=backward:
                          model._train_step((feats, labels), backward))  # pylint: disable=protected-access

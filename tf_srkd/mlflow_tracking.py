@@ -235,6 +235,10 @@ class MlflowTracker:
     self.parent_run_id = None
     self.stage_run_ids = {}
 
+  def stage_run_id(self, name):
+    """The child run id of stage `name` ("teacher", "student-<mode>"), or None."""
+    return self.stage_run_ids.get(name)
+
   def guard(self, what, fn, *args, **kwargs):
     """Calls `fn`; a failure raises when strict, else is logged and returns None."""
     try:
@@ -337,11 +341,11 @@ class MlflowTracker:
 
 
 class EpochMetrics(mlflow.keras.MlflowCallback):
-  """MLflow's Keras callback, logging each epoch's logs with step=epoch to one run.
+  """MLflow's Keras callback, for what it logs when training begins.
 
   `on_train_begin` (MLflow's) logs the optimizer config as params and the model
-  summary; `on_epoch_end` logs synchronously to the stage's run under the
-  names of `epoch_metrics`.
+  summary. Epoch logs do not come from here: the stage's `log_epoch` receives
+  every epoch, run or skipped, from the stage's `EpochHistory`.
   """
 
   def __init__(self, stage):
@@ -352,7 +356,7 @@ class EpochMetrics(mlflow.keras.MlflowCallback):
     self.stage = stage
 
   def on_epoch_end(self, epoch, logs=None):
-    self.stage.log_epoch(epoch, logs)
+    del epoch, logs  # Logged by `MlflowStage.log_epoch` (an `EpochHistory` listener).
 
 
 class MlflowStage:
