@@ -76,7 +76,6 @@ METHODS = (
 EFFICIENCY_MODES = ("regulated", "hybrid")
 MISSING = "—"
 
-#: The reachability check: no retries, a short timeout.
 class ReportError(RuntimeError):
   """The runs cannot be read (unreachable store, unknown experiment)."""
 
@@ -136,9 +135,6 @@ def record_from_run(run) -> Optional[RunRecord]:
       train_examples=_int_or_none(params.get("num_train_examples")), model=tags.get("model"))
 
 
-resolve_tracking_uri = mlflow_store.resolve_tracking_uri
-
-
 def open_client(uri):
   """An `MlflowClient` for reading `uri`.
 
@@ -146,14 +142,10 @@ def open_client(uri):
     ReportError: `uri` is a sqlite file that does not exist (MLflow would
       silently create an empty database there).
   """
-  import mlflow  # pylint: disable=import-outside-toplevel
-
-  if uri.startswith("sqlite:///"):
-    path = uri[len("sqlite:///"):].split("?", 1)[0]
-    if path and not path.startswith(":memory:") and not os.path.exists(path):
-      raise ReportError(f"{uri}: no such MLflow database (check --mlflow_tracking_uri, "
-                        "MLFLOW_TRACKING_URI, or the working directory)")
-  return mlflow.MlflowClient(tracking_uri=uri)
+  try:
+    return mlflow_store.open_client(uri, must_exist=True)
+  except mlflow_store.StoreError as e:
+    raise ReportError(str(e)) from e
 
 
 def fetch_records(client, experiment_names=()) -> list:
@@ -179,9 +171,8 @@ def fetch_records(client, experiment_names=()) -> list:
   except ReportError:
     raise
   except Exception as e:  # pylint: disable=broad-except
-    raise ReportError(f"MLflow tracking store {uri} is not reachable "
-                      f"({' '.join(str(e).split())[:200]}); check --mlflow_tracking_uri "
-                      "(or MLFLOW_TRACKING_URI)") from e
+    raise ReportError(mlflow_store.unreachable(
+        uri, e, "check --mlflow_tracking_uri (or MLFLOW_TRACKING_URI)")) from e
   ids = [e.experiment_id for e in experiments]
   records, token = [], None
   while ids:
@@ -455,7 +446,7 @@ def main(argv):
   if figure is None and values.output:
     figure = os.path.splitext(values.output)[0] + ".png"
   try:
-    client = open_client(resolve_tracking_uri(values.mlflow_tracking_uri))
+    client = open_client(mlflow_store.resolve_tracking_uri(values.mlflow_tracking_uri))
     markdown = write_report(client, values.experiment, values.output, figure)
   except ReportError as e:
     print(f"error: {e}", file=sys.stderr)
