@@ -118,9 +118,15 @@ def test_conventional_teacher_alpha_inf_runs_and_everyone_takes_part(tmp_path):
 
 
 def test_export_flag_writes_verified_tflite_students(tmp_path):
+  """`--export` is the entry point's step after the pipeline (the library never exports)."""
+  from tf_srkd import main as main_lib  # pylint: disable=import-outside-toplevel
+
   out = tmp_path / "export"
   with tfds.testing.mock_data(num_examples=N):
-    pipeline.run(smoke_config(out, epochs=1, modes=("regulated",), export=("float32",)))
+    config = smoke_config(out, epochs=1, modes=("regulated",), export=("float32",))
+    pipeline.run(config)
+    assert not (out / "students/regulated/tflite").exists()
+    main_lib.run(config)
   tflite_dir = out / "students/regulated/tflite"
   assert (tflite_dir / "model_float32.tflite").is_file()
   assert (tflite_dir / "labels.txt").read_text().splitlines()[:2] == ["0", "1"]

@@ -1,7 +1,9 @@
 """Command-line entry point: `python -m tf_srkd.main --flagfile=flags/quick.flags`.
 
 Defines one flag per `Config` field, turns the flags into one frozen `Config`,
-creates the distribution strategy once, and calls `pipeline.run`.
+creates the distribution strategy once, calls `pipeline.run`, and, with
+`--export`, exports the students with `export/` afterwards (the library itself
+never imports `export/`, which sits on top of it).
 """
 
 import os
@@ -47,6 +49,46 @@ def config_from_flags(flag_values=FLAGS) -> config_lib.Config:
   return config_lib.from_flag_values(values)
 
 
+def export_students(config, modes, tracker):
+  """TFLite export + LiteRT verification of every student (`--export`).
+
+  Files go to `students/<mode>/tflite/`; with MLflow on, each student's run
+  gets the verification metrics and the `.tflite` files.
+
+  Returns:
+    {mode: {quantization: result}} (see `export.api.export_run`).
+  """
+  # The entry point, not the library, knows about export/ (which builds on tf_srkd).
+  from export import api as export_api  # pylint: disable=import-outside-toplevel
+
+  run_ids = {m: tracker.stage_run_id(f"student-{m}") for m in modes}
+  results = export_api.export_run(
+      config.output_dir, config.export, modes=modes,
+      mlflow_run_ids={m: run_id for m, run_id in run_ids.items() if run_id},
+      tracking_uri=tracker.tracking_uri)
+  for mode, by_quantization in results.items():
+    for quantization, result in by_quantization.items():
+      logging.info("export %s/%s: %s", mode, quantization, {
+          k: v for k, v in result.items()
+          if any(t in k for t in ("accuracy", "agreement", "size", "latency", "file"))})
+  return results
+
+
+def run(config, strategy=None, tracker=None, is_chief=True) -> dict:
+  """`pipeline.run`, then (chief only) the `--export` of the students it trained.
+
+  Arguments and result as `pipeline.run`.
+  """
+  from tf_srkd import pipeline  # pylint: disable=import-outside-toplevel
+  from tf_srkd import tracking  # pylint: disable=import-outside-toplevel
+
+  tracker = tracker or tracking.NullTracker()
+  summary = pipeline.run(config, strategy, tracker=tracker, is_chief=is_chief)
+  if config.export and summary["students"] and is_chief:
+    export_students(config, list(summary["students"]), tracker)
+  return summary
+
+
 def main(argv):
   del argv
   try:
@@ -74,9 +116,11 @@ def main(argv):
       print(f"error: {e}", file=sys.stderr)
       sys.exit(2)
   started = time.time()
+  from export.errors import ExportError  # pylint: disable=import-outside-toplevel
+
   try:
-    summary = pipeline.run(config, strategy, tracker=tracker, is_chief=chief)
-  except (config_lib.ConfigError, data.DataError) as e:
+    summary = run(config, strategy, tracker=tracker, is_chief=chief)
+  except (config_lib.ConfigError, data.DataError, ExportError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   if chief:
