@@ -1,4 +1,4 @@
-"""Table 4 of issue 6: a distillation epoch in each mode against Keras 3's
+"""Table 4 of the speed benchmarks: a distillation epoch in each mode against Keras 3's
 built-in `keras.distillation.Distiller` and against the student trained alone.
 
 Setup, all on the same MNIST data in one process:

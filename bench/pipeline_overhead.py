@@ -1,4 +1,4 @@
-"""Table 5 of issue 6: what the package's machinery costs on top of the bare
+"""Table 5 of the speed benchmarks: what the package's machinery costs on top of the bare
 training computation.
 
   * end-to-end: `SelfRegulatedModel(lenet5, backward="masked")` with
@@ -170,7 +170,7 @@ def main():
       "`fit` vs bare loop), the SR train step (gate, participation counts, metrics, conditional "
       "apply; SR vs plain `fit` on the same in-memory batches) and the input pipeline "
       "(end-to-end vs SR on in-memory batches).",
-      "The issue's '≥ 0.9' is read as efficiency (bare time / end-to-end time), since the "
+      "The goal '≥ 0.9' is read as efficiency (bare time / end-to-end time), since the "
       "time ratio end-to-end / bare cannot be below 1.",
   ]
   common.publish("pipeline_overhead", "5. End-to-end epoch vs a bare in-memory tf.function loop", machine,

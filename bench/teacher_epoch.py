@@ -1,4 +1,4 @@
-"""Tables 1 and 2 of issue 6: a self-regulated teacher epoch against a plain
+"""Tables 1 and 2 of the speed benchmarks: a self-regulated teacher epoch against a plain
 `keras.Model.fit` epoch of the same LeNet-5 on the same MNIST data.
 
 Table 1: SR teacher epoch (`backward="masked"`, the real input pipeline
