@@ -58,12 +58,17 @@ def _versions():
   return versions
 
 
+def _tensor(detail: dict, name: str) -> dict:
+  """The sidecar's description of one signature tensor (name, tensor, shape, dtype, quantization)."""
+  return {"name": name, "tensor": detail["tensor"], "shape": detail["shape"],
+          "dtype": detail["dtype"], "quantization": detail["quantization"]}
+
+
 def build_sidecar(student, output: str, tflite_bytes: bytes, quantization: str,
                   details: dict, verification: dict, calibration: Optional[dict] = None,
                   qat: Optional[dict] = None) -> dict:
   """The JSON written next to the `.tflite` (format documented in docs/export.md)."""
   h, w, c = student.image_shape
-  input_q = details["input"]["quantization"]
   output_q = details["output"]["quantization"]
   if quantization == "int8":
     scaling = ("none needed: feed raw pixels; the uint8 input's quantization (scale 1/255, "
@@ -79,27 +84,14 @@ def build_sidecar(student, output: str, tflite_bytes: bytes, quantization: str,
       "method": "qat" if qat else ("ptq" if quantization != "float32" else "none"),
       "full_integer": bool(details["full_integer"]),
       "signature": convert_lib.SIGNATURE_KEY,
-      "input": {
-          "name": convert_lib.INPUT_NAME,
-          "tensor": details["input"]["tensor"],
-          "shape": details["input"]["shape"],
-          "dtype": details["input"]["dtype"],
-          "layout": "NHWC",
-          "height": h, "width": w, "channels": c,
-          "value_range": [0, 255],
-          "description": "raw image pixels, batch 1",
-          "preprocessing": scaling,
-          "quantization": input_q,
-      },
-      "output": {
-          "name": convert_lib.OUTPUT_NAME,
-          "tensor": details["output"]["tensor"],
-          "shape": details["output"]["shape"],
-          "dtype": details["output"]["dtype"],
-          "description": "class probabilities (softmax); index i is line i of labels.txt",
-          "quantization": output_q,
-          "dequantize": ("probability = scale * (q - zero_point)" if output_q else None),
-      },
+      "input": dict(
+          _tensor(details["input"], convert_lib.INPUT_NAME), layout="NHWC", height=h, width=w,
+          channels=c, value_range=[0, 255], description="raw image pixels, batch 1",
+          preprocessing=scaling),
+      "output": dict(
+          _tensor(details["output"], convert_lib.OUTPUT_NAME),
+          description="class probabilities (softmax); index i is line i of labels.txt",
+          dequantize=("probability = scale * (q - zero_point)" if output_q else None)),
       "class_names": list(student.spec.class_names),
       "labels_file": LABELS_FILE,
       "calibration": calibration,

@@ -29,42 +29,23 @@ TEACHER_DIR = "teacher"
 STUDENTS_DIR = "students"
 
 
+def _entry(name):
+  """A read-only property: the path of `name` inside the object's `path`."""
+  return property(lambda self: os.path.join(self.path, name), doc=f"`<path>/{name}`.")
+
+
 @dataclasses.dataclass(frozen=True)
 class StageDir:
   """The directory of one trained model (the teacher or one student)."""
 
   path: str
-
-  def _join(self, name):
-    return os.path.join(self.path, name)
-
-  @property
-  def model(self) -> str:
-    return self._join("model.keras")
-
-  @property
-  def participation(self) -> str:
-    return self._join("participation.npy")
-
-  @property
-  def significance(self) -> str:
-    return self._join("significance.npy")
-
-  @property
-  def history(self) -> str:
-    return self._join("history.json")
-
-  @property
-  def metrics(self) -> str:
-    return self._join("metrics.json")
-
-  @property
-  def backup(self) -> str:
-    return self._join("backup")
-
-  @property
-  def tflite(self) -> str:
-    return self._join("tflite")
+  model = _entry("model.keras")
+  participation = _entry("participation.npy")
+  significance = _entry("significance.npy")
+  history = _entry("history.json")
+  metrics = _entry("metrics.json")
+  backup = _entry("backup")
+  tflite = _entry("tflite")
 
   @property
   def finished(self) -> bool:
@@ -77,29 +58,14 @@ class RunDir:
   """A run's output directory."""
 
   path: str
-
-  def _join(self, name):
-    return os.path.join(self.path, name)
-
-  @property
-  def flags(self) -> str:
-    return self._join("flags.txt")
-
-  @property
-  def run_config(self) -> str:
-    return self._join("run_config.json")
-
-  @property
-  def summary(self) -> str:
-    return self._join("summary.json")
+  flags = _entry("flags.txt")
+  run_config = _entry("run_config.json")
+  summary = _entry("summary.json")
+  students = _entry(STUDENTS_DIR)
 
   @property
   def teacher(self) -> StageDir:
-    return StageDir(self._join(TEACHER_DIR))
-
-  @property
-  def students(self) -> str:
-    return self._join(STUDENTS_DIR)
+    return StageDir(os.path.join(self.path, TEACHER_DIR))
 
   def student(self, mode: str) -> StageDir:
     return StageDir(os.path.join(self.students, mode))
