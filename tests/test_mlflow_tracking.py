@@ -60,8 +60,9 @@ class Tracked:
 def _track(config):
   tracker = mlflow_tracking.connect(config, strict=True)
   summary = pipeline.run(config, tracker=tracker)
+  stages = ["teacher"] + [f"student-{m}" for m in config.modes]
   return Tracked(config, summary, tracker.tracking_uri, tracker.parent_run_id,
-                 dict(tracker.stage_run_ids))
+                 {name: tracker.stage_run_id(name) for name in stages})
 
 
 class Server:
@@ -392,3 +393,23 @@ def test_tracking_leaves_global_mlflow_state_alone(sqlite_run):
   del sqlite_run
   assert mlflow.active_run() is None
   assert os.environ.get("MLFLOW_TRACKING_URI") == _ENV_URI_AT_IMPORT
+
+
+def test_export_after_the_run_logs_into_each_students_run(sqlite_run, tmp_path):
+  """`--export` runs after the pipeline (in tf_srkd.main) and logs into the student's
+  child run in the tracker's store, given by URI, not through MLflow's global state."""
+  from tf_srkd import main as main_lib  # pylint: disable=import-outside-toplevel
+
+  class Tracker:  # What main's export needs from the tracker that ran the pipeline.
+    tracking_uri = sqlite_run.uri
+
+    def stage_run_id(self, name):
+      return sqlite_run.stage_run_ids.get(name)
+
+  config = dataclasses.replace(sqlite_run.config, export=("float32",))
+  assert mlflow.get_tracking_uri() != sqlite_run.uri
+  results = main_lib.export_students(config, ["conventional"], Tracker())
+  assert results["conventional"]["float32"]["mlflow_logged"]
+  run = _client(sqlite_run).get_run(sqlite_run.stage_run_ids["student-conventional"])
+  assert run.data.metrics["tflite_float32_accuracy"] == (
+      results["conventional"]["float32"]["verification"]["tflite_test_accuracy"])

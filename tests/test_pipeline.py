@@ -10,6 +10,7 @@ import tensorflow_datasets as tfds
 
 from tf_srkd import config as config_lib
 from tf_srkd import pipeline
+from tf_srkd import tracking
 
 N = 96
 
@@ -115,6 +116,11 @@ def test_conventional_teacher_alpha_inf_runs_and_everyone_takes_part(tmp_path):
   np.testing.assert_array_equal(np.load(out / "teacher/participation.npy"), np.full(N, 2))
   assert json.loads((out / "run_config.json").read_text())["alpha"] == "inf"
   assert json.loads((out / "teacher/metrics.json").read_text())["alpha"] == "inf"
+
+
+def test_null_tracker_knows_no_runs():
+  tracker = tracking.NullTracker()
+  assert tracker.stage_run_id("teacher") is None and tracker.tracking_uri is None
 
 
 def test_export_flag_writes_verified_tflite_students(tmp_path):

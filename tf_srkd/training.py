@@ -33,6 +33,7 @@ from tf_srkd import distributed
 from tf_srkd import losses
 from tf_srkd import regulation
 
+
 def _pad_if_empty(features, labels):
   """Appends one all-zero row when a batch is empty, with weight 0.
 
@@ -176,6 +177,7 @@ class SelfRegulatedModel(keras.Model):
       self.train_function = self._train_functions[backward]
 
   def train_step(self, data):
+    """One step with the active backward (`set_backward`); Keras' `fit` calls it."""
     return self._train_step(data, self.active_backward)
 
   # -- the step --------------------------------------------------------------
