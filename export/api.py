@@ -54,6 +54,7 @@ class ExportData:
     self._splits = {}
 
   def split(self, name: str, limit: int = 0):
+    """The first `limit` examples (0: all) of split `name`, loaded once."""
     key = (name, int(limit))
     if key not in self._splits:
       self._splits[key] = load_split(self.dataset, name, limit)

@@ -18,10 +18,12 @@ MLFLOW_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/")
 
 
 def is_mlflow_uri(ref: str) -> bool:
+  """True for a model reference MLflow resolves (runs:/, models:/, mlflow-artifacts:/)."""
   return any(ref.startswith(s) for s in MLFLOW_SCHEMES)
 
 
 def metric_prefix(key: str) -> str:
+  """`tflite_<key>`: the prefix of one export's metrics in a run."""
   return f"tflite_{key}"
 
 

@@ -32,10 +32,12 @@ def file_name(quantization: str, qat: bool = False) -> str:
 
 
 def sidecar_path(output: str) -> str:
+  """`<output without .tflite>.json`."""
   return os.path.splitext(output)[0] + ".json"
 
 
 def labels_path(output: str) -> str:
+  """`labels.txt` next to `output` (shared by the exports of one directory)."""
   return os.path.join(os.path.dirname(os.path.abspath(output)), LABELS_FILE)
 
 

@@ -14,23 +14,23 @@ the one import a Python caller needs.
 import os
 import sys
 
-from export.api import ExportData  # pylint: disable=unused-import
+from export.api import ExportData
 from export.api import export_all
 from export.api import export_model
 from export.api import export_qat
 from export.api import export_run
 from export.api import format_results
-from export.api import load_split  # pylint: disable=unused-import
-from export.calibration import CALIBRATIONS  # pylint: disable=unused-import
+from export.api import load_split
+from export.calibration import CALIBRATIONS
 from export.calibration import DEFAULT_CALIBRATION_SAMPLES
-from export.calibration import calibration_indices  # pylint: disable=unused-import
+from export.calibration import calibration_indices
 from export.calibration import check_calibration
 from export.convert import QUANTIZATIONS
 from export.convert import check_quantizations
 from export.errors import ExportError
-from export.sidecar import sidecar_path  # pylint: disable=unused-import
-from export.source import Student  # pylint: disable=unused-import
-from export.source import load_student  # pylint: disable=unused-import
+from export.sidecar import sidecar_path
+from export.source import Student
+from export.source import load_student
 
 __all__ = ["CALIBRATIONS", "DEFAULT_CALIBRATION_SAMPLES", "ExportData", "ExportError",
            "QUANTIZATIONS", "Student", "calibration_indices", "export_all", "export_model",

@@ -3,9 +3,11 @@
 Entry points turn flags into a `Config`; the library only ever sees this
 object. The fields are the one list of settings: each carries its flag's help
 (`flag_specs()`), `tf_srkd.main` defines the flags from them, and
-`to_flagfile` / `from_flagfile` write and read a run's `flags.txt`. `validate` runs before any training and before anything is written; it
-needs neither TensorFlow nor the data, so it is cheap to unit-test. Each error
-names the flag (or file) and what was expected.
+`to_flagfile` / `from_flagfile` write and read a run's `flags.txt`.
+
+`validate` runs before any training and before anything is written; it needs
+neither TensorFlow nor the data, so it is cheap to unit-test. Each error names
+the flag (or file) and what was expected.
 """
 
 import dataclasses

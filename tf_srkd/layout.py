@@ -65,9 +65,11 @@ class RunDir:
 
   @property
   def teacher(self) -> StageDir:
+    """The run's own teacher stage (`teacher/`)."""
     return StageDir(os.path.join(self.path, TEACHER_DIR))
 
   def student(self, mode: str) -> StageDir:
+    """The stage of the student distilled in `mode` (`students/<mode>/`)."""
     return StageDir(os.path.join(self.students, mode))
 
   def trained_students(self) -> List[str]:

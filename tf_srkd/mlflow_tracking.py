@@ -43,6 +43,7 @@ import mlflow
 import mlflow.keras
 import numpy as np
 
+from tf_srkd import layout
 from tf_srkd import mlflow_store
 from tf_srkd import plots
 from tf_srkd import tracking
@@ -235,7 +236,7 @@ class MlflowTracker:
     error = None
     try:
       yield self
-      summary = os.path.join(config.output_dir, "summary.json")
+      summary = layout.RunDir(config.output_dir).summary
       if os.path.exists(summary):
         self.guard("log summary.json", self.client.log_artifact, self.parent_run_id, summary)
     except BaseException as e:

@@ -76,7 +76,16 @@ def fit_stage(model, split, config, *, stage_dir, epochs, alpha, extras=None, ca
   participant. The result is bit-identical to running them.
 
   Args:
+    model: a compiled `SelfRegulatedModel`.
+    split: the transfer set (`data.SplitArrays`).
+    config: the run's `Config` (batch size, seed, augmentation, skipping, verbosity).
+    stage_dir: the stage's directory (history.json and backup/ go there).
+    epochs: the stage's epoch count.
+    alpha: the self-regulation rate of the schedule.
+    extras: per-sample features gathered into every batch (teacher logits, ...).
+    callbacks: further Keras callbacks (e.g. the tracker's).
     epoch_listeners: `fn(epoch, logs)` called for every epoch, run or skipped.
+    is_chief: False on workers that write nothing.
 
   Returns:
     (history list of per-epoch dicts, wall time in seconds of this process' share).

@@ -68,10 +68,12 @@ class NullTracker:
 
   @contextlib.contextmanager
   def run(self, config, flags_text):
+    """The parent run of one invocation (params from `config`, the flagfile text)."""
     del config, flags_text
     yield self
 
   @contextlib.contextmanager
   def stage(self, name, *, role, model_name, mode=None, alpha=None):
+    """A child run for one trained model; yields the stage object that logs into it."""
     del name, role, model_name, mode, alpha
     yield NullStage()
