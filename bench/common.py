@@ -1,4 +1,4 @@
-"""Shared helpers for the benchmarks of issue 6.
+"""Shared helpers for the speed benchmarks (does self-regulation's data efficiency also save training time?).
 
 Every benchmark compares variants *side by side in one process on the same
 data*: the machine is shared with other processes, so absolute seconds drift
@@ -25,9 +25,13 @@ BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.dirname(BENCH_DIR)
 RESULTS_PATH = os.path.join(BENCH_DIR, "RESULTS.md")
 
+#: The prepared TFDS datasets next to the checkout, as the tests use them (if present).
+SHARED_TFDS = os.path.join(os.path.dirname(REPO_ROOT), "shared", "tfds")
+
 if REPO_ROOT not in sys.path:
   sys.path.insert(0, REPO_ROOT)
-os.environ.setdefault("TFDS_DATA_DIR", "/work/shared/tfds")
+if not os.environ.get("TFDS_DATA_DIR") and os.path.isdir(SHARED_TFDS):
+  os.environ["TFDS_DATA_DIR"] = SHARED_TFDS
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 # -- machine -------------------------------------------------------------------
@@ -228,7 +232,7 @@ def markdown_table(headers, rows):
   return "\n".join(lines)
 
 
-_HEADER = ("# Benchmark results (issue 6)\n\n"
+_HEADER = ("# Benchmark results\n\n"
            "Written by the scripts in `bench/` (see `bench/README.md`); each section is\n"
            "replaced only by the script that owns it. Ratios are measured side by side\n"
            "in one process on the same data.\n")
@@ -322,6 +326,6 @@ def plain_dataset(split, batch_size):
 
 
 class NoJit:
-  """The only config field `pipeline.compile_model` reads."""
+  """The only config field `stages.compile_model` reads."""
 
   jit_compile = False

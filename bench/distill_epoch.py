@@ -1,10 +1,10 @@
-"""Table 4 of issue 6: a distillation epoch in each mode against Keras 3's
+"""Table 4 of the speed benchmarks: a distillation epoch in each mode against Keras 3's
 built-in `keras.distillation.Distiller` and against the student trained alone.
 
 Setup, all on the same MNIST data in one process:
   * teacher: LeNet-5 trained as a self-regulated teacher (alpha=0.02, masked)
     for `--teacher_epochs` epochs; its participation counts give the
-    significance (Algorithm 2) and `pipeline.predict_logits` the cached logits,
+    significance (Algorithm 2) and `stages.predict_logits` the cached logits,
     exactly as `pipeline.distill_students` does. Accuracy is not the point.
   * student alone: LeNet-5-half, `compile(Adam(0.01), sparse CE, accuracy)` and
     `fit` on preprocessed in-memory tensors (`common.plain_dataset`).
@@ -35,12 +35,13 @@ import common  # pylint: disable=wrong-import-position
 import keras  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
+from tf_srkd import callbacks  # pylint: disable=wrong-import-position
 from tf_srkd import data  # pylint: disable=wrong-import-position
 from tf_srkd import distillation  # pylint: disable=wrong-import-position
 from tf_srkd import models  # pylint: disable=wrong-import-position
 from tf_srkd import modes as modes_lib  # pylint: disable=wrong-import-position
-from tf_srkd import pipeline  # pylint: disable=wrong-import-position
 from tf_srkd import regulation  # pylint: disable=wrong-import-position
+from tf_srkd import stages  # pylint: disable=wrong-import-position
 from tf_srkd import training  # pylint: disable=wrong-import-position
 
 TEMPERATURE = 20.0
@@ -67,14 +68,14 @@ def train_teacher(args, spec, train, log):
   keras.utils.set_random_seed(args.seed)
   network = models.build_model("lenet5", spec.image_shape, spec.num_classes)
   model = training.SelfRegulatedModel(network, train.size, backward="masked", name="teacher")
-  pipeline.compile_model(model, 1e-3, common.NoJit)
+  stages.compile_model(model, 1e-3, common.NoJit)
   ds = data.train_dataset(train, args.batch_size, args.seed, 0, args.teacher_epochs)
   history = model.fit(ds, epochs=args.teacher_epochs,
                       steps_per_epoch=data.steps_per_epoch(train.size, args.batch_size),
-                      callbacks=[training.RegulationSchedule(0.02, train.size)], verbose=0)
+                      callbacks=[callbacks.RegulationSchedule(0.02, train.size)], verbose=0)
   counts = model.participation_counts()
   significance = regulation.significance(counts, train.labels, spec.num_classes)
-  logits = pipeline.predict_logits(network, train.images, 2048)
+  logits = stages.predict_logits(network, train.images, 2048)
   accuracy = float(np.mean(logits.argmax(-1) == train.labels))
   log(f"teacher: {args.teacher_epochs} epochs, train accuracy {accuracy:.4f}, "
       f"participation {history.history['participation_fraction']}")
@@ -141,8 +142,8 @@ def main():
     model = distillation.Distiller(student(), train.size, mode, temperature=TEMPERATURE,
                                    kd_lambda=KD_LAMBDA, backward=backward,
                                    name=f"student_{name}")
-    pipeline.compile_model(model, DISTILL_LR, common.NoJit)
-    schedule = training.RegulationSchedule(alpha, train.size)
+    stages.compile_model(model, DISTILL_LR, common.NoJit)
+    schedule = callbacks.RegulationSchedule(alpha, train.size)
     start_epoch[name] = 0
     if mode.regulate:
       history = []

@@ -1,4 +1,4 @@
-"""Issue 4: every student of a run x every quantization (+ QAT), verified in LiteRT.
+"""Shipping students: every student of a run x every quantization (+ QAT), verified in LiteRT.
 
 For each `students/<mode>/model.keras` of a finished run (by default the MNIST
 `flags/quick.flags` run), exports float32, dynamic, float16 and int8 (random
@@ -158,7 +158,7 @@ def main():
       "fake-quant tf_keras accuracy after fine-tuning is shown next to it.",
   ]
   body = "\n".join([
-      common.section_preamble("Export: students x quantization (issue 4)", common.command_line(),
+      common.section_preamble("Export: students x quantization", common.command_line(),
                               machine, notes),
       table, "", "Targets:", "", *[f"- {c}" for c in checks], "",
       "Calibration sets (hypothesis: fewer, more informative samples):", "",

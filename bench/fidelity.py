@@ -4,7 +4,7 @@ For each seed the script trains (or reuses) one self-regulated teacher with the
 dataset's paper flagfile, then distills the requested students from it, each
 run a separate `python -m tf_srkd.main` process, one at a time. It then prints
 and stores (section `fidelity_<dataset>_<label>` of bench/RESULTS.md) the
-paper-vs-ours table: accuracy and zeta as mean +- std over the seeds, the
+paper-vs-ours table (`tf_srkd.fidelity`): accuracy and zeta as mean +- std over the seeds, the
 difference to the paper, and whether each self-regulating model reaches the
 paper's accuracy at no more than the paper's zeta.
 
@@ -23,21 +23,20 @@ holds the table and the mean/std of every model's accuracy and zeta.
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
 
-from common import REPO_ROOT, load_average, machine_description, markdown_table, publish
+from common import REPO_ROOT, load_average, machine_description, publish
 
-from tf_srkd import report
+from tf_srkd import fidelity
 
-_PAPER_KEYS = {"mnist": "mnist", "fashion_mnist": "fashion_mnist", "cifar10": "cifar10"}
+
 
 
 def parse_args(argv):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--dataset", default="mnist", choices=sorted(_PAPER_KEYS))
+  parser.add_argument("--dataset", default="mnist", choices=sorted(fidelity.TEACHER_ALPHA))
   parser.add_argument("--seeds", default="0,1,2")
   parser.add_argument("--epochs", type=int, default=0, help="teacher and student epochs; "
                       "0: the flagfile's (paper's)")
@@ -105,72 +104,6 @@ def run_seed(args, seed):
   return results
 
 
-def _mean_std(values):
-  values = [v for v in values if v is not None]
-  if not values:
-    return None, None
-  return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
-def paper_numbers(dataset, model):
-  """(accuracy, zeta) the paper reports for `model` ('teacher' or a mode)."""
-  paper = report.PAPER_TABLES
-  if model == "teacher":
-    alphas = paper["table_1_teacher_accuracy_by_alpha"]
-    # The teacher the paper distils from uses Table II's alpha.
-    alpha = {"mnist": "0.02"}.get(dataset, "0.04")
-    return dict(zip(alphas["alpha"], alphas[dataset]))[alpha], None
-  accuracy = paper["tables_3_to_5_student_test_accuracy"][dataset].get(model)
-  efficiency = paper["table_6_sample_efficiency"][dataset].get(model)
-  return accuracy, (efficiency[0] / efficiency[1] if efficiency else None)
-
-
-def table(dataset, per_seed):
-  """The paper-vs-ours Markdown table."""
-  rows = []
-  for model in per_seed[0]:
-    acc, acc_sd = _mean_std([r[model].get("test_accuracy") for r in per_seed])
-    zeta, zeta_sd = _mean_std([r[model].get("zeta") for r in per_seed])
-    paper_acc, paper_zeta = paper_numbers(dataset, model)
-    reached = "—"
-    if paper_acc is not None and acc is not None:
-      reached = "yes" if acc >= paper_acc and (paper_zeta is None or zeta <= paper_zeta) else "no"
-    rows.append([
-        model, f"{paper_acc:.4f}" if paper_acc else "—",
-        f"{acc:.4f} ± {acc_sd:.4f}", f"{(acc - paper_acc) * 100:+.2f} pt" if paper_acc else "—",
-        f"{paper_zeta:.3%}" if paper_zeta else "—",
-        f"{zeta:.3%} ± {zeta_sd:.3%}" if zeta is not None else "—",
-        f"{(zeta - paper_zeta) * 100:+.3f} pt" if paper_zeta and zeta is not None else "—",
-        reached])
-  per_run = [[str(i), model, f"{r[model].get('test_accuracy'):.4f}",
-              f"{r[model]['zeta']:.3%}" if r[model].get("zeta") is not None else "—"]
-             for i, r in enumerate(per_seed) for model in r]
-  return (markdown_table(["model", "paper acc", f"ours acc (mean ± std, n={len(per_seed)})",
-                          "Δ acc", "paper ζ", "ours ζ (mean ± std)", "Δ ζ",
-                          "≥ paper acc at ≤ paper ζ"], rows)
-          + "\n\nPer seed (index in --seeds order):\n\n"
-          + markdown_table(["seed #", "model", "test acc", "ζ"], per_run))
-
-
-def log_to_mlflow(dataset, label, per_seed, body, notes):
-  """One MLflow run holding the table (artifact) and mean/std per model (metrics).
-
-  Uses MLflow's own tracking-URI resolution ($MLFLOW_TRACKING_URI, else its default).
-  """
-  import mlflow  # pylint: disable=import-outside-toplevel
-
-  mlflow.set_experiment(f"fidelity-{dataset}")
-  with mlflow.start_run(run_name=f"fidelity-{label}"):
-    mlflow.set_tags({"role": "fidelity", "dataset": dataset, "label": label,
-                     "seeds": len(per_seed)})
-    for model in per_seed[0]:
-      for key, name in (("test_accuracy", "acc"), ("zeta", "zeta")):
-        mean, std = _mean_std([r[model].get(key) for r in per_seed])
-        if mean is not None:
-          mlflow.log_metrics({f"{model}_{name}_mean": mean, f"{model}_{name}_std": std})
-    mlflow.log_text("\n".join(f"- {n}" for n in notes) + "\n\n" + body, "fidelity.md")
-
-
 def main(argv):
   args = parse_args(argv)
   os.makedirs(args.root, exist_ok=True)
@@ -189,13 +122,15 @@ def main(argv):
       f"Wall time of this invocation {time.time() - started:.0f} s (finished stages are reused); "
       f"1-min load average at start {load_start:.1f}.",
   ]
-  body = table(args.dataset, per_seed)
+  body = fidelity.fidelity_table(args.dataset, per_seed)
   label = args.label + (f"_d{args.distill_epochs}" if args.distill_epochs else "")
   publish(f"fidelity_{args.dataset}_{label}",
           f"Fidelity: {args.dataset}, {label} ({len(seeds)} seeds)", machine_description(),
           notes, body, write=not args.no_write)
   if args.mlflow:
-    log_to_mlflow(args.dataset, label, per_seed, body, notes)
+    text = "\n".join(f"- {n}" for n in notes) + "\n\n" + body
+    fidelity.log_to_mlflow(os.environ.get("MLFLOW_TRACKING_URI"), args.dataset, label, per_seed,
+                           text)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,10 @@
-"""Table 5 of issue 6: what the package's machinery costs on top of the bare
+"""Table 5 of the speed benchmarks: what the package's machinery costs on top of the bare
 training computation.
 
   * end-to-end: `SelfRegulatedModel(lenet5, backward="masked")` with
     `RegulationSchedule(alpha=inf)` (conventional training through the SR code:
     everyone takes part), `fit` on `data.train_dataset` -- exactly what
-    `pipeline.fit_stage` runs for an alpha=inf teacher.
+    `stages.fit_stage` runs for an alpha=inf teacher.
   * diagnostic: the same model and step, `fit` on the same epoch's batches
     pre-gathered into memory (`data.train_dataset` output stored once, then sliced
     per batch), to split the difference into input pipeline vs train step.
@@ -31,10 +31,11 @@ import common  # pylint: disable=wrong-import-position
 import keras  # pylint: disable=wrong-import-position
 import tensorflow as tf  # pylint: disable=wrong-import-position
 
+from tf_srkd import callbacks  # pylint: disable=wrong-import-position
 from tf_srkd import data  # pylint: disable=wrong-import-position
 from tf_srkd import losses  # pylint: disable=wrong-import-position
 from tf_srkd import models  # pylint: disable=wrong-import-position
-from tf_srkd import pipeline  # pylint: disable=wrong-import-position
+from tf_srkd import stages  # pylint: disable=wrong-import-position
 from tf_srkd import training  # pylint: disable=wrong-import-position
 
 
@@ -82,13 +83,13 @@ def main():
 
   def sr_model():
     model = training.SelfRegulatedModel(network(), train.size, backward="masked")
-    pipeline.compile_model(model, 1e-3, common.NoJit)
+    stages.compile_model(model, 1e-3, common.NoJit)
     return model
 
   e2e = sr_model()
-  e2e_schedule = training.RegulationSchedule(float("inf"), train.size)
+  e2e_schedule = callbacks.RegulationSchedule(float("inf"), train.size)
   mem = sr_model()
-  mem_schedule = training.RegulationSchedule(float("inf"), train.size)
+  mem_schedule = callbacks.RegulationSchedule(float("inf"), train.size)
   mem_ds = in_memory_dataset(batches)
 
   plain = network()
@@ -169,7 +170,7 @@ def main():
       "`fit` vs bare loop), the SR train step (gate, participation counts, metrics, conditional "
       "apply; SR vs plain `fit` on the same in-memory batches) and the input pipeline "
       "(end-to-end vs SR on in-memory batches).",
-      "The issue's '≥ 0.9' is read as efficiency (bare time / end-to-end time), since the "
+      "The goal '≥ 0.9' is read as efficiency (bare time / end-to-end time), since the "
       "time ratio end-to-end / bare cannot be below 1.",
   ]
   common.publish("pipeline_overhead", "5. End-to-end epoch vs a bare in-memory tf.function loop", machine,

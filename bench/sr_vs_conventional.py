@@ -1,4 +1,4 @@
-"""Table 3 of issue 6: a whole MNIST self-regulated teacher run against a
+"""Table 3 of the speed benchmarks: a whole MNIST self-regulated teacher run against a
 conventional one (alpha=inf), total wall time and test accuracy.
 
 Runs, one after the other (never concurrently),

@@ -8,7 +8,7 @@ called on the same in-memory batch:
   * inference forward of the whole batch (what `compact` runs to decide the gate);
   * plain step on only k rows (k = p * batch), i.e. the compact backward;
   * the SR `masked` and `compact` train steps themselves
-    (`SelfRegulatedModel._train_step` with eta set so that a fraction p of the
+    (`SelfRegulatedModel.train_step` with eta set so that a fraction p of the
     batch takes part), including gate, counts and metrics;
   * the input pipelines: one epoch of `data.train_dataset` (gather + preprocess +
     shuffle) and of the plain in-memory slicing, iterated without training.
@@ -35,7 +35,7 @@ import tensorflow as tf  # pylint: disable=wrong-import-position
 from tf_srkd import data  # pylint: disable=wrong-import-position
 from tf_srkd import losses  # pylint: disable=wrong-import-position
 from tf_srkd import models  # pylint: disable=wrong-import-position
-from tf_srkd import pipeline  # pylint: disable=wrong-import-position
+from tf_srkd import stages  # pylint: disable=wrong-import-position
 from tf_srkd import training  # pylint: disable=wrong-import-position
 
 
@@ -102,10 +102,10 @@ def main():
     eta = float((order[k - 1] + order[k]) / 2)
     for backward in ("masked", "compact"):
       model = training.SelfRegulatedModel(net, b, backward=backward)
-      pipeline.compile_model(model, 0.0, common.NoJit)
+      stages.compile_model(model, 0.0, common.NoJit)
       model.eta.assign(eta)
-      step = tf.function(lambda feats, labels, model=model, backward=backward:
-                         model._train_step((feats, labels), backward))  # pylint: disable=protected-access
+      # `backward` is masked or compact, so the model's own train_step runs it.
+      step = tf.function(lambda feats, labels, model=model: model.train_step((feats, labels)))
       sr_models[(p, backward)] = model
       pieces[f"SR {backward} step, p={p:.0%}"] = (
           lambda step=step: step({"image": x, "id": ids}, y)["participation_fraction"])
@@ -159,7 +159,7 @@ def main():
       f"{args.calls} calls per round, {args.warmup} warm-up + {args.rounds} measured rounds, "
       "interleaved; input pipelines are timed over one epoch of "
       f"{args.pipeline_examples} examples and divided by its {n_batches} batches.",
-      "The SR steps are `SelfRegulatedModel._train_step` (gate, participation counts, metrics, "
+      "The SR steps are `SelfRegulatedModel.train_step` (gate, participation counts, metrics, "
       "conditional `Adam.apply`) with eta set so that p of the batch takes part.",
   ]
   common.publish("step_breakdown", "Diagnostic: what a training step is made of", machine,

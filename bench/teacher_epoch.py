@@ -1,4 +1,4 @@
-"""Tables 1 and 2 of issue 6: a self-regulated teacher epoch against a plain
+"""Tables 1 and 2 of the speed benchmarks: a self-regulated teacher epoch against a plain
 `keras.Model.fit` epoch of the same LeNet-5 on the same MNIST data.
 
 Table 1: SR teacher epoch (`backward="masked"`, the real input pipeline
@@ -31,9 +31,10 @@ import common  # pylint: disable=wrong-import-position
 import keras  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
+from tf_srkd import callbacks  # pylint: disable=wrong-import-position
 from tf_srkd import data  # pylint: disable=wrong-import-position
 from tf_srkd import models  # pylint: disable=wrong-import-position
-from tf_srkd import pipeline  # pylint: disable=wrong-import-position
+from tf_srkd import stages  # pylint: disable=wrong-import-position
 from tf_srkd import training  # pylint: disable=wrong-import-position
 
 
@@ -70,7 +71,7 @@ def clone(network, spec):
 
 def sr_model(network, n, backward, learning_rate):
   model = training.SelfRegulatedModel(network, n, regulate=True, backward=backward)
-  pipeline.compile_model(model, learning_rate, common.NoJit)
+  stages.compile_model(model, learning_rate, common.NoJit)
   return model
 
 
@@ -107,7 +108,7 @@ def table1(args, spec, train, plain_ds, log):
   sr = sr_model(clone(init, spec), train.size, "masked", 1e-3)
   sr_ds = data.train_dataset(train, args.batch_size, args.seed, 0, 1)
   steps = data.steps_per_epoch(train.size, args.batch_size)
-  schedule = training.RegulationSchedule(0.02, train.size)
+  schedule = callbacks.RegulationSchedule(0.02, train.size)
 
   def run_plain(r):
     seconds, logs = common.fit_one_epoch(plain, plain_ds, r)
@@ -149,7 +150,7 @@ def table2(args, spec, train, plain_ds, log):
   base = plain_model(models.build_model("lenet5", spec.image_shape, spec.num_classes), 1e-3)
   log(f"table 2: pre-training LeNet-5 for {args.pretrain_epochs} plain epochs")
   base.fit(plain_ds, epochs=args.pretrain_epochs, verbose=0)
-  logits = pipeline.predict_logits(base, train.images, 2048)
+  logits = stages.predict_logits(base, train.images, 2048)
   rng = np.random.default_rng(args.seed)
   targets = [float(x) for x in args.participation.split(",")]
   steps = data.steps_per_epoch(train.size, args.batch_size)

@@ -3,7 +3,7 @@
     python -m export.qat --model=<run>/students/<mode>/model.keras \
         --output=<run>/students/<mode>/tflite/model_int8_qat.tflite --qat_epochs=1
 
-Run this as its own process (`export.tflite.export_qat` does): importing
+Run this as its own process (`export.api.export_qat` does): importing
 tensorflow-model-optimization 0.8.1 sets TF_USE_LEGACY_KERAS=1 for the process,
 and it only accepts tf_keras models. Nothing imports tfmot at module import
 time, not even this module.
@@ -32,13 +32,16 @@ import time
 
 import numpy as np
 
-from export import tflite
+from export import api
+from export import convert as convert_lib
+from export import sidecar as sidecar_lib
+from export import source
+from export.errors import ExportError
 from tf_srkd import data
+from tf_srkd import layout
 from tf_srkd import losses
 from tf_srkd import models
 from tf_srkd import modes as modes_lib
-
-ExportError = tflite.ExportError
 
 
 def import_tfmot():
@@ -49,7 +52,7 @@ def import_tfmot():
   return tfmot, tf_keras
 
 
-def tf_keras_twin(student: tflite.Student, tf_keras, check_images: np.ndarray):
+def tf_keras_twin(student: source.Student, tf_keras, check_images: np.ndarray):
   """The student's architecture as a tf_keras model with the very same weights.
 
   Returns:
@@ -107,10 +110,11 @@ def pin_input_range(quantized_model):
                       f"({[w.name for w in layer.weights]})")
 
 
-def load_teacher_logits(student: tflite.Student, train_images: np.ndarray) -> np.ndarray:
+def load_teacher_logits(student: source.Student, train_images: np.ndarray) -> np.ndarray:
+  """The run's teacher's logits on the transfer set (the soft targets of the fine-tuning)."""
   import keras  # pylint: disable=import-outside-toplevel
 
-  teacher_path = os.path.join(tflite.teacher_dir_of(student.run_dir), "model.keras")
+  teacher_path = layout.StageDir(source.teacher_dir_of(student.run_dir)).model
   if not os.path.isfile(teacher_path):
     raise ExportError(f"QAT distils from the run's teacher; no teacher at {teacher_path}")
   teacher = keras.models.load_model(teacher_path, compile=False)
@@ -166,9 +170,9 @@ def convert_qat(qmodel, image_shape) -> bytes:
   module.model = qmodel
 
   @tf.function(input_signature=[tf.TensorSpec([1, *image_shape], tf.float32,
-                                              name=tflite.INPUT_NAME)])
+                                              name=convert_lib.INPUT_NAME)])
   def serve(x):
-    return {tflite.OUTPUT_NAME: tf.nn.softmax(qmodel(x, training=False), axis=-1)}
+    return {convert_lib.OUTPUT_NAME: tf.nn.softmax(qmodel(x, training=False), axis=-1)}
 
   converter = tf.lite.TFLiteConverter.from_concrete_functions([serve.get_concrete_function()],
                                                               module)
@@ -178,23 +182,24 @@ def convert_qat(qmodel, image_shape) -> bytes:
   try:
     return converter.convert()
   except Exception as e:  # pylint: disable=broad-except
-    raise ExportError(f"TFLite conversion of the QAT model failed: {type(e).__name__}: "
-                      f"{str(e).strip().splitlines()[-1] if str(e) else ''}") from e
+    raise ExportError(f"TFLite conversion of the QAT model failed: "
+                      f"{convert_lib.conversion_error(e)}") from e
 
 
 def export_qat_model(model, output: str, qat_epochs: int = 1, *, qat_learning_rate: float = 1e-4,
                      batch_size: int = 0, dataset=None, test_examples: int = 0,
-                     dense_per_channel: bool = False, mlflow_run_id=None, seed: int = 0) -> dict:
+                     dense_per_channel: bool = False, mlflow_run_id=None, tracking_uri=None,
+                     seed: int = 0) -> dict:
   """QAT + int8 export in *this* process (which it switches to legacy tf.keras).
 
-  Call `export.tflite.export_qat` instead from any process that uses Keras 3
+  Call `export.api.export_qat` instead from any process that uses Keras 3
   afterwards. Arguments as there. Returns the result dict (sidecar + paths).
   """
   del dense_per_channel  # QAT decides per-channel-ness with its fake-quant ops.
-  tflite._check_output(output)  # pylint: disable=protected-access
+  sidecar_lib.check_output(output)
   if int(qat_epochs) < 1:
     raise ExportError(f"--qat_epochs={qat_epochs}: expected an integer >= 1")
-  student = tflite.load_student(model, dataset)
+  student = source.load_student(model, dataset, tracking_uri)
   if student.role != "student" or not student.run_dir:
     raise ExportError(f"--model={model}: QAT needs a student inside a run directory "
                       "(<run>/students/<mode>/model.keras): it distils from the run's teacher")
@@ -204,13 +209,13 @@ def export_qat_model(model, output: str, qat_epochs: int = 1, *, qat_learning_ra
   cfg = student.run_config
   began = time.time()
   tfmot, tf_keras = import_tfmot()
-  ctx = tflite._context(student, test_examples)  # pylint: disable=protected-access
+  ctx = api.model_context(student, test_examples)
   twin, diff = tf_keras_twin(student, tf_keras, ctx.test_images[:512])
-  train = tflite.load_split(student.spec.name, "train", tflite.train_examples_of(student))
+  train = ctx.data.split("train", source.train_examples_of(student))
   teacher_logits = load_teacher_logits(student, train.images)
   significance = None
   if mode.weight_by_significance:
-    significance = tflite.load_significance(student)
+    significance = source.load_significance(student)
     if significance.shape[0] != train.size:
       raise ExportError(f"the significance has {significance.shape[0]} entries, the transfer "
                         f"set {train.size}")
@@ -229,10 +234,7 @@ def export_qat_model(model, output: str, qat_epochs: int = 1, *, qat_learning_ra
   qat_keras_predicted = np.asarray(qmodel.predict(
       data.image_batches(ctx.test_images, 1024), verbose=0)).argmax(axis=-1)
   tflite_bytes = convert_qat(qmodel, student.image_shape)
-  details = tflite.io_details(tflite_bytes)
-  tflite.check_raw_pixel_input(details)
-  verification = tflite.verify(tflite_bytes, ctx.test_images, ctx.test_labels,
-                               ctx.keras_outputs, student.outputs_probabilities)
+  details, verification = api.verified(ctx, tflite_bytes, "int8")
   qat = {
       "epochs": int(qat_epochs),
       "learning_rate": float(qat_learning_rate),
@@ -256,13 +258,9 @@ def export_qat_model(model, output: str, qat_epochs: int = 1, *, qat_learning_ra
       "tf_keras": _version("tf-keras"),
       "wall_time_s": time.time() - began,
   }
-  sidecar = tflite.build_sidecar(student, output, tflite_bytes, "int8", details, verification,
-                                 qat=qat)
-  paths = tflite.write_export(output, tflite_bytes, sidecar, student.spec.class_names)
-  result = dict(sidecar, paths=paths)
-  if mlflow_run_id:
-    result["mlflow_logged"] = tflite.log_to_mlflow(mlflow_run_id, "int8_qat", result)
-  return result
+  return api.write_and_log(ctx, output, tflite_bytes, "int8", details, verification, qat=qat,
+                           mlflow_run_id=mlflow_run_id, mlflow_key="int8_qat",
+                           tracking_uri=tracking_uri)
 
 
 def _version(package):
@@ -286,6 +284,8 @@ def _define_flags():
   flags.DEFINE_integer("test_examples", 0, "Verify on the first K test examples (0: all).")
   flags.DEFINE_bool("dense_per_channel", False, "Ignored (QAT fixes per-channel-ness).")
   flags.DEFINE_string("mlflow_run_id", None, "Log the numbers and files into this MLflow run.")
+  flags.DEFINE_string("mlflow_tracking_uri", None, "The MLflow store of --mlflow_run_id and of a "
+                      "runs:/ --model (default: $MLFLOW_TRACKING_URI, else MLflow's default).")
   flags.DEFINE_integer("seed", 0, "Seed of the fine-tuning.")
 
 
@@ -301,11 +301,11 @@ def main(argv):
     result = export_qat_model(
         f.model, f.output, f.qat_epochs, qat_learning_rate=f.qat_learning_rate,
         batch_size=f.batch_size, dataset=f.dataset, test_examples=f.test_examples,
-        mlflow_run_id=f.mlflow_run_id, seed=f.seed)
+        mlflow_run_id=f.mlflow_run_id, tracking_uri=f.mlflow_tracking_uri, seed=f.seed)
   except ExportError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
-  print(tflite.format_results([("int8_qat", result)]))
+  print(api.format_results([("int8_qat", result)]))
   print(f"wrote {result['paths']['tflite']}")
 
 

@@ -19,6 +19,7 @@ import keras  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 
 from tests.recount import BruteForceRecount  # pylint: disable=g-import-not-at-top
+from tf_srkd import callbacks  # pylint: disable=g-import-not-at-top
 from tf_srkd import data  # pylint: disable=g-import-not-at-top
 from tf_srkd import datasets  # pylint: disable=g-import-not-at-top
 from tf_srkd import models  # pylint: disable=g-import-not-at-top
@@ -38,7 +39,7 @@ def main(output):
   recount = BruteForceRecount(split, BATCH, SEED, ALPHA, EPOCHS)
   history = model.fit(data.train_dataset(split, BATCH, SEED, 0, EPOCHS), epochs=EPOCHS,
                       steps_per_epoch=data.steps_per_epoch(N, BATCH), verbose=0,
-                      callbacks=[training.RegulationSchedule(ALPHA, N), recount])
+                      callbacks=[callbacks.RegulationSchedule(ALPHA, N), recount])
   counts = model.participation_counts()  # A collective: every worker reads.
   if strategy_lib.is_chief(STRATEGY):
     np.savez(output, counts=counts, recount=recount.counts, per_epoch=np.array(recount.per_epoch),

@@ -2,11 +2,14 @@
 
 Every module under tf_srkd/ and export/ is in a py_library's srcs in /BUILD, every
 tests/test_*.py has a `pytest_test` in tests/BUILD (other tests/*.py in some srcs
-there), nothing listed is missing on disk, and every CLI target names a module that
-exists. The BUILD files are read by exec-ing them with stand-ins that record each
-rule call (Starlark BUILD syntax is a subset of Python's).
+there), nothing listed is missing on disk, every CLI target names a module that
+exists, and every target's deps provide what its sources import (so `//:tf_srkd`,
+which has no deps, cannot import `export/`). The BUILD files are read by exec-ing
+them with stand-ins that record each rule call (Starlark BUILD syntax is a subset
+of Python's).
 """
 
+import ast
 import builtins
 import fnmatch
 import os
@@ -16,6 +19,8 @@ import pytest
 # Under `bazel test` this file is a symlink in the runfiles tree: check the real tree.
 ROOT = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
 LIBRARY_DIRS = ("tf_srkd", "export")
+#: The repository's own top-level packages (everything else comes from the environment).
+REPO_PACKAGES = LIBRARY_DIRS + ("tests",)
 
 
 class _BuildFile(dict):
@@ -117,3 +122,88 @@ def test_cli_targets_name_existing_modules(name):
   module = binaries[name]
   path = module.replace(".", "/") + ".py"
   assert exists(path), f"//:{name} runs `python -m {module}`, but {path} does not exist"
+
+
+# -- deps ----------------------------------------------------------------------------
+
+
+def _label(build, dep):
+  """`//package:name` for a dep written in `build`'s package."""
+  return dep if dep.startswith("//") else f"//{build.package}:{dep.lstrip(':')}"
+
+
+def py_targets():
+  """{label: (kind, repository-relative srcs, dep labels)} of every Python target.
+
+  A py_module_binary's source is the module it runs; a pytest_test's is its
+  test file (bazel/defs.bzl adds pytest_runner.py and the :support dep).
+  """
+  targets = {}
+  for package in ("", "tests"):
+    build = read_build(package)
+    for kind, rule in build.calls:
+      deps = [_label(build, d) for d in rule.get("deps", [])]
+      if kind == "py_library":
+        srcs = [build.path(s) for s in rule.get("srcs", [])]
+      elif kind == "py_module_binary":
+        srcs = [rule["module"].replace(".", "/") + ".py"]
+      elif kind == "pytest_test":
+        srcs, deps = [build.path(rule["name"] + ".py")], [_label(build, ":support")] + deps
+      else:
+        continue
+      targets[_label(build, ":" + rule["name"])] = (kind, srcs, deps)
+  return targets
+
+
+def repo_imports(path):
+  """The repository files `path` imports (anywhere in the file, lazily or not)."""
+  with open(os.path.join(ROOT, path), encoding="utf-8") as f:
+    tree = ast.parse(f.read(), path)
+  names = set()
+  for node in ast.walk(tree):
+    if isinstance(node, ast.Import):
+      names |= {alias.name for alias in node.names}
+    elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+      names.add(node.module)
+      names |= {f"{node.module}.{alias.name}" for alias in node.names}
+  found = set()
+  for name in names:
+    if name.split(".")[0] not in REPO_PACKAGES:
+      continue
+    base = name.replace(".", "/")
+    found |= {c for c in (base + ".py", base + "/__init__.py") if exists(c)}
+  return found
+
+
+def test_every_import_is_in_the_targets_srcs_or_deps():
+  targets = py_targets()
+  owner = {src: label for label, (kind, srcs, _) in targets.items() if kind == "py_library"
+           for src in srcs}
+
+  def closure(label, seen):
+    if label not in seen:
+      seen.add(label)
+      for dep in targets.get(label, (None, (), ()))[2]:
+        closure(dep, seen)
+    return seen
+
+  problems = []
+  for label, (kind, srcs, deps) in sorted(targets.items()):
+    problems += [f"{label}: no target {d}" for d in deps if d not in targets]
+    reachable = closure(label, set())
+    for src in srcs:
+      # A binary runs its module; a library's or a test's sources import modules.
+      needed = {src} if kind == "py_module_binary" else repo_imports(src)
+      problems += [f"{label}: {src} needs {path} (in {owner.get(path, 'no library')}), which "
+                   "is not in its srcs or deps" for path in sorted(needed)
+                   if owner.get(path) not in reachable]
+  assert not problems, "\n".join(problems)
+
+
+def test_the_library_never_imports_export():
+  """tf_srkd/ is the core library; export/ builds on it. Only the entry point uses both."""
+  for path in python_files("tf_srkd"):
+    if path == "tf_srkd/main.py":
+      continue
+    bad = sorted(p for p in repo_imports(path) if p.startswith("export/"))
+    assert not bad, f"{path} imports {bad}: the library must not depend on export/"

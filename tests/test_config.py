@@ -73,6 +73,19 @@ def test_teacher_dir_checks(tmp_path):
 def test_flagfile_round_trip():
   text = config_lib.to_flagfile(config_lib.Config(alpha=math.inf, modes=("hybrid",), mlflow=False))
   assert "--alpha=inf\n" in text and "--modes=hybrid\n" in text and "--nomlflow\n" in text
+  for config in (config_lib.Config(alpha=math.inf, modes=("hybrid",), mlflow=False),
+                 config_lib.Config(teacher_dir="/runs/a", export=("int8", "float32"),
+                                   distill_epochs=3, mlflow_tracking_uri="sqlite:///x=y.db")):
+    assert config_lib.from_flagfile(config_lib.to_flagfile(config)) == config
+
+
+def test_every_field_is_a_flag_with_help():
+  specs = config_lib.flag_specs()
+  assert [s.name for s in specs] == [f.name for f in dataclasses.fields(config_lib.Config)]
+  assert all(s.help for s in specs)
+  kinds = {s.name: s.kind for s in specs}
+  assert (kinds["alpha"], kinds["modes"], kinds["stage"], kinds["deterministic"]) == (
+      "rate", "list", "enum", "bool")
 
 
 def run_cli(*args, env_extra=None, cwd=None):

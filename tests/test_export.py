@@ -12,7 +12,9 @@ import sys
 import numpy as np
 import pytest
 
+from export import calibration
 from export import tflite
+from export import verify as verify_lib
 from tests.conftest import ROOT
 
 MODES = ("conventional", "significance")
@@ -191,10 +193,10 @@ def test_calibration_indices():
 def test_range_anchor_only_when_the_pixels_do_not_span_0_to_255():
   full = np.zeros((2, 4, 4, 1), np.uint8)
   full[1, 0, 0, 0] = 255
-  same, added = tflite._with_range_anchor(full)  # pylint: disable=protected-access
+  same, added = calibration.with_range_anchor(full)
   assert not added and same is full
   dim = (full // 2) + 1
-  anchored, added = tflite._with_range_anchor(dim)  # pylint: disable=protected-access
+  anchored, added = calibration.with_range_anchor(dim)
   assert added and anchored.shape[0] == 3 and anchored.min() == 0 and anchored.max() == 255
   np.testing.assert_array_equal(anchored[:2], dim)
 
@@ -257,7 +259,7 @@ def test_failed_verification_writes_nothing(student_path, tmp_path, monkeypatch)
   def broken(*args, **kwargs):
     raise tflite.ExportError("verification broke")
 
-  monkeypatch.setattr(tflite, "verify", broken)
+  monkeypatch.setattr(verify_lib, "verify", broken)
   with pytest.raises(tflite.ExportError, match="verification broke"):
     tflite.export_model(student_path, str(tmp_path / "out" / "m.tflite"), "float32",
                         test_examples=100)
@@ -284,29 +286,27 @@ def test_cli_round_trip_and_error(student_path, tmp_path):
 # -- MLflow ---------------------------------------------------------------------------------
 
 
-def test_mlflow_model_uri_and_logging_into_the_run(student_path, tmp_path, monkeypatch):
+def test_mlflow_model_uri_and_logging_into_the_run(student_path, tmp_path):
   """A student logged as the pipeline does (`mlflow.keras.log_model(name="model")`, the
   dataset as a param, the mode as a tag) exports from `runs:/<id>/model` and the numbers
-  and files land in that run."""
+  and files land in that run: in the store the export is given, not MLflow's global one."""
   import keras  # pylint: disable=import-outside-toplevel
   import mlflow  # pylint: disable=import-outside-toplevel
 
+  from tf_srkd import mlflow_store  # pylint: disable=import-outside-toplevel
+
   uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-  monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-  previous = mlflow.get_tracking_uri()
-  mlflow.set_tracking_uri(uri)
-  try:
+  with mlflow_store.fluent_tracking_uri(uri):
     client = mlflow.MlflowClient()
     experiment = client.create_experiment("export-test",
                                           artifact_location=(tmp_path / "artifacts").as_uri())
     with mlflow.start_run(experiment_id=experiment, tags={"mode": "conventional"}) as run:
       mlflow.log_param("dataset", "mnist")
       mlflow.keras.log_model(keras.models.load_model(student_path, compile=False), name="model")
-    run_id = run.info.run_id
-    result = tflite.export_model(f"runs:/{run_id}/model", str(tmp_path / "m.tflite"), "dynamic",
-                                 test_examples=200, mlflow_run_id=run_id)
-  finally:
-    mlflow.set_tracking_uri(previous)
+  run_id = run.info.run_id
+  assert mlflow.get_tracking_uri() != uri
+  result = tflite.export_model(f"runs:/{run_id}/model", str(tmp_path / "m.tflite"), "dynamic",
+                               test_examples=200, mlflow_run_id=run_id, tracking_uri=uri)
   assert result["mlflow_logged"]
   assert result["source"]["mlflow_run_id"] == run_id and result["source"]["mode"] == "conventional"
   client = mlflow.MlflowClient(tracking_uri=uri)

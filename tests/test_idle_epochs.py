@@ -12,7 +12,7 @@ from tf_srkd import datasets
 from tf_srkd import distillation
 from tf_srkd import models
 from tf_srkd import modes
-from tf_srkd import pipeline
+from tf_srkd import stages
 from tf_srkd import training
 
 N, EPOCHS, ALPHA = 128, 30, 0.005
@@ -39,8 +39,8 @@ def _train(split, tmp_path, skip, kind, backward="compact", model_name=None):
     model = distillation.Distiller(network, N, modes.get_mode("regulated"), temperature=20.0,
                                    kd_lambda=0.3, backward=backward)
     extras = {"teacher_logits": teacher_logits}
-  pipeline.compile_model(model, 1e-2, config)
-  history, _ = pipeline.fit_stage(model, split, config, stage_dir=str(tmp_path / kind),
+  stages.compile_model(model, 1e-2, config)
+  history, _ = stages.fit_stage(model, split, config, stage_dir=str(tmp_path / kind),
                                   epochs=EPOCHS, alpha=ALPHA, extras=extras)
   optimizer_state = [np.asarray(v.numpy()).copy() for v in model.optimizer.variables]
   return model, history, optimizer_state

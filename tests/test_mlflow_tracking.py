@@ -22,6 +22,7 @@ import pytest
 
 from tf_srkd import config as config_lib
 from tf_srkd import io_utils
+from tf_srkd import mlflow_store
 from tf_srkd import mlflow_tracking
 from tf_srkd import pipeline
 
@@ -59,8 +60,9 @@ class Tracked:
 def _track(config):
   tracker = mlflow_tracking.connect(config, strict=True)
   summary = pipeline.run(config, tracker=tracker)
+  stages = ["teacher"] + [f"student-{m}" for m in config.modes]
   return Tracked(config, summary, tracker.tracking_uri, tracker.parent_run_id,
-                 dict(tracker.stage_run_ids))
+                 {name: tracker.stage_run_id(name) for name in stages})
 
 
 class Server:
@@ -188,35 +190,40 @@ def test_config_params_cover_every_flag():
 
 def test_resolve_tracking_uri(monkeypatch):
   monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://env:5000")
-  flag = config_lib.Config(mlflow_tracking_uri="sqlite:///flag.db")
-  assert mlflow_tracking.resolve_tracking_uri(flag) == "sqlite:///flag.db"
-  assert mlflow_tracking.resolve_tracking_uri(config_lib.Config()) == "http://env:5000"
+  assert mlflow_store.resolve_tracking_uri("sqlite:///flag.db") == "sqlite:///flag.db"
+  assert mlflow_store.resolve_tracking_uri(None) == "http://env:5000"
 
 
 def test_default_tracking_uri_is_mlflow_db_in_working_directory(tmp_path, monkeypatch):
   monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
   monkeypatch.chdir(tmp_path)
-  with mlflow_tracking.using_tracking_uri(None):
-    uri = mlflow_tracking.resolve_tracking_uri(config_lib.Config())
+  with mlflow_store.fluent_tracking_uri(None):
+    uri = mlflow_store.resolve_tracking_uri(None)
   assert uri == f"sqlite:///{tmp_path}/mlflow.db"
-  assert mlflow_tracking.default_artifact_location(uri, "mnist") == str(tmp_path / "mlruns" / "mnist")
+  assert mlflow_store.default_artifact_location(uri, "mnist") == str(tmp_path / "mlruns" / "mnist")
 
 
 def test_default_artifact_location():
-  location = mlflow_tracking.default_artifact_location
+  location = mlflow_store.default_artifact_location
   assert location("sqlite:////data/x/mlflow.db", "mnist") == "/data/x/mlruns/mnist"
   assert location("sqlite:////data/mlflow.db", "my exp/1") == "/data/mlruns/my_exp_1"
   assert location("sqlite:///:memory:", "mnist") is None
   assert location("http://127.0.0.1:5000", "mnist") is None
 
 
-def test_using_tracking_uri_restores_global_state(monkeypatch):
+def test_fluent_tracking_uri_restores_global_state(monkeypatch):
   monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////elsewhere/mlflow.db")
   before = mlflow.get_tracking_uri()
-  with mlflow_tracking.using_tracking_uri("sqlite:////tmp/other.db"):
+  with mlflow_store.fluent_tracking_uri("sqlite:////tmp/other.db"):
     assert mlflow.get_tracking_uri() == "sqlite:////tmp/other.db"
   assert mlflow.get_tracking_uri() == before
   assert os.environ["MLFLOW_TRACKING_URI"] == "sqlite:////elsewhere/mlflow.db"
+  with mlflow_store.fluent_tracking_uri("sqlite:////tmp/explicit.db"):  # a caller's setting
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////tmp/changed.db")
+    with mlflow_store.fluent_tracking_uri("sqlite:////tmp/other.db"):
+      assert mlflow.get_tracking_uri() == "sqlite:////tmp/other.db"
+    assert mlflow.get_tracking_uri() == "sqlite:////tmp/explicit.db"
+    assert os.environ["MLFLOW_TRACKING_URI"] == "sqlite:////tmp/changed.db"
 
 
 def test_logging_failures_warn_unless_strict(caplog):
@@ -364,7 +371,7 @@ def test_models_load_back_with_mlflow_keras(tracked):
   import keras  # pylint: disable=import-outside-toplevel
 
   images = np.random.default_rng(0).random((4, 28, 28, 1), dtype=np.float32)
-  with mlflow_tracking.using_tracking_uri(tracked.uri):
+  with mlflow_store.fluent_tracking_uri(tracked.uri):
     for name, run_id in tracked.stage_run_ids.items():
       loaded = mlflow.keras.load_model(f"runs:/{run_id}/model")
       on_disk = keras.models.load_model(
@@ -386,3 +393,23 @@ def test_tracking_leaves_global_mlflow_state_alone(sqlite_run):
   del sqlite_run
   assert mlflow.active_run() is None
   assert os.environ.get("MLFLOW_TRACKING_URI") == _ENV_URI_AT_IMPORT
+
+
+def test_export_after_the_run_logs_into_each_students_run(sqlite_run, tmp_path):
+  """`--export` runs after the pipeline (in tf_srkd.main) and logs into the student's
+  child run in the tracker's store, given by URI, not through MLflow's global state."""
+  from tf_srkd import main as main_lib  # pylint: disable=import-outside-toplevel
+
+  class Tracker:  # What main's export needs from the tracker that ran the pipeline.
+    tracking_uri = sqlite_run.uri
+
+    def stage_run_id(self, name):
+      return sqlite_run.stage_run_ids.get(name)
+
+  config = dataclasses.replace(sqlite_run.config, export=("float32",))
+  assert mlflow.get_tracking_uri() != sqlite_run.uri
+  results = main_lib.export_students(config, ["conventional"], Tracker())
+  assert results["conventional"]["float32"]["mlflow_logged"]
+  run = _client(sqlite_run).get_run(sqlite_run.stage_run_ids["student-conventional"])
+  assert run.data.metrics["tflite_float32_accuracy"] == (
+      results["conventional"]["float32"]["verification"]["tflite_test_accuracy"])

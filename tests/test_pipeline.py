@@ -10,6 +10,7 @@ import tensorflow_datasets as tfds
 
 from tf_srkd import config as config_lib
 from tf_srkd import pipeline
+from tf_srkd import tracking
 
 N = 96
 
@@ -117,10 +118,21 @@ def test_conventional_teacher_alpha_inf_runs_and_everyone_takes_part(tmp_path):
   assert json.loads((out / "teacher/metrics.json").read_text())["alpha"] == "inf"
 
 
+def test_null_tracker_knows_no_runs():
+  tracker = tracking.NullTracker()
+  assert tracker.stage_run_id("teacher") is None and tracker.tracking_uri is None
+
+
 def test_export_flag_writes_verified_tflite_students(tmp_path):
+  """`--export` is the entry point's step after the pipeline (the library never exports)."""
+  from tf_srkd import main as main_lib  # pylint: disable=import-outside-toplevel
+
   out = tmp_path / "export"
   with tfds.testing.mock_data(num_examples=N):
-    pipeline.run(smoke_config(out, epochs=1, modes=("regulated",), export=("float32",)))
+    config = smoke_config(out, epochs=1, modes=("regulated",), export=("float32",))
+    pipeline.run(config)
+    assert not (out / "students/regulated/tflite").exists()
+    main_lib.run(config)
   tflite_dir = out / "students/regulated/tflite"
   assert (tflite_dir / "model_float32.tflite").is_file()
   assert (tflite_dir / "labels.txt").read_text().splitlines()[:2] == ["0", "1"]

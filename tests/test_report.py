@@ -21,6 +21,7 @@ from tf_srkd import config as config_lib
 from tf_srkd import datasets
 from tf_srkd import io_utils
 from tf_srkd import plots
+from tf_srkd import paper
 from tf_srkd import report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -151,7 +152,7 @@ def test_paper_numbers_match_the_shared_copy():
     pytest.skip(f"{SHARED_PAPER_TABLES} not present")
   with open(SHARED_PAPER_TABLES) as f:
     shared = json.load(f)
-  for key, value in report.PAPER_TABLES.items():
+  for key, value in paper.PAPER_TABLES.items():
     assert shared[key] == value, key
 
 

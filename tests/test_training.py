@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tf_srkd import callbacks
 from tf_srkd import data
 from tf_srkd import distillation
 from tf_srkd import losses
@@ -103,7 +104,7 @@ def test_participation_equals_brute_force_recount(backward):
   recount = BruteForceRecount(split, 48, 7, alpha, epochs)
   history = model.fit(data.train_dataset(split, 48, 7, 0, epochs), epochs=epochs,
                       steps_per_epoch=data.steps_per_epoch(200, 48), verbose=0,
-                      callbacks=[training.RegulationSchedule(alpha, 200), recount])
+                      callbacks=[callbacks.RegulationSchedule(alpha, 200), recount])
   counts = model.participation_counts()
   np.testing.assert_array_equal(counts, recount.counts)
   assert counts.max() <= epochs
@@ -138,7 +139,7 @@ def test_compact_and_masked_make_the_same_update():
 def test_auto_switches_to_compact_when_few_take_part():
   model = make_teacher(64, "auto")
   model.make_train_function()
-  schedule = training.RegulationSchedule(0.1, 64, previous_fraction=0.1)
+  schedule = callbacks.RegulationSchedule(0.1, 64, previous_fraction=0.1)
   schedule.set_model(model)
   schedule.on_epoch_begin(3)
   assert model.active_backward == "compact"

@@ -1,9 +1,13 @@
-"""The frozen run configuration and every bad-input rule.
+"""The frozen run configuration, its flags, and every bad-input rule.
 
 Entry points turn flags into a `Config`; the library only ever sees this
-object. `validate` runs before any training and before anything is written; it
-needs neither TensorFlow nor the data, so it is cheap to unit-test. Each error
-names the flag (or file) and what was expected.
+object. The fields are the one list of settings: each carries its flag's help
+(`flag_specs()`), `tf_srkd.main` defines the flags from them, and
+`to_flagfile` / `from_flagfile` write and read a run's `flags.txt`.
+
+`validate` runs before any training and before anything is written; it needs
+neither TensorFlow nor the data, so it is cheap to unit-test. Each error names
+the flag (or file) and what was expected.
 """
 
 import dataclasses
@@ -12,13 +16,17 @@ import os
 from typing import Optional, Tuple
 
 from tf_srkd import datasets
+from tf_srkd import layout
 from tf_srkd import models
-from tf_srkd import modes
+from tf_srkd import modes as modes_lib
 
 STAGES = ("teacher", "distill", "all")
+#: How a self-regulated step runs its backward pass (see `training`).
 BACKWARDS = ("masked", "compact", "auto")
+#: What the gated loss sum is divided by (see `training.SelfRegulatedModel`).
 LOSS_NORMALISERS = ("participants", "batch", "weights")
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
+#: TFLite quantizations `export/` writes; here so `--export` is checked before training.
 QUANTIZATIONS = ("float32", "dynamic", "float16", "int8")
 
 
@@ -26,46 +34,78 @@ class ConfigError(ValueError):
   """Bad input; the message names the flag or file and what was expected."""
 
 
+def _flag(default, help_text, **flag):
+  """A `Config` field that is also a command-line flag of the same name.
+
+  Args:
+    default: the field's default.
+    help_text: the flag's help.
+    **flag: `choices` (an enum flag), `kind="rate"` (a float that may be written
+      'inf'), `flag_default` (the flag's default when it differs from the field's).
+  """
+  return dataclasses.field(default=default, metadata=dict(help=help_text, **flag))
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
-  """Everything one run needs. Field names match the command-line flags."""
+  """Everything one run needs. Every field is a command-line flag of the same name
+  (`tf_srkd.main` defines them from `flag_specs()`)."""
 
-  dataset: str = "mnist"
-  teacher_model: str = "lenet5"
-  student_model: str = "lenet5_half"
-  epochs: int = 200
-  distill_epochs: Optional[int] = None
-  batch_size: int = 512
-  teacher_lr: float = 1e-3
-  distill_lr: float = 1e-2
-  alpha: float = 0.02
-  distill_alpha: float = 0.02
-  temperature: float = 20.0
-  kd_lambda: float = 0.3
-  kd_scale_temperature_squared: bool = True
-  gate_temperature: float = 1.0
-  loss_normaliser: str = "participants"
-  modes: Tuple[str, ...] = ("conventional", "significance", "regulated", "hybrid")
-  seed: int = 0
-  output_dir: str = "runs/mnist"
-  train_examples: int = 0
-  teacher_dir: Optional[str] = None
-  stage: str = "all"
-  backward: str = "auto"
-  augment: bool = False
-  download: bool = False
-  jit_compile: bool = False
-  eval_batch_size: int = 2048
-  strategy: str = "auto"
-  cpu_replicas: int = 0
-  overwrite: bool = False
-  deterministic: bool = False
-  skip_idle_epochs: bool = True
-  export: Tuple[str, ...] = ()
-  mlflow: bool = True
-  mlflow_experiment: Optional[str] = None
-  mlflow_tracking_uri: Optional[str] = None
-  verbose: int = 2
+  dataset: str = _flag("mnist", "TFDS dataset.", choices=tuple(sorted(datasets.DATASETS)))
+  teacher_model: str = _flag("lenet5", f"One of {sorted(models.MODELS)}.")
+  student_model: str = _flag("lenet5_half", f"One of {sorted(models.MODELS)}.")
+  epochs: int = _flag(200, "Teacher epochs (and distillation epochs by default).")
+  distill_epochs: Optional[int] = _flag(None, "Distillation epochs (default: --epochs).")
+  batch_size: int = _flag(512, "Global batch size.")
+  teacher_lr: float = _flag(1e-3, "Adam learning rate of the teacher.")
+  distill_lr: float = _flag(1e-2, "Adam learning rate of the students.")
+  alpha: float = _flag(0.02, "Teacher self-regulation rate (float, or 'inf' for conventional "
+                       "training).", kind="rate")
+  distill_alpha: float = _flag(0.02, "Students' self-regulation rate (regulated and hybrid "
+                               "modes).", kind="rate")
+  temperature: float = _flag(20.0, "Distillation temperature tau.")
+  kd_lambda: float = _flag(0.3, "Weight lambda of the hard-label cross-entropy.")
+  kd_scale_temperature_squared: bool = _flag(
+      True, "Scale the KD term by tau^2 (Hinton et al.; the paper is silent).")
+  gate_temperature: float = _flag(1.0, "Softmax temperature of a student's own gate (1 by "
+                                  "default; Algorithm 3 literally uses tau).")
+  loss_normaliser: str = _flag(
+      "participants", "Divide the gated loss sum by the number of participants (mean over "
+      "participants), the batch size (mean over the batch) or the participants' summed "
+      "significance weights (weighted mean); the paper is silent.", choices=LOSS_NORMALISERS)
+  modes: Tuple[str, ...] = _flag(("conventional", "significance", "regulated", "hybrid"),
+                                 f"Distillation modes, a subset of {list(modes_lib.MODES)}.")
+  seed: int = _flag(0, "Seed for initialisation and the per-epoch shuffles.")
+  output_dir: str = _flag("runs/mnist", "Output directory (default runs/<dataset>-<UTC time>).",
+                          flag_default=None)
+  train_examples: int = _flag(0, "Use only the first K training examples (0: all).")
+  teacher_dir: Optional[str] = _flag(None, "Reuse this run's (or teacher/ directory's) teacher "
+                                     "and significance instead of training one.")
+  stage: str = _flag("all", "Which stages to run.", choices=STAGES)
+  backward: str = _flag("auto", "masked: backward on the whole batch with a 0/1 mask; compact: "
+                        "backward on participants only; auto: per epoch from the previous "
+                        "participation.", choices=BACKWARDS)
+  augment: bool = _flag(False, "Random shifts (+flips for RGB); the teacher then runs live in "
+                        "every student step instead of from cached logits.")
+  download: bool = _flag(False, "Let TFDS download a missing dataset.")
+  jit_compile: bool = _flag(False, "XLA-compile the train step (GPUs; slow on CPU).")
+  eval_batch_size: int = _flag(2048, "Batch size for inference passes.")
+  strategy: str = _flag("auto", "tf.distribute strategy.", choices=STRATEGIES)
+  cpu_replicas: int = _flag(0, "Split the CPU into K logical devices (to exercise "
+                            "MirroredStrategy without GPUs).")
+  overwrite: bool = _flag(False, "Move an existing --output_dir made with other settings aside "
+                          "instead of refusing.")
+  deterministic: bool = _flag(False, "Enable TensorFlow op determinism (bit-identical reruns "
+                              "and resumes; slower on GPUs).")
+  skip_idle_epochs: bool = _flag(True, "Skip epochs in which provably no sample takes part "
+                                 "(compact gate only).")
+  export: Tuple[str, ...] = _flag((), "Export every student to TFLite with these quantizations "
+                                  f"({','.join(QUANTIZATIONS)}).")
+  mlflow: bool = _flag(True, "Track the run in MLflow.")
+  mlflow_experiment: Optional[str] = _flag(None, "MLflow experiment (default: the dataset).")
+  mlflow_tracking_uri: Optional[str] = _flag(None, "MLflow tracking URI (default: "
+                                             "$MLFLOW_TRACKING_URI, else MLflow's own default).")
+  verbose: int = _flag(2, "Keras fit verbosity (0, 1, 2).")
 
   @property
   def resolved_distill_epochs(self) -> int:
@@ -98,18 +138,6 @@ def _finite_nonnegative_or_inf(flag, value):
            f"--{flag}={value}: expected a number >= 0 or 'inf' (conventional training)")
 
 
-def teacher_files(teacher_dir: str):
-  """(model, significance) paths inside a `--teacher_dir`.
-
-  Accepts either a run's output directory (containing `teacher/`) or the
-  `teacher/` directory itself.
-  """
-  base = os.path.join(teacher_dir, "teacher")
-  if not os.path.isdir(base):
-    base = teacher_dir
-  return os.path.join(base, "model.keras"), os.path.join(base, "significance.npy")
-
-
 def validate(config: Config) -> Config:
   """Checks every rule that needs no training; returns `config` unchanged.
 
@@ -119,9 +147,9 @@ def validate(config: Config) -> Config:
   _check_name("dataset", config.dataset, datasets.DATASETS)
   _check_name("teacher_model", config.teacher_model, models.MODELS)
   _check_name("student_model", config.student_model, models.MODELS)
-  _require(config.modes, "--modes: expected at least one of " + ", ".join(modes.MODES))
+  _require(config.modes, "--modes: expected at least one of " + ", ".join(modes_lib.MODES))
   for mode in config.modes:
-    _check_name("modes", mode, modes.MODES)
+    _check_name("modes", mode, modes_lib.MODES)
   _require(len(set(config.modes)) == len(config.modes), f"--modes={','.join(config.modes)}: a mode is repeated")
   _require(config.stage in STAGES, f"--stage={config.stage}: expected one of {', '.join(STAGES)}")
   _require(config.loss_normaliser in LOSS_NORMALISERS,
@@ -153,7 +181,7 @@ def validate(config: Config) -> Config:
            f"of the {config.dataset} train split")
   _require(bool(config.output_dir), "--output_dir: expected a directory path")
   if config.stage == "distill" and not config.teacher_dir:
-    teacher_model = os.path.join(config.output_dir, "teacher", "model.keras")
+    teacher_model = layout.RunDir(config.output_dir).teacher.model
     _require(os.path.exists(teacher_model),
              f"--stage=distill: needs --teacher_dir, or a finished teacher at {teacher_model}")
   if config.teacher_dir:
@@ -164,7 +192,8 @@ def validate(config: Config) -> Config:
 def _validate_teacher_dir(config: Config):
   _require(os.path.isdir(config.teacher_dir),
            f"--teacher_dir={config.teacher_dir}: not a directory")
-  model_path, significance_path = teacher_files(config.teacher_dir)
+  teacher = layout.teacher_stage(config.teacher_dir)
+  model_path, significance_path = teacher.model, teacher.significance
   _require(os.path.isfile(model_path),
            f"--teacher_dir={config.teacher_dir}: expected a trained teacher at {model_path}")
   _require(os.path.isfile(significance_path),
@@ -227,3 +256,107 @@ def to_flagfile(config: Config) -> str:
     else:
       lines.append(f"--{field.name}={value}")
   return "\n".join(lines) + "\n"
+
+
+# -- the fields as command-line flags -----------------------------------------------
+
+#: The absl flag type of each field type (`kind="rate"` fields are strings: 'inf').
+_KINDS = {str: "string", int: "integer", float: "float", bool: "bool",
+          Tuple[str, ...]: "list", Optional[int]: "integer", Optional[str]: "string"}
+
+
+@dataclasses.dataclass(frozen=True)
+class FlagSpec:
+  """How one `Config` field appears on the command line.
+
+  Attributes:
+    name: the flag (= field) name.
+    kind: string | integer | float | bool | list | enum | rate (a float, or 'inf').
+    default: the flag's default, in the flag's own type.
+    help: the help text.
+    choices: the allowed values of an enum flag, else None.
+  """
+
+  name: str
+  kind: str
+  default: object
+  help: str
+  choices: Optional[Tuple[str, ...]] = None
+
+
+def flag_specs() -> Tuple[FlagSpec, ...]:
+  """One `FlagSpec` per `Config` field, in field order."""
+  specs = []
+  for field in dataclasses.fields(Config):
+    meta = field.metadata
+    kind = "enum" if meta.get("choices") else meta.get("kind") or _KINDS[field.type]
+    default = meta.get("flag_default", field.default)
+    if kind == "rate":
+      default = str(default)
+    elif kind == "list":
+      default = list(default)
+    specs.append(FlagSpec(field.name, kind, default, meta["help"], meta.get("choices")))
+  return tuple(specs)
+
+
+def parse_rate(flag: str, text: str) -> float:
+  """A self-regulation rate: a number, or 'inf' (conventional training).
+
+  Raises:
+    ConfigError: `text` is neither.
+  """
+  try:
+    return math.inf if text.strip().lower() in ("inf", "infinity") else float(text)
+  except ValueError as e:
+    raise ConfigError(f"--{flag}={text}: expected a number >= 0 or 'inf'") from e
+
+
+def from_flag_values(values: dict) -> Config:
+  """The `Config` for parsed flag values ({flag name: value in the flag's type}).
+
+  Rates are parsed, lists become tuples; missing names keep the field default.
+
+  Raises:
+    ConfigError: a rate that is not a number or 'inf'.
+  """
+  fields = {}
+  for spec in flag_specs():
+    if spec.name not in values:
+      continue
+    value = values[spec.name]
+    if spec.kind == "rate" and isinstance(value, str):
+      value = parse_rate(spec.name, value)
+    elif spec.kind == "list" and value is not None:
+      value = tuple(value)
+    fields[spec.name] = value
+  return Config(**fields)
+
+
+def from_flagfile(text: str) -> Config:
+  """The `Config` a flagfile written by `to_flagfile` describes (its inverse).
+
+  Lines for flags that `Config` does not have (and comments) are ignored.
+  """
+  specs = {spec.name: spec for spec in flag_specs()}
+  parsers = {"integer": int, "float": float, "string": str, "enum": str, "rate": str,
+             "list": lambda v: [x for x in v.split(",") if x]}
+  values = {}
+  for line in text.splitlines():
+    line = line.strip()
+    if not line.startswith("--"):
+      continue
+    name, has_value, value = line[2:].partition("=")
+    kind = specs[name].kind if name in specs else None
+    if has_value and kind not in (None, "bool"):
+      values[name] = parsers[kind](value)
+    elif not has_value and kind == "bool":
+      values[name] = True
+    elif not has_value and name.startswith("no") and name[2:] in specs:
+      values[name[2:]] = False  # --noflag
+  return from_flag_values(values)
+
+
+def read_flagfile(path: str) -> Config:
+  """The `Config` of a run from its `flags.txt`."""
+  with open(path, encoding="utf-8") as f:
+    return from_flagfile(f.read())

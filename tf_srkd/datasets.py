@@ -2,6 +2,8 @@
 
 import dataclasses
 
+from tf_srkd import registry
+
 
 @dataclasses.dataclass(frozen=True)
 class DatasetSpec:
@@ -26,34 +28,31 @@ class DatasetSpec:
     return len(self.class_names)
 
 
-DATASETS = {
-    spec.name: spec
-    for spec in (
-        DatasetSpec(
-            name="mnist",
-            image_shape=(28, 28, 1),
-            class_names=tuple(str(d) for d in range(10)),
-            train_size=60000,
-            test_size=10000,
-        ),
-        DatasetSpec(
-            name="fashion_mnist",
-            image_shape=(28, 28, 1),
-            class_names=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
-            train_size=60000,
-            test_size=10000,
-        ),
-        DatasetSpec(
-            name="cifar10",
-            image_shape=(32, 32, 3),
-            class_names=("airplane", "automobile", "bird", "cat", "deer", "dog",
-                         "frog", "horse", "ship", "truck"),
-            train_size=50000,
-            test_size=10000,
-        ),
-    )
-}
+DATASETS = registry.by_name(
+    DatasetSpec(
+        name="mnist",
+        image_shape=(28, 28, 1),
+        class_names=tuple(str(d) for d in range(10)),
+        train_size=60000,
+        test_size=10000,
+    ),
+    DatasetSpec(
+        name="fashion_mnist",
+        image_shape=(28, 28, 1),
+        class_names=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
+        train_size=60000,
+        test_size=10000,
+    ),
+    DatasetSpec(
+        name="cifar10",
+        image_shape=(32, 32, 3),
+        class_names=("airplane", "automobile", "bird", "cat", "deer", "dog",
+                     "frog", "horse", "ship", "truck"),
+        train_size=50000,
+        test_size=10000,
+    ),
+)
 
 
 def get_dataset_spec(name: str) -> DatasetSpec:
@@ -62,6 +61,4 @@ def get_dataset_spec(name: str) -> DatasetSpec:
   Raises:
     KeyError: if `name` is not registered; the message lists the known names.
   """
-  if name not in DATASETS:
-    raise KeyError(f"unknown dataset {name!r}; expected one of {sorted(DATASETS)}")
-  return DATASETS[name]
+  return registry.lookup(DATASETS, name, "dataset")

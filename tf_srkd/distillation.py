@@ -30,7 +30,7 @@ class Distiller(training.SelfRegulatedModel):
     scale_temperature_squared: multiply the KD term by tau**2 (Hinton).
     gate_temperature: softmax temperature of the student's own gate.
     backward: masked | compact | auto.
-    normaliser: participants | batch (see `training.NORMALISERS`).
+    normaliser: participants | batch | weights (see `config.LOSS_NORMALISERS`).
     teacher: optional live teacher network; when given, its logits are computed
       in the step (needed with augmentation) instead of read from features.
   """

@@ -7,7 +7,7 @@ Every writer goes to a temporary file in the destination's directory and then
 import contextlib
 import json
 import os
-import tempfile
+import secrets
 
 import numpy as np
 
@@ -16,26 +16,34 @@ import numpy as np
 def atomic_path(path: str, suffix: str = ""):
   """Yields a temporary path next to `path`; renames it onto `path` on success.
 
+  The temporary file gets the permissions a plain `open()` would give (0666
+  less the process umask, applied by the kernel), so the renamed result does
+  too; `tempfile.mkstemp` would make it 0600.
+
   Args:
     path: final destination.
     suffix: extension the temporary file must carry (Keras insists on `.keras`).
   """
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp" + suffix,
-                             dir=directory)
-  os.close(fd)
-  umask = os.umask(0)
-  os.umask(umask)
+  tmp = _new_file(directory, "." + os.path.basename(path) + ".", ".tmp" + suffix)
   try:
     yield tmp
-    # mkstemp creates 0600; give the result the permissions a plain open() would.
-    if os.path.isfile(tmp):
-      os.chmod(tmp, 0o666 & ~umask)
     os.replace(tmp, path)
   finally:
     if os.path.exists(tmp):
       os.remove(tmp)
+
+
+def _new_file(directory, prefix, suffix):
+  """Creates a new empty file with a random name, mode 0666 & ~umask; returns its path."""
+  while True:
+    candidate = os.path.join(directory, f"{prefix}{secrets.token_hex(6)}{suffix}")
+    try:
+      os.close(os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+      return candidate
+    except FileExistsError:
+      continue
 
 
 def write_text(path: str, text: str):

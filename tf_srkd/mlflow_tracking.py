@@ -36,19 +36,17 @@ import dataclasses
 import logging
 import math
 import os
-import re
 import tempfile
+import time
 
 import mlflow
 import mlflow.keras
 import numpy as np
 
+from tf_srkd import layout
 from tf_srkd import mlflow_store
 from tf_srkd import plots
 from tf_srkd import tracking
-
-#: How long the reachability check may take per request, and how often it retries.
-CHECK_TIMEOUT_S = int(mlflow_store.FAIL_FAST_ENV["MLFLOW_HTTP_REQUEST_TIMEOUT"])
 
 #: Keras epoch-log names whose MLflow metric name differs.
 EPOCH_METRIC_NAMES = {"zeta": "cumulative_zeta"}
@@ -102,11 +100,6 @@ def epoch_metrics(logs) -> dict:
   return metrics
 
 
-def resolve_tracking_uri(config) -> str:
-  """--mlflow_tracking_uri, else $MLFLOW_TRACKING_URI, else MLflow's default."""
-  return mlflow_store.resolve_tracking_uri(config.mlflow_tracking_uri)
-
-
 def parent_run_name(config) -> str:
   return f"{config.dataset} {config.stage} alpha={format_alpha(config.alpha)}"
 
@@ -115,67 +108,15 @@ def stage_run_name(name, model_name, alpha) -> str:
   return f"{name} {model_name} alpha={format_alpha(alpha)}"
 
 
-def _short(error, limit=200) -> str:
-  """A one-line reason: the OS error inside a connection failure, else the truncated text."""
-  text = " ".join(str(error).split()) or type(error).__name__
-  os_error = re.search(r"\[Errno -?\d+\] [^'\")]+", text)
-  if os_error:
-    return os_error.group(0).strip()
-  if "Read timed out" in text or "ConnectTimeout" in text:
-    return f"no answer within {CHECK_TIMEOUT_S} s"
-  return text if len(text) <= limit else text[:limit] + "..."
-
-
-@contextlib.contextmanager
-def using_tracking_uri(uri):
-  """Sets MLflow's global tracking URI (the fluent API needs it) and restores it after.
-
-  `mlflow.set_tracking_uri` also exports MLFLOW_TRACKING_URI to the environment;
-  that is restored too, so nothing leaks to later runs or subprocesses.
-  """
-  from mlflow.tracking._tracking_service import utils  # pylint: disable=import-outside-toplevel
-
-  previous = getattr(utils, "_tracking_uri", None)
-  previous_env = os.environ.get("MLFLOW_TRACKING_URI")
-  mlflow.set_tracking_uri(uri)
-  try:
-    yield
-  finally:
-    mlflow.set_tracking_uri(previous)
-    if previous_env is None:
-      os.environ.pop("MLFLOW_TRACKING_URI", None)
-    else:
-      os.environ["MLFLOW_TRACKING_URI"] = previous_env
-
-
 # -- connecting -------------------------------------------------------------------
-
-
-def default_artifact_location(uri, experiment_name):
-  """`<directory of the DB>/mlruns/<experiment>` for a file-backed sqlite store, else None.
-
-  MLflow would put a new experiment's artifacts under `./mlruns` of whatever
-  directory the process runs in, wherever the database lives; keeping them next
-  to the database instead changes nothing for the default URI
-  (`sqlite:///mlflow.db` in the working directory) and keeps an explicit
-  `sqlite:////some/dir/mlflow.db` self-contained. None (MLflow's default) for
-  other stores: a server decides its own artifact root.
-  """
-  prefix = "sqlite:///"
-  if not uri.startswith(prefix):
-    return None
-  path = uri[len(prefix):].split("?", 1)[0]
-  if not path or path.startswith(":memory:"):
-    return None
-  safe_name = re.sub(r"[^A-Za-z0-9._-]+", "_", experiment_name).strip("._") or "experiment"
-  return os.path.join(os.path.dirname(os.path.abspath(path)), "mlruns", safe_name)
 
 
 def _get_or_create_experiment(client, name, uri) -> str:
   experiment = client.get_experiment_by_name(name)
   if experiment is None:
     try:
-      return client.create_experiment(name, artifact_location=default_artifact_location(uri, name))
+      return client.create_experiment(
+          name, artifact_location=mlflow_store.default_artifact_location(uri, name))
     except mlflow.exceptions.MlflowException:
       experiment = client.get_experiment_by_name(name)  # Created meanwhile by another run.
       if experiment is None:
@@ -201,7 +142,7 @@ def connect(config, strict=False):
     TrackingError: the tracking store cannot be reached or used; the message
       names the URI and --mlflow_tracking_uri / MLFLOW_TRACKING_URI.
   """
-  uri = resolve_tracking_uri(config)
+  uri = mlflow_store.resolve_tracking_uri(config.mlflow_tracking_uri)
   try:
     with mlflow_store.fail_fast_http():
       client = mlflow.MlflowClient(tracking_uri=uri)
@@ -209,10 +150,9 @@ def connect(config, strict=False):
   except TrackingError:
     raise
   except Exception as e:  # pylint: disable=broad-except
-    raise TrackingError(
-        f"MLflow tracking store {uri} is not reachable ({_short(e)}); start it, or point "
-        "--mlflow_tracking_uri (or MLFLOW_TRACKING_URI) at a reachable one, or pass --nomlflow"
-    ) from e
+    raise TrackingError(mlflow_store.unreachable(
+        uri, e, "start it, or point --mlflow_tracking_uri (or MLFLOW_TRACKING_URI) at a "
+        "reachable one, or pass --nomlflow")) from e
   logging.info("MLflow: tracking to %s, experiment %r (id %s)", uri, config.experiment_name,
                experiment_id)
   return MlflowTracker(uri, experiment_id, config.experiment_name, strict=strict)
@@ -235,6 +175,10 @@ class MlflowTracker:
     self.parent_run_id = None
     self.stage_run_ids = {}
 
+  def stage_run_id(self, name):
+    """The child run id of stage `name` ("teacher", "student-<mode>"), or None."""
+    return self.stage_run_ids.get(name)
+
   def guard(self, what, fn, *args, **kwargs):
     """Calls `fn`; a failure raises when strict, else is logged and returns None."""
     try:
@@ -243,7 +187,7 @@ class MlflowTracker:
       if self.strict:
         raise
       logging.warning("MLflow: could not %s (%s); training goes on, results are on disk",
-                      what, _short(e))
+                      what, mlflow_store.short_error(e))
       return None
 
   def _base_tags(self, config):
@@ -267,7 +211,9 @@ class MlflowTracker:
   @contextlib.contextmanager
   def run(self, config, flags_text):
     """The parent run; logs params, flags.txt and (on success) summary.json."""
-    with using_tracking_uri(self.tracking_uri):
+    # MLflow's run nesting and its Keras callback and log_model are fluent-API
+    # only: they see this tracker's store for the length of the run, no longer.
+    with mlflow_store.fluent_tracking_uri(self.tracking_uri):
       with self._parent_run(config, flags_text):
         yield self
 
@@ -290,7 +236,7 @@ class MlflowTracker:
     error = None
     try:
       yield self
-      summary = os.path.join(config.output_dir, "summary.json")
+      summary = layout.RunDir(config.output_dir).summary
       if os.path.exists(summary):
         self.guard("log summary.json", self.client.log_artifact, self.parent_run_id, summary)
     except BaseException as e:
@@ -337,11 +283,11 @@ class MlflowTracker:
 
 
 class EpochMetrics(mlflow.keras.MlflowCallback):
-  """MLflow's Keras callback, logging each epoch's logs with step=epoch to one run.
+  """MLflow's Keras callback, for what it logs when training begins.
 
   `on_train_begin` (MLflow's) logs the optimizer config as params and the model
-  summary; `on_epoch_end` logs synchronously to the stage's run under the
-  names of `epoch_metrics`.
+  summary. Epoch logs do not come from here: the stage's `log_epoch` receives
+  every epoch, run or skipped, from the stage's `EpochHistory`.
   """
 
   def __init__(self, stage):
@@ -352,7 +298,7 @@ class EpochMetrics(mlflow.keras.MlflowCallback):
     self.stage = stage
 
   def on_epoch_end(self, epoch, logs=None):
-    self.stage.log_epoch(epoch, logs)
+    del epoch, logs  # Logged by `MlflowStage.log_epoch` (an `EpochHistory` listener).
 
 
 class MlflowStage:
@@ -378,8 +324,7 @@ class MlflowStage:
     """One epoch's Keras logs as metrics with step=epoch (0-based)."""
     metrics = epoch_metrics(logs)
     if metrics:
-      self._guard(f"log epoch {epoch}", mlflow.log_metrics, metrics, step=int(epoch),
-                  run_id=self.run_id, synchronous=True)
+      self._log_metrics(f"log epoch {epoch}", metrics, int(epoch))
     self.logged_epochs.add(int(epoch))
 
   def log_history(self, history):
@@ -391,8 +336,13 @@ class MlflowStage:
   def log_metrics(self, metrics, step=None):
     values = {k: float(v) for k, v in metrics.items() if v is not None}
     if values:
-      self._guard("log metrics", mlflow.log_metrics, values, step=step, run_id=self.run_id,
-                  synchronous=True)
+      self._log_metrics("log metrics", values, step)
+
+  def _log_metrics(self, what, values, step):
+    """Logs {name: float} at `step` (None: 0) into this stage's run, through the client."""
+    stamp = int(time.time() * 1000)
+    metrics = [mlflow.entities.Metric(k, v, stamp, step or 0) for k, v in values.items()]
+    self._guard(what, self.client.log_batch, self.run_id, metrics=metrics, synchronous=True)
 
   def log_artifact(self, path, artifact_path=None):
     self._guard(f"log {path}", self.client.log_artifact, self.run_id, path, artifact_path)

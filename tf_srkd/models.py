@@ -11,6 +11,8 @@ for exported models, in the exported graph.
 import dataclasses
 from typing import Callable
 
+from tf_srkd import registry
+
 #: Parameter counts reported in the paper (Table II), for the +-5 % check.
 PAPER_PARAM_COUNTS = {
     "lenet5": 62_000,
@@ -92,15 +94,12 @@ class ModelSpec:
   has_stochastic_layers: bool
 
 
-MODELS = {
-    spec.name: spec
-    for spec in (
-        ModelSpec("lenet5", lambda k, s, c: _lenet5(k, s, c, 1.0), False),
-        ModelSpec("lenet5_half", lambda k, s, c: _lenet5(k, s, c, 0.5), False),
-        ModelSpec("alexnet", lambda k, s, c: _alexnet(k, s, c, 1.0), True),
-        ModelSpec("alexnet_half", lambda k, s, c: _alexnet(k, s, c, 0.5), True),
-    )
-}
+MODELS = registry.by_name(
+    ModelSpec("lenet5", lambda k, s, c: _lenet5(k, s, c, 1.0), False),
+    ModelSpec("lenet5_half", lambda k, s, c: _lenet5(k, s, c, 0.5), False),
+    ModelSpec("alexnet", lambda k, s, c: _alexnet(k, s, c, 1.0), True),
+    ModelSpec("alexnet_half", lambda k, s, c: _alexnet(k, s, c, 0.5), True),
+)
 
 
 def get_model_spec(name: str) -> ModelSpec:
@@ -109,9 +108,7 @@ def get_model_spec(name: str) -> ModelSpec:
   Raises:
     KeyError: if `name` is not registered; the message lists the known names.
   """
-  if name not in MODELS:
-    raise KeyError(f"unknown model {name!r}; expected one of {sorted(MODELS)}")
-  return MODELS[name]
+  return registry.lookup(MODELS, name, "model")
 
 
 def build_model(name: str, input_shape, num_classes: int, keras_module=None):

@@ -6,6 +6,8 @@ A mode is two booleans over one training step: does the student gate itself
 
 import dataclasses
 
+from tf_srkd import registry
+
 
 @dataclasses.dataclass(frozen=True)
 class Mode:
@@ -23,15 +25,12 @@ class Mode:
   weight_by_significance: bool
 
 
-MODES = {
-    m.name: m
-    for m in (
-        Mode("conventional", regulate=False, weight_by_significance=False),
-        Mode("significance", regulate=False, weight_by_significance=True),
-        Mode("regulated", regulate=True, weight_by_significance=False),
-        Mode("hybrid", regulate=True, weight_by_significance=True),
-    )
-}
+MODES = registry.by_name(
+    Mode("conventional", regulate=False, weight_by_significance=False),
+    Mode("significance", regulate=False, weight_by_significance=True),
+    Mode("regulated", regulate=True, weight_by_significance=False),
+    Mode("hybrid", regulate=True, weight_by_significance=True),
+)
 
 
 def get_mode(name: str) -> Mode:
@@ -40,6 +39,4 @@ def get_mode(name: str) -> Mode:
   Raises:
     KeyError: if `name` is not registered; the message lists the known names.
   """
-  if name not in MODES:
-    raise KeyError(f"unknown mode {name!r}; expected one of {sorted(MODES)}")
-  return MODES[name]
+  return registry.lookup(MODES, name, "mode")

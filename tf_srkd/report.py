@@ -31,52 +31,11 @@ from absl import app
 from absl import flags
 
 from tf_srkd import mlflow_store
+from tf_srkd import paper as paper_lib
 
-#: The paper's numbers (Mishra & Sundaram, arXiv 2102.07125v2); a test keeps
-#: them equal to the project's shared copy of the paper's tables.
-PAPER_TABLES = {
-    "table_1_teacher_accuracy_by_alpha": {
-        "alpha": ["0.006", "0.008", "0.01", "0.02", "0.04", "0.08", "inf"],
-        "mnist": [0.9899, 0.9911, 0.9912, 0.9897, 0.9902, 0.9903, 0.9914],
-        "fashion_mnist": [0.9016, 0.8994, 0.9006, 0.9045, 0.9042, 0.9018, 0.8992],
-        "cifar10": [0.8273, 0.8313, 0.8301, 0.8281, 0.831, 0.8272, 0.8325],
-    },
-    "tables_3_to_5_student_test_accuracy": {
-        "mnist": {"conventional_kd": 0.9925, "few_shot_kd": 0.867, "meta_data": 0.9247,
-                  "data_free_kd": 0.982, "zero_shot_kd": 0.9877, "significance": 0.987,
-                  "regulated": 0.9859, "hybrid": 0.9804},
-        "fashion_mnist": {"conventional_kd": 0.8966, "few_shot_kd": 0.725,
-                          "zero_shot_kd": 0.7962, "significance": 0.8737, "regulated": 0.8892,
-                          "hybrid": 0.8642},
-        "cifar10": {"conventional_kd": 0.8008, "zero_shot_kd": 0.6956, "significance": 0.7079,
-                    "regulated": 0.7234, "hybrid": 0.7266},
-    },
-    "table_6_sample_efficiency": {
-        "mnist": {"regulated": [85528, 12000000], "hybrid": [250245, 12000000]},
-        "fashion_mnist": {"regulated": [1385966, 12000000], "hybrid": [2096926, 12000000]},
-        "cifar10": {"regulated": [4553084, 50000000], "hybrid": [4605764, 50000000]},
-    },
-}
-
-DATASET_TITLES = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST", "cifar10": "CIFAR-10"}
-#: The paper's table number of each dataset's distillation results.
-STUDENT_TABLES = {"mnist": "III", "fashion_mnist": "IV", "cifar10": "V"}
-#: (paper key, row label, our mode or None), in the paper's row order.
-METHODS = (
-    ("conventional_kd", "Conventional KD", "conventional"),
-    ("few_shot_kd", "Few-shot KD", None),
-    ("meta_data", "KD with meta-data", None),
-    ("data_free_kd", "Data-free KD", None),
-    ("zero_shot_kd", "Zero-shot KD", None),
-    ("significance", "Sample significance based KD", "significance"),
-    ("regulated", "Regulated KD", "regulated"),
-    ("hybrid", "Hybrid KD", "hybrid"),
-)
-#: Table VI's columns.
-EFFICIENCY_MODES = ("regulated", "hybrid")
 MISSING = "—"
 
-#: The reachability check: no retries, a short timeout.
+
 class ReportError(RuntimeError):
   """The runs cannot be read (unreachable store, unknown experiment)."""
 
@@ -136,9 +95,6 @@ def record_from_run(run) -> Optional[RunRecord]:
       train_examples=_int_or_none(params.get("num_train_examples")), model=tags.get("model"))
 
 
-resolve_tracking_uri = mlflow_store.resolve_tracking_uri
-
-
 def open_client(uri):
   """An `MlflowClient` for reading `uri`.
 
@@ -146,14 +102,10 @@ def open_client(uri):
     ReportError: `uri` is a sqlite file that does not exist (MLflow would
       silently create an empty database there).
   """
-  import mlflow  # pylint: disable=import-outside-toplevel
-
-  if uri.startswith("sqlite:///"):
-    path = uri[len("sqlite:///"):].split("?", 1)[0]
-    if path and not path.startswith(":memory:") and not os.path.exists(path):
-      raise ReportError(f"{uri}: no such MLflow database (check --mlflow_tracking_uri, "
-                        "MLFLOW_TRACKING_URI, or the working directory)")
-  return mlflow.MlflowClient(tracking_uri=uri)
+  try:
+    return mlflow_store.open_client(uri, must_exist=True)
+  except mlflow_store.StoreError as e:
+    raise ReportError(str(e)) from e
 
 
 def fetch_records(client, experiment_names=()) -> list:
@@ -179,9 +131,8 @@ def fetch_records(client, experiment_names=()) -> list:
   except ReportError:
     raise
   except Exception as e:  # pylint: disable=broad-except
-    raise ReportError(f"MLflow tracking store {uri} is not reachable "
-                      f"({' '.join(str(e).split())[:200]}); check --mlflow_tracking_uri "
-                      "(or MLFLOW_TRACKING_URI)") from e
+    raise ReportError(mlflow_store.unreachable(
+        uri, e, "check --mlflow_tracking_uri (or MLFLOW_TRACKING_URI)")) from e
   ids = [e.experiment_id for e in experiments]
   records, token = [], None
   while ids:
@@ -239,12 +190,12 @@ def _percent(participations, total):
 
 
 def _title(dataset):
-  return DATASET_TITLES.get(dataset, dataset)
+  return paper_lib.DATASET_TITLES.get(dataset, dataset)
 
 
 def _dataset_order(names):
-  known = [d for d in DATASET_TITLES if d in names]
-  return known + sorted(n for n in names if n not in DATASET_TITLES)
+  known = [d for d in paper_lib.DATASET_TITLES if d in names]
+  return known + sorted(n for n in names if n not in paper_lib.DATASET_TITLES)
 
 
 @dataclasses.dataclass
@@ -261,7 +212,7 @@ class Tables:
 
 def build_tables(records, paper=None) -> Tables:
   """Picks the runs for every cell and pairs them with the paper's numbers."""
-  paper = paper or PAPER_TABLES
+  paper = paper or paper_lib.PAPER_TABLES
   teachers = pick_latest([r for r in records if r.role == "teacher"],
                          lambda r: (r.dataset, r.alpha) if r.alpha else None)
   students = pick_latest([r for r in records if r.role == "student"],
@@ -281,22 +232,22 @@ def build_tables(records, paper=None) -> Tables:
     paper_row = paper35.get(dataset, {})
     rows = []
     ours_modes = {m for d, m in students if d == dataset}
-    for key, label, mode in METHODS:
+    for key, label, mode in paper_lib.METHODS:
       run = students.get((dataset, mode)) if mode else None
       if run is not None or key in paper_row:
         rows.append((label, run, paper_row.get(key)))
-    covered = {m for _, _, m in METHODS if m}
+    covered = {m for _, _, m in paper_lib.METHODS if m}
     for mode in sorted(ours_modes - covered):
       rows.append((mode, students[(dataset, mode)], None))
     table35[dataset] = rows
 
   table6 = {}
   paper6 = paper["table_6_sample_efficiency"]
-  for dataset in _dataset_order({d for d, m in students if m in EFFICIENCY_MODES}):
+  for dataset in _dataset_order({d for d, m in students if m in paper_lib.EFFICIENCY_MODES}):
     table6[dataset] = {
         mode: (students.get((dataset, mode)),
                tuple(paper6[dataset][mode]) if mode in paper6.get(dataset, {}) else None)
-        for mode in EFFICIENCY_MODES}
+        for mode in paper_lib.EFFICIENCY_MODES}
   return Tables(table1, table35, table6)
 
 
@@ -345,7 +296,7 @@ def render_markdown(tables: Tables, title="SRKD: the paper's tables from the MLf
     out += ["_No finished teacher runs._", ""]
 
   for dataset, rows in tables.students.items():
-    number = STUDENT_TABLES.get(dataset, "")
+    number = paper_lib.STUDENT_TABLES.get(dataset, "")
     heading = f"Table {number}: " if number else ""
     out += [f"## {heading}student test accuracy on {_title(dataset)}", ""]
     out += [_markdown_table(["Method", "Test accuracy (runs)", "Test accuracy (paper)"],
@@ -356,12 +307,12 @@ def render_markdown(tables: Tables, title="SRKD: the paper's tables from the MLf
 
   out += ["## Table VI: sample efficiency ζ (participations/total (percent))", ""]
   if tables.table6:
-    header = ["Dataset"] + [h for m in EFFICIENCY_MODES
+    header = ["Dataset"] + [h for m in paper_lib.EFFICIENCY_MODES
                             for h in (f"{m.capitalize()} (runs)", f"{m.capitalize()} (paper)")]
     rows = []
     for dataset, cells in tables.table6.items():
       row = [_title(dataset)]
-      for mode in EFFICIENCY_MODES:
+      for mode in paper_lib.EFFICIENCY_MODES:
         run, p = cells[mode]
         row += [_zeta_cell(run), MISSING if p is None else format_zeta(*p)]
       rows.append(row)
@@ -373,7 +324,7 @@ def render_markdown(tables: Tables, title="SRKD: the paper's tables from the MLf
   for dataset, rows in tables.table1.items():
     used += [("I", dataset, f"teacher α={a}", run) for a, run, _ in rows if run is not None]
   for dataset, rows in tables.students.items():
-    used += [(STUDENT_TABLES.get(dataset, ""), dataset, label, run)
+    used += [(paper_lib.STUDENT_TABLES.get(dataset, ""), dataset, label, run)
              for label, run, _ in rows if run is not None]
   if used:
     out += ["## Runs used", ""]
@@ -402,7 +353,7 @@ def figure_data(tables: Tables):
               if run is not None]
   table6 = []
   for d, cells in tables.table6.items():
-    for mode in EFFICIENCY_MODES:
+    for mode in paper_lib.EFFICIENCY_MODES:
       run, p = cells[mode]
       ours = None if run is None else _percent(run.participations, run.total)
       table6.append((f"{_title(d)}: {mode}", ours, None if p is None else _percent(*p)))
@@ -455,7 +406,7 @@ def main(argv):
   if figure is None and values.output:
     figure = os.path.splitext(values.output)[0] + ".png"
   try:
-    client = open_client(resolve_tracking_uri(values.mlflow_tracking_uri))
+    client = open_client(mlflow_store.resolve_tracking_uri(values.mlflow_tracking_uri))
     markdown = write_report(client, values.experiment, values.output, figure)
   except ReportError as e:
     print(f"error: {e}", file=sys.stderr)

@@ -16,7 +16,6 @@ snapshot variable and the restore writes it back exactly
 """
 
 
-import keras
 import numpy as np
 import tensorflow as tf
 
@@ -65,13 +64,3 @@ class StageCheckpoint:
     self._participation.assign(counts)
     self._manager.save(checkpoint_number=next_epoch)
 
-
-class CheckpointCallback(keras.callbacks.Callback):
-  """Saves a `StageCheckpoint` at the end of every epoch."""
-
-  def __init__(self, checkpoint: StageCheckpoint):
-    super().__init__()
-    self.checkpoint = checkpoint
-
-  def on_epoch_end(self, epoch, logs=None):
-    self.checkpoint.save(epoch + 1)

@@ -2,8 +2,12 @@
 
 The pipeline talks to a tracker through three calls: `run(config)` opens the
 parent run, `stage(...)` opens a child run per trained model, and the stage
-object logs per-epoch metrics (as Keras callbacks), final metrics, artifacts
-and the model. The MLflow implementation lives in `mlflow_tracking`.
+object logs per-epoch metrics (`log_epoch`, for every epoch whether it ran or
+was skipped; `callbacks()` for what a Keras callback sees at the start of
+training), final metrics, artifacts and the model. After the run, whoever
+logs more into a stage's run (the `--export` of the entry point) asks for
+`stage_run_id(name)` and the `tracking_uri`. The MLflow implementation lives
+in `mlflow_tracking`.
 """
 
 import contextlib
@@ -13,7 +17,12 @@ class NullStage:
   """A stage run that records nothing."""
 
   def callbacks(self):
+    """Keras callbacks for `fit` (beyond the per-epoch logs)."""
     return []
+
+  def log_epoch(self, epoch, logs):
+    """One epoch's logs as metrics at step `epoch`."""
+    del epoch, logs
 
   def log_metrics(self, metrics, step=None):
     del metrics, step
@@ -44,14 +53,27 @@ class NullStage:
 
 
 class NullTracker:
-  """Tracking switched off (`--nomlflow`) or a non-chief worker."""
+  """Tracking switched off (`--nomlflow`) or a non-chief worker.
+
+  Attributes:
+    tracking_uri: where the runs go (None: nowhere).
+  """
+
+  tracking_uri = None
+
+  def stage_run_id(self, name):
+    """The run id of stage `name` ("teacher", "student-<mode>") of the last run, or None."""
+    del name
+    return None
 
   @contextlib.contextmanager
   def run(self, config, flags_text):
+    """The parent run of one invocation (params from `config`, the flagfile text)."""
     del config, flags_text
     yield self
 
   @contextlib.contextmanager
   def stage(self, name, *, role, model_name, mode=None, alpha=None):
+    """A child run for one trained model; yields the stage object that logs into it."""
     del name, role, model_name, mode, alpha
     yield NullStage()

@@ -15,90 +15,23 @@ Two backward strategies compute the same update:
     inference-mode gate differs from the training-mode one (documented in
     README); for deterministic models both give the same gates.
 ``auto`` switches between the two per epoch from the previous epoch's
-participation fraction (compact below `COMPACT_BREAK_EVEN`).
+participation fraction (`callbacks.RegulationSchedule`). The two steps share
+their second half (`_finish_step`): the update, the counts and the metrics.
+
+The callbacks that drive training live in `callbacks`; the exact
+per-replica operations the step relies on in `distributed`.
 """
 
-import math
+from typing import NamedTuple
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from tf_srkd import config as config_lib
+from tf_srkd import distributed
 from tf_srkd import losses
 from tf_srkd import regulation
-
-#: Participation fraction under which `compact` beats `masked`. Measured on
-#: LeNet-5/MNIST (bench/RESULTS.md, table 2 and the step breakdown): the
-#: inference pass costs ~0.30 of a training step and compact is still cheaper
-#: than masked at 50 % participation (0.85 vs 1.03 of a plain epoch); the
-#: break-even lies near 0.65-0.7.
-COMPACT_BREAK_EVEN = 0.65
-
-BACKWARDS = ("masked", "compact", "auto")
-
-#: What the gated loss sum is divided by: the (global) number of participants,
-#: the (global) number of samples in the batch, participants or not, or the
-#: (global) sum of the participants' weights g*s (a weighted mean).
-NORMALISERS = ("participants", "batch", "weights")
-
-
-def apply_if(optimizer, grads, variables, should_apply):
-  """`optimizer.apply(grads, variables)` only where `should_apply` is true.
-
-  The skipped branch does nothing at all: no weight, slot or iteration changes.
-  Under a distribution strategy the optimizer synchronises replicas with
-  `merge_call`, which TensorFlow forbids inside a replica-context `tf.cond`;
-  as Keras' own `LossScaleOptimizer` does, the condition is therefore taken in
-  cross-replica context. `should_apply` must be identical on every replica.
-  """
-
-  def no_op():
-    return tf.no_op()
-
-  if not tf.distribute.has_strategy() or tf.__internal__.distribute.strategy_supports_no_merge_call():
-
-    def apply_fn():
-      optimizer.apply(grads, variables)
-      return tf.no_op()
-
-    tf.cond(should_apply, apply_fn, no_op)
-    return
-
-  def cross_replica(distribution, grads, should):
-    flag = distribution.experimental_local_results(should)[0]
-
-    def apply_fn():
-      distribution.extended.call_for_each_replica(
-          lambda g: optimizer.apply(g, variables), args=(grads,))
-      return tf.no_op()
-
-    tf.cond(flag, apply_fn, no_op)
-
-  tf.distribute.get_replica_context().merge_call(cross_replica, args=(grads, should_apply))
-
-
-def global_sum(value):
-  """Sum of a per-replica scalar over all replicas (identity without a strategy)."""
-  ctx = tf.distribute.get_replica_context()
-  if ctx is None or ctx.num_replicas_in_sync == 1:
-    return value
-  return ctx.all_reduce(tf.distribute.ReduceOp.SUM, value)
-
-
-def scatter_add_by_id(variable, ids, values):
-  """variable[ids] += values for a per-sample [N] state variable.
-
-  A single (non-distributed) variable takes a sparse update, O(batch). An
-  on-read variable under a strategy does not implement `scatter_add`, so it
-  takes a dense [N] delta on the local replica's copy, which stays exact
-  because reads sum the replicas.
-  """
-  target = getattr(variable, "value", variable)
-  if isinstance(target, tf.Variable) and not isinstance(target, tf.distribute.DistributedValues):
-    target.scatter_add(tf.IndexedSlices(tf.cast(values, target.dtype), ids))
-  else:
-    variable.assign_add(tf.scatter_nd(tf.expand_dims(ids, 1), tf.cast(values, variable.dtype),
-                                      tf.shape(variable, out_type=tf.int32)))
 
 
 def _pad_if_empty(features, labels):
@@ -142,10 +75,11 @@ class SelfRegulatedModel(keras.Model):
   def __init__(self, network, num_examples, *, regulate=True, weight_by_significance=False,
                gate_temperature=1.0, backward="masked", normaliser="participants", **kwargs):
     super().__init__(**kwargs)
-    if backward not in BACKWARDS:
-      raise ValueError(f"backward must be one of {BACKWARDS}, got {backward!r}")
-    if normaliser not in NORMALISERS:
-      raise ValueError(f"normaliser must be one of {NORMALISERS}, got {normaliser!r}")
+    if backward not in config_lib.BACKWARDS:
+      raise ValueError(f"backward must be one of {config_lib.BACKWARDS}, got {backward!r}")
+    if normaliser not in config_lib.LOSS_NORMALISERS:
+      raise ValueError(f"normaliser must be one of {config_lib.LOSS_NORMALISERS}, "
+                       f"got {normaliser!r}")
     self.normaliser = normaliser
     self.network = network
     self.num_examples = int(num_examples)
@@ -186,6 +120,7 @@ class SelfRegulatedModel(keras.Model):
         + self.loss_part_names()
     }
     self._train_functions = {}
+    self._exact_assigners = {}  # variable name -> its `distributed.on_read_sum_assigner`
     self.built = True
 
   # -- objective -------------------------------------------------------------
@@ -246,6 +181,7 @@ class SelfRegulatedModel(keras.Model):
       self.train_function = self._train_functions[backward]
 
   def train_step(self, data):
+    """One step with the active backward (`set_backward`); Keras' `fit` calls it."""
     return self._train_step(data, self.active_backward)
 
   # -- the step --------------------------------------------------------------
@@ -263,75 +199,92 @@ class SelfRegulatedModel(keras.Model):
     return gate
 
   def _divisor(self, count, valid, weights):
-    """(divisor, floor) of the loss: see `NORMALISERS` and `losses.normalised_loss`."""
+    """(divisor, floor) of the loss under `normaliser`:
+
+    * participants: the global number of participants (mean over participants);
+    * batch: the global number of real rows (mean over the batch);
+    * weights: the global sum of g*s (weighted mean; a batch whose participants
+      all weigh 0 has loss 0, not 0/0).
+    """
     if self.normaliser == "participants":
       return count, 1.0
     if self.normaliser == "batch":
-      return global_sum(tf.reduce_sum(valid)), 1.0
-    # A batch whose participants all weigh 0 has a zero loss, not 0/0.
-    return global_sum(tf.reduce_sum(weights)), 1e-6
+      return distributed.global_sum(tf.reduce_sum(valid)), 1.0
+    return distributed.global_sum(tf.reduce_sum(weights)), 1e-6
 
   def _train_step(self, data, backward):
+    """One step with the `masked` or the `compact` backward; see the module doc."""
     features, labels = data[0], data[1]
-    ids = features["id"]
-    variables = self.network.trainable_variables
     padded, padded_labels, valid = _pad_if_empty(features, labels)
-
-    use_cache = tf.constant(False)
     if backward == "compact":
-      use_cache = tf.equal(self.gate_cache_valid, 1)
-
-      def gate_from_cache():
-        return (tf.gather(self.previous_margin, padded["id"]),
-                tf.gather(self.previous_prediction, padded["id"]))
-
-      def gate_from_model():
-        _, margin, prediction = self._gate(self.network(padded["image"], training=False),
-                                           padded_labels)
-        return margin, prediction
-
-      # Until the epoch's first update the weights are those the cache was made
-      # with: the gate needs no forward pass.
-      delta, predicted = tf.cond(use_cache, gate_from_cache, gate_from_model)
-      gate = valid * (regulation.gate_from_margin(delta, predicted, padded_labels, self.eta)
-                      if self.regulate else tf.ones_like(delta))
-      n_real = tf.shape(ids)[0]
-      scatter_add_by_id(self.cached_margin, ids, delta[:n_real])
-      scatter_add_by_id(self.cached_prediction, ids, predicted[:n_real])
-      count = global_sum(tf.reduce_sum(gate))
-      rows = tf.reshape(tf.where(gate > 0), [-1])
-      chosen, chosen_labels, chosen_valid = _pad_if_empty(
-          tf.nest.map_structure(lambda t: tf.gather(t, rows), padded),
-          tf.gather(padded_labels, rows))
-      with tf.GradientTape() as tape:
-        logits = self.network(chosen["image"], training=True)
-        total, parts = self.per_sample_loss(chosen, chosen_labels, logits)
-        weights = self._sample_weights(chosen, chosen_valid)
-        loss = losses.normalised_loss(total, weights,
-                                      *self._divisor(count, valid, tf.stop_gradient(weights)))
-      loss_gate = chosen_valid
+      step = self._compact_step(features["id"], padded, padded_labels, valid)
     else:
-      with tf.GradientTape() as tape:
-        logits = self.network(padded["image"], training=True)
-        gate = self._gate(tf.stop_gradient(logits), padded_labels)[0] * valid
-        count = global_sum(tf.reduce_sum(gate))
-        total, parts = self.per_sample_loss(padded, padded_labels, logits)
-        weights = self._sample_weights(padded, gate)
-        loss = losses.normalised_loss(total, weights,
-                                      *self._divisor(count, valid, tf.stop_gradient(weights)))
-      chosen, loss_gate = padded, gate
-      predicted = tf.argmax(logits, -1, output_type=tf.int32)
+      step = self._masked_step(padded, padded_labels, valid)
+    return self._finish_step(step, features["id"], labels, backward)
 
-    grads = tape.gradient(loss, variables)
-    apply_if(self.optimizer, grads, variables, count > 0)
+  def _masked_step(self, padded, labels, valid) -> "_Step":
+    """One training-mode forward decides the gate and gives the loss of the whole batch."""
+    variables = self.network.trainable_variables
+    with tf.GradientTape() as tape:
+      logits = self.network(padded["image"], training=True)
+      gate = self._gate(tf.stop_gradient(logits), labels)[0] * valid
+      count = distributed.global_sum(tf.reduce_sum(gate))
+      total, parts = self.per_sample_loss(padded, labels, logits)
+      weights = self._sample_weights(padded, gate)
+      loss = losses.normalised_loss(total, weights,
+                                    *self._divisor(count, valid, tf.stop_gradient(weights)))
+    predicted = tf.argmax(logits, -1, output_type=tf.int32)
+    return _Step(grads=tape.gradient(loss, variables), count=count, gate=gate, rows=padded,
+                 loss_gate=gate, total=total, parts=parts, predicted=predicted,
+                 use_cache=tf.constant(False))
+
+  def _compact_step(self, ids, padded, labels, valid) -> "_Step":
+    """An inference-mode gate, then forward and backward on the participating rows only."""
+    variables = self.network.trainable_variables
+    use_cache = tf.equal(self.gate_cache_valid, 1)
+
+    def gate_from_cache():
+      return (tf.gather(self.previous_margin, padded["id"]),
+              tf.gather(self.previous_prediction, padded["id"]))
+
+    def gate_from_model():
+      _, margin, prediction = self._gate(self.network(padded["image"], training=False), labels)
+      return margin, prediction
+
+    # Until the epoch's first update the weights are those the cache was made
+    # with: the gate needs no forward pass.
+    delta, predicted = tf.cond(use_cache, gate_from_cache, gate_from_model)
+    gate = valid * (regulation.gate_from_margin(delta, predicted, labels, self.eta)
+                    if self.regulate else tf.ones_like(delta))
+    n_real = tf.shape(ids)[0]
+    distributed.scatter_add_by_id(self.cached_margin, ids, delta[:n_real])
+    distributed.scatter_add_by_id(self.cached_prediction, ids, predicted[:n_real])
+    count = distributed.global_sum(tf.reduce_sum(gate))
+    rows = tf.reshape(tf.where(gate > 0), [-1])
+    chosen, chosen_labels, chosen_valid = _pad_if_empty(
+        tf.nest.map_structure(lambda t: tf.gather(t, rows), padded), tf.gather(labels, rows))
+    with tf.GradientTape() as tape:
+      logits = self.network(chosen["image"], training=True)
+      total, parts = self.per_sample_loss(chosen, chosen_labels, logits)
+      weights = self._sample_weights(chosen, chosen_valid)
+      loss = losses.normalised_loss(total, weights,
+                                    *self._divisor(count, valid, tf.stop_gradient(weights)))
+    return _Step(grads=tape.gradient(loss, variables), count=count, gate=gate, rows=chosen,
+                 loss_gate=chosen_valid, total=total, parts=parts, predicted=predicted,
+                 use_cache=use_cache)
+
+  def _finish_step(self, step: "_Step", ids, labels, backward):
+    """The update (none when nobody takes part anywhere), the counts and the metrics."""
+    variables = self.network.trainable_variables
+    distributed.apply_if(self.optimizer, step.grads, variables, step.count > 0)
     if backward == "compact":
-      self.gate_cache_valid.assign(tf.where(count > 0, 0, self.gate_cache_valid))
-
+      self.gate_cache_valid.assign(tf.where(step.count > 0, 0, self.gate_cache_valid))
     n = tf.shape(ids)[0]
-    real_gate = gate[:n]
-    scatter_add_by_id(self.participation, ids, tf.cast(real_gate > 0, tf.int32))
-    self._update_metrics(chosen, loss_gate, total, parts, predicted[:n], labels, real_gate)
-    self._trackers["gate_from_cache"].update_state(tf.cast(use_cache, tf.float32))
+    real_gate = step.gate[:n]
+    distributed.scatter_add_by_id(self.participation, ids, tf.cast(real_gate > 0, tf.int32))
+    self._update_metrics(step.rows, step.loss_gate, step.total, step.parts, step.predicted[:n],
+                         labels, real_gate)
+    self._trackers["gate_from_cache"].update_state(tf.cast(step.use_cache, tf.float32))
     results = {name: t.result() for name, t in self._trackers.items()}
     if isinstance(self.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy):
       # Keras reduces per-step results with `reduce("MEAN", v, axis=0)` under
@@ -359,19 +312,23 @@ class SelfRegulatedModel(keras.Model):
     return np.asarray(keras.ops.convert_to_numpy(self.participation.value), dtype=np.int32)
 
   def set_participation(self, counts):
-    """Sets v exactly: the whole value goes to replica 0, zeros elsewhere.
-
-    See `_assign_on_read_sum`.
-    """
-    _assign_on_read_sum(self.distribute_strategy, self.participation,
-                        np.asarray(counts, np.int32))
+    """Sets v exactly: the whole value goes to replica 0, zeros elsewhere."""
+    self._assign_exactly("participation", np.asarray(counts, np.int32))
 
   def reset_gate_cache(self):
     """Zeroes the cached margins/predictions on every replica (epoch start)."""
-    _assign_on_read_sum(self.distribute_strategy, self.cached_margin,
-                        np.zeros([self.num_examples], np.float32))
-    _assign_on_read_sum(self.distribute_strategy, self.cached_prediction,
-                        np.zeros([self.num_examples], np.int32))
+    self._assign_exactly("cached_margin", np.zeros([self.num_examples], np.float32))
+    self._assign_exactly("cached_prediction", np.zeros([self.num_examples], np.int32))
+
+  def _assign_exactly(self, name, value):
+    """Gives the on-read SUM variable `self.<name>` exactly `value`.
+
+    Its traced assigner (`distributed.on_read_sum_assigner`) is built on first
+    use and kept on this model, so it lives and dies with the model.
+    """
+    if name not in self._exact_assigners:
+      self._exact_assigners[name] = distributed.on_read_sum_assigner(getattr(self, name))
+    distributed.assign_on_read_sum(self.distribute_strategy, self._exact_assigners[name], value)
 
   def gate_cache(self):
     """(margins float32 [N], predictions int32 [N]) from the last compact epoch."""
@@ -379,112 +336,26 @@ class SelfRegulatedModel(keras.Model):
             np.asarray(keras.ops.convert_to_numpy(self.cached_prediction.value), np.int32))
 
 
-_ASSIGNERS = {}
+class _Step(NamedTuple):
+  """What the masked and the compact step hand to `_finish_step`.
 
-
-def _assign_on_read_sum(strategy, variable, value):
-  """Gives an on-read SUM variable exactly `value`: all of it on replica 0, zeros elsewhere.
-
-  Assigning such a variable in cross-replica context divides the value by the
-  replica count (integer division would lose counts), so each replica's copy
-  is written from inside a replica context instead.
-  """
-  key = (id(strategy), id(variable))
-  if key not in _ASSIGNERS:  # One traced function per variable, not one per call.
-
-    @tf.function
-    def assign(new_value):
-      first = tf.equal(tf.distribute.get_replica_context().replica_id_in_sync_group, 0)
-      variable.assign(tf.where(first, new_value, tf.zeros_like(new_value)))
-
-    _ASSIGNERS[key] = assign
-  strategy.run(_ASSIGNERS[key], args=(tf.constant(value),))
-
-
-class RegulationSchedule(keras.callbacks.Callback):
-  """Sets eta(n) at each epoch start, picks the backward for `auto`, and adds
-  eta, the backward used and the cumulative zeta to the epoch logs."""
-
-  def __init__(self, alpha, num_examples, start_epoch=0, previous_fraction=None):
-    super().__init__()
-    self.alpha = float(alpha)
-    self.num_examples = int(num_examples)
-    self.start_epoch = int(start_epoch)
-    self.previous_fraction = previous_fraction
-    self._eta = 0.0
-
-  def on_epoch_begin(self, epoch, logs=None):
-    model = self.model
-    self._eta = regulation.threshold(self.alpha, epoch)
-    model.eta.assign(self._eta)
-    if model.backward == "auto" and self.previous_fraction is not None:
-      model.set_backward("compact" if self.previous_fraction < COMPACT_BREAK_EVEN else "masked")
-
-  def on_epoch_end(self, epoch, logs=None):
-    if logs is None:
-      return
-    self.previous_fraction = float(logs.get("participation_fraction", 1.0))
-    logs["eta"] = self._eta if math.isfinite(self._eta) else 1.0
-    logs["skipped_epoch"] = 0.0
-    logs["compact_backward"] = float(self.model.active_backward == "compact")
-    counts = self.model.participation_counts()
-    logs["zeta"] = regulation.sample_efficiency(counts, epoch + 1)
-
-
-class IdleEpochSkipper(keras.callbacks.Callback):
-  """Detects epochs in which provably no sample takes part, so they can be skipped.
-
-  Exact reasoning: when an epoch ran with the compact (inference-mode) gate and
-  applied no update, the model that starts the next epoch is the one that
-  started this one, so every sample's margin and prediction are already known
-  from this epoch's gate pass; only eta changes. The next epoch's participants
-  are then `prediction != label or margin < eta(n + 1)`, with no forward pass.
-  If there are none, `idle_from` is set and training stops after this epoch;
-  the caller records the idle epochs and resumes at the first busy one. In the
-  busy epoch that follows, batches before the first update take their gate
-  from the cache too (`gate_from_cache` in the logs), with no forward pass.
-
-  Only the compact gate is cached: with masked backward the gate comes from
-  the training-mode forward, which for dropout models is not the cached one.
+  Attributes:
+    grads: gradients of the normalised loss w.r.t. the trainable variables.
+    count: participants in the global batch (summed over replicas).
+    gate: [padded batch] 0/1 gate of every row of the (padded) batch.
+    rows: the features the loss ran on (the whole batch, or the participants).
+    loss_gate: the weight of each of those rows in the loss metrics.
+    total, parts: their per-sample loss and its named parts.
+    predicted: [padded batch] predicted class of every row.
+    use_cache: whether the gate came from the idle-epoch cache.
   """
 
-  def __init__(self, labels, alpha, epochs):
-    super().__init__()
-    self.labels = np.asarray(labels, np.int32)
-    self.alpha = float(alpha)
-    self.epochs = int(epochs)
-    self.idle_from = None
-    self.cache = None  # (margins, predictions) valid for the current weights, or None.
-    self._iterations = None
-    self._compact = False
-
-  def on_epoch_begin(self, epoch, logs=None):
-    model = self.model
-    self._compact = model.regulate and model.active_backward == "compact"
-    if self._compact and self.cache is not None:
-      model.previous_margin.assign(self.cache[0])
-      model.previous_prediction.assign(self.cache[1])
-      model.gate_cache_valid.assign(1)
-    else:
-      model.gate_cache_valid.assign(0)
-    if self._compact:
-      model.reset_gate_cache()
-      self._iterations = int(model.optimizer.iterations.numpy())
-
-  def on_epoch_end(self, epoch, logs=None):
-    self.idle_from = None
-    self.cache = None
-    if not self._compact:
-      return
-    margins, predictions = self.model.gate_cache()  # A collective: every worker reads.
-    if int(self.model.optimizer.iterations.numpy()) != self._iterations:
-      return  # The weights moved during the epoch: earlier rows are stale.
-    self.cache = (margins, predictions)
-    if epoch + 1 < self.epochs and not self.next_participants(margins, predictions,
-                                                              epoch + 1).any():
-      self.idle_from = epoch + 1
-      self.model.stop_training = True
-
-  def next_participants(self, margins, predictions, epoch):
-    """The participants of `epoch` for an unchanged model, from the cache."""
-    return (predictions != self.labels) | (margins < regulation.threshold(self.alpha, epoch))
+  grads: list
+  count: tf.Tensor
+  gate: tf.Tensor
+  rows: dict
+  loss_gate: tf.Tensor
+  total: tf.Tensor
+  parts: dict
+  predicted: tf.Tensor
+  use_cache: tf.Tensor

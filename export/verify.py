@@ -1,0 +1,123 @@
+"""LiteRT verification: run a `.tflite` over the test split and compare it with Keras.
+
+Nothing is written before a model passes here: its accuracy, the Keras model's
+accuracy, their argmax agreement, the file size and the median single-image
+latency go into the sidecar.
+"""
+
+import time
+
+import numpy as np
+
+from export.errors import ExportError
+
+
+def _quantization_of(detail):
+  scale, zero_point = detail["quantization"]
+  if scale == 0 and zero_point == 0:
+    return None
+  return {"scale": float(scale), "zero_point": int(zero_point)}
+
+
+def io_details(tflite_bytes: bytes) -> dict:
+  """Input/output tensors of a `.tflite` model, as the sidecar records them."""
+  from ai_edge_litert.interpreter import Interpreter  # pylint: disable=import-outside-toplevel
+
+  interpreter = Interpreter(model_content=tflite_bytes)
+  (inp,), (out,) = interpreter.get_input_details(), interpreter.get_output_details()
+  float_tensors = [t["name"] for t in interpreter.get_tensor_details()
+                   if np.dtype(t["dtype"]) in (np.float32, np.float16)]
+  return {
+      "signatures": interpreter.get_signature_list(),
+      "input": {"tensor": inp["name"], "shape": [int(d) for d in inp["shape"]],
+                "dtype": np.dtype(inp["dtype"]).name, "quantization": _quantization_of(inp)},
+      "output": {"tensor": out["name"], "shape": [int(d) for d in out["shape"]],
+                 "dtype": np.dtype(out["dtype"]).name, "quantization": _quantization_of(out)},
+      "full_integer": not float_tensors,
+      "ops": sorted({op["op_name"] for op in interpreter._get_ops_details()}),  # pylint: disable=protected-access
+  }
+
+
+def check_raw_pixel_input(details: dict):
+  """An int8 model must take raw uint8 pixels: input scale 1/255, zero point 0."""
+  q = details["input"]["quantization"]
+  if (details["input"]["dtype"] != "uint8" or q is None or q["zero_point"] != 0
+      or abs(q["scale"] * 255.0 - 1.0) > 1e-6):
+    raise ExportError(f"int8 export: the input is {details['input']['dtype']} with quantization "
+                      f"{q}, not raw uint8 pixels (scale 1/255, zero point 0)")
+  if not details["full_integer"]:
+    raise ExportError("int8 export: the converted model still has float tensors")
+
+
+def keras_logits(model, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
+  """A Keras model's outputs on raw uint8 images (as the training code sees them)."""
+  from tf_srkd import data  # pylint: disable=import-outside-toplevel
+
+  return np.asarray(model.predict(data.image_batches(images, batch_size), verbose=0),
+                    dtype=np.float32)
+
+
+def _softmax(logits):
+  z = logits - logits.max(axis=-1, keepdims=True)
+  e = np.exp(z)
+  return e / e.sum(axis=-1, keepdims=True)
+
+
+def verify(tflite_bytes: bytes, images: np.ndarray, labels: np.ndarray,
+           keras_outputs: np.ndarray, keras_outputs_are_probabilities: bool = False,
+           num_threads: int = 1) -> dict:
+  """Runs the `.tflite` on every image (batch 1) in LiteRT and compares with Keras.
+
+  Args:
+    tflite_bytes: the model.
+    images: uint8 [N, H, W, C] raw test pixels.
+    labels: int [N].
+    keras_outputs: the Keras model's logits (or probabilities) on `images`.
+    keras_outputs_are_probabilities: `keras_outputs` are already probabilities.
+    num_threads: interpreter threads (1: the latency of one phone core).
+
+  Returns:
+    Accuracies, argmax agreement, the largest probability difference, and the
+    median / 90th-percentile single-image `invoke()` latency in milliseconds.
+
+  Raises:
+    ExportError: the model does not take uint8 images of the test split's shape.
+  """
+  from ai_edge_litert.interpreter import Interpreter  # pylint: disable=import-outside-toplevel
+
+  interpreter = Interpreter(model_content=tflite_bytes, num_threads=num_threads)
+  interpreter.allocate_tensors()
+  (inp,), (out,) = interpreter.get_input_details(), interpreter.get_output_details()
+  expected = [1, *images.shape[1:]]
+  if list(inp["shape"]) != expected or np.dtype(inp["dtype"]) != np.uint8:
+    raise ExportError(f"the .tflite input is {np.dtype(inp['dtype']).name} {list(inp['shape'])}, "
+                      f"expected uint8 {expected}")
+  n = images.shape[0]
+  probabilities = np.empty((n, int(out["shape"][-1])), np.float32)
+  seconds = np.empty(n, np.float64)
+  scale, zero_point = out["quantization"]
+  for i in range(n):
+    interpreter.set_tensor(inp["index"], images[i:i + 1])
+    start = time.perf_counter()
+    interpreter.invoke()
+    seconds[i] = time.perf_counter() - start
+    value = interpreter.get_tensor(out["index"])[0]
+    if scale:
+      value = scale * (value.astype(np.float32) - zero_point)
+    probabilities[i] = value
+  predicted = probabilities.argmax(axis=-1)
+  keras_probabilities = (keras_outputs if keras_outputs_are_probabilities
+                         else _softmax(np.asarray(keras_outputs, np.float64)))
+  keras_predicted = np.asarray(keras_outputs).argmax(axis=-1)
+  agreement = float(np.mean(predicted == keras_predicted))
+  return {
+      "test_examples": int(n),
+      "tflite_test_accuracy": float(np.mean(predicted == labels)),
+      "keras_test_accuracy": float(np.mean(keras_predicted == labels)),
+      "argmax_agreement": agreement,
+      "identical_argmax": bool(agreement == 1.0),
+      "max_abs_probability_diff": float(np.max(np.abs(probabilities - keras_probabilities))),
+      "latency_ms_median": float(np.median(seconds) * 1e3),
+      "latency_ms_p90": float(np.percentile(seconds, 90) * 1e3),
+      "num_threads": int(num_threads),
+  }

@@ -1,0 +1,100 @@
+"""Digests of a finished run's outputs, for bit-identity checks across code changes.
+
+`digest(run_dir)` hashes what a run computed, not how it was stored: the arrays
+of participation.npy / significance.npy (dtype, shape, bytes), each network's
+weights (the .keras zip holds timestamps, so the weights are loaded and hashed
+in order), the per-epoch history minus timings, and the summary's numbers.
+
+Regenerate the golden file of tests/test_golden_smoke.py (only when a change is
+*meant* to alter results, e.g. of losses.py or flags/smoke.flags, and on the
+machine CI uses: oneDNN kernels may round differently on other CPUs):
+
+    TFDS_DATA_DIR=../shared/tfds python -m tests.golden_digest --write
+"""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GOLDEN_PATH = os.path.join(ROOT, "tests", "golden", "smoke_deterministic.json")
+#: The run the golden file describes: the smoke flagfile, deterministic, no tracking.
+SMOKE_ARGS = ("--flagfile=flags/smoke.flags", "--deterministic", "--nomlflow")
+#: History entries that measure time, not results.
+_UNTIMED = ("wall_time_s",)
+
+
+def _array_digest(array) -> str:
+  array = np.ascontiguousarray(array)
+  h = hashlib.sha256(f"{array.dtype.str}{array.shape}".encode())
+  h.update(array.tobytes())
+  return h.hexdigest()
+
+
+def _weights_digest(model_path) -> str:
+  import keras  # pylint: disable=import-outside-toplevel
+
+  network = keras.models.load_model(model_path, compile=False)
+  h = hashlib.sha256()
+  for weight in network.get_weights():
+    h.update(_array_digest(weight).encode())
+  return h.hexdigest()
+
+
+def _stage_digest(stage_dir) -> dict:
+  out = {"weights": _weights_digest(os.path.join(stage_dir, "model.keras"))}
+  for name in ("participation.npy", "significance.npy"):
+    path = os.path.join(stage_dir, name)
+    if os.path.exists(path):
+      out[name] = _array_digest(np.load(path))
+  with open(os.path.join(stage_dir, "metrics.json"), encoding="utf-8") as f:
+    history = json.load(f)["history"]
+  text = json.dumps([{k: v for k, v in e.items() if k not in _UNTIMED} for e in history],
+                    sort_keys=True)
+  out["history"] = hashlib.sha256(text.encode()).hexdigest()
+  return out
+
+
+def digest(run_dir) -> dict:
+  """{"summary": ..., "stages": {"teacher" | "students/<mode>": {...}}} for a finished run."""
+  with open(os.path.join(run_dir, "summary.json"), encoding="utf-8") as f:
+    summary = json.load(f)
+  stages = {"teacher": _stage_digest(os.path.join(run_dir, "teacher"))}
+  for mode in sorted(summary["students"]):
+    stages[f"students/{mode}"] = _stage_digest(os.path.join(run_dir, "students", mode))
+  return {"summary": summary, "stages": stages}
+
+
+def run_smoke(output_dir, timeout=900):
+  """Runs the deterministic smoke pipeline as the CLI does; returns the CompletedProcess."""
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  return subprocess.run([sys.executable, "-m", "tf_srkd.main", *SMOKE_ARGS,
+                         f"--output_dir={output_dir}"], cwd=ROOT, env=env, capture_output=True,
+                        text=True, timeout=timeout, check=False)
+
+
+def main(argv):
+  with tempfile.TemporaryDirectory() as tmp:
+    result = run_smoke(os.path.join(tmp, "run"))
+    if result.returncode:
+      sys.exit(result.stderr[-3000:])
+    value = dict(digest(os.path.join(tmp, "run")),
+                 regenerate="TFDS_DATA_DIR=../shared/tfds python -m tests.golden_digest --write",
+                 run=" ".join(("python -m tf_srkd.main",) + SMOKE_ARGS))
+  text = json.dumps(value, indent=2, sort_keys=True) + "\n"
+  if "--write" in argv:
+    os.makedirs(os.path.dirname(GOLDEN_PATH), exist_ok=True)
+    with open(GOLDEN_PATH, "w", encoding="utf-8") as f:
+      f.write(text)
+    print(f"wrote {GOLDEN_PATH}")
+  else:
+    print(text)
+
+
+if __name__ == "__main__":
+  main(sys.argv[1:])

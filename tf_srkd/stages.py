@@ -1,0 +1,243 @@
+"""One training stage, teacher or student: train it (or reuse it), write it, track it.
+
+`run_stage` is the single path for every model a run trains: a finished stage
+(its metrics.json exists) is loaded and re-logged, not redone; otherwise the
+model is built from a fixed seed, trained by `fit_stage` (resuming from the
+stage's backup/ checkpoint), evaluated, written (metrics.json last) and logged.
+"""
+
+import dataclasses
+import logging
+import os
+import shutil
+import time
+from typing import Callable, Optional
+
+import keras
+import numpy as np
+
+from tf_srkd import callbacks as callbacks_lib
+from tf_srkd import data
+from tf_srkd import io_utils
+from tf_srkd import layout
+from tf_srkd import regulation
+from tf_srkd import resume
+
+
+@dataclasses.dataclass
+class StageResult:
+  """What a finished stage hands to the next one and to the summary."""
+
+  network: keras.Model
+  metrics: dict
+  participation: np.ndarray = None
+  significance: np.ndarray = None
+
+
+@dataclasses.dataclass(frozen=True)
+class StageSpec:
+  """One model of a run: what it is, where it goes, how it trains.
+
+  Attributes:
+    name: the tracker's stage name ("teacher", "student-<mode>").
+    role: "teacher" (also computes the significance) or "student".
+    model_name: the registry architecture.
+    stage_dir: its directory in the run's layout.
+    epochs: epochs to train.
+    alpha: its self-regulation rate (inf: everyone takes part).
+    learning_rate: Adam's learning rate.
+    mode: the distillation mode of a student.
+  """
+
+  name: str
+  role: str
+  model_name: str
+  stage_dir: layout.StageDir
+  epochs: int
+  alpha: float
+  learning_rate: float
+  mode: Optional[str] = None
+
+
+def compile_model(model, learning_rate, config):
+  """Adam at `learning_rate`, built now so checkpoints can restore its slots."""
+  model.compile(optimizer=keras.optimizers.Adam(learning_rate), jit_compile=config.jit_compile)
+  model.optimizer.build(model.network.trainable_variables)
+
+
+def fit_stage(model, split, config, *, stage_dir, epochs, alpha, extras=None, callbacks=(),
+              epoch_listeners=(), is_chief=True):
+  """Trains `model` for `epochs`, resuming from `<stage_dir>/backup` if present.
+
+  With `config.skip_idle_epochs`, epochs in which provably no sample takes part
+  (see `callbacks.IdleEpochSkipper`) are not run: they are recorded with
+  participation 0 and `skipped_epoch` 1, through the same `EpochHistory.record`
+  as the epochs that ran, and training resumes at the first epoch with a
+  participant. The result is bit-identical to running them.
+
+  Args:
+    model: a compiled `SelfRegulatedModel`.
+    split: the transfer set (`data.SplitArrays`).
+    config: the run's `Config` (batch size, seed, augmentation, skipping, verbosity).
+    stage_dir: the stage's directory (history.json and backup/ go there).
+    epochs: the stage's epoch count.
+    alpha: the self-regulation rate of the schedule.
+    extras: per-sample features gathered into every batch (teacher logits, ...).
+    callbacks: further Keras callbacks (e.g. the tracker's).
+    epoch_listeners: `fn(epoch, logs)` called for every epoch, run or skipped.
+    is_chief: False on workers that write nothing.
+
+  Returns:
+    (history list of per-epoch dicts, wall time in seconds of this process' share).
+  """
+  stage = layout.StageDir(stage_dir)
+  checkpoint = resume.StageCheckpoint(stage.backup, model, is_chief)
+  start = checkpoint.restore()
+  history = callbacks_lib.EpochHistory(stage.history, is_chief, listeners=epoch_listeners)
+  history.trim(start)
+  previous = history.epochs.get(start - 1, {}).get("participation_fraction")
+  if start:
+    logging.info("%s: resuming at epoch %d of %d", stage_dir, start, epochs)
+  augment_fn = None
+  if config.augment:
+    augment_fn = data.random_shift_augment(2, flip=config.dataset_spec.image_shape[-1] == 3,
+                                           seed=config.seed)
+  schedule = callbacks_lib.RegulationSchedule(alpha, split.size, start, previous)
+  skipper = None
+  if config.skip_idle_epochs and model.regulate and model.backward != "masked":
+    skipper = callbacks_lib.IdleEpochSkipper(split.labels, alpha, epochs)
+  began = time.time()
+  epoch = start
+  while epoch < epochs:
+    dataset = data.train_dataset(split, config.batch_size, config.seed, epoch, epochs, extras,
+                                 augment_fn)
+    model.fit(dataset, epochs=epochs, initial_epoch=epoch,
+              steps_per_epoch=data.steps_per_epoch(split.size, config.batch_size),
+              callbacks=[schedule, *([skipper] if skipper else []), history,
+                         callbacks_lib.CheckpointCallback(checkpoint), *callbacks],
+              verbose=config.verbose)
+    if skipper is None or skipper.idle_from is None:
+      break
+    for idle_epoch, logs in skipper.idle_epochs():
+      history.record(idle_epoch, logs)
+      epoch = idle_epoch + 1
+    logging.info("skipped idle epochs %d-%d: no sample could take part", skipper.idle_from,
+                 epoch - 1)
+    schedule.previous_fraction = 0.0  # The last (idle) epoch had no participant.
+    checkpoint.save(epoch)
+  return history.as_list(), time.time() - began
+
+
+def predict_logits(network, images, batch_size):
+  """Inference-mode logits for raw uint8 images, in order."""
+  return np.asarray(network.predict(data.image_batches(images, batch_size), verbose=0),
+                    dtype=np.float32)
+
+
+def evaluate_accuracy(network, split: data.SplitArrays, batch_size: int) -> float:
+  """Top-1 accuracy of `network` (logits) on a split, at temperature 1."""
+  logits = predict_logits(network, split.images, batch_size)
+  return float(np.mean(np.argmax(logits, axis=-1) == split.labels))
+
+
+def load_stage(stage: layout.StageDir, strategy) -> StageResult:
+  """A finished stage read back from its directory (arrays that are absent are None)."""
+  metrics = io_utils.read_json(stage.metrics) if os.path.exists(stage.metrics) else {}
+  arrays = [np.load(path) if os.path.exists(path) else None
+            for path in (stage.participation, stage.significance)]
+  with strategy.scope():
+    network = keras.models.load_model(stage.model, compile=False)
+  if "params" not in metrics:
+    metrics["params"] = int(network.count_params())
+  return StageResult(network, metrics, *arrays)
+
+
+def run_stage(spec: StageSpec, config, strategy, train, test, tracker, build: Callable,
+              make_extras: Callable = dict, is_chief=True) -> StageResult:
+  """Trains one model, or reuses it when its stage finished earlier; writes and tracks it.
+
+  Args:
+    spec: the stage.
+    config: the run's `Config`.
+    strategy: the run's `tf.distribute.Strategy`.
+    train, test: the transfer set and the test split (`data.SplitArrays`).
+    tracker: the run's tracker; the stage gets a child run either way.
+    build: `build() -> SelfRegulatedModel`, called seeded and under the strategy's scope.
+    make_extras: `() -> dict` of per-sample features for the batches (teacher
+      logits, significance); called only when the stage trains.
+    is_chief: False on workers that write nothing.
+
+  Returns:
+    The stage's network, metrics and arrays.
+  """
+  tracked = dict(role=spec.role, model_name=spec.model_name, mode=spec.mode, alpha=spec.alpha)
+  if spec.stage_dir.finished:
+    logging.info("%s: finished earlier, reusing %s", spec.name, spec.stage_dir.path)
+    result = load_stage(spec.stage_dir, strategy)
+    with tracker.stage(spec.name, **tracked) as stage:
+      _log_result(stage, result, train, config)
+    return result
+  extras = make_extras()
+  keras.utils.set_random_seed(config.seed)
+  with strategy.scope():
+    model = build()
+    compile_model(model, spec.learning_rate, config)
+  with tracker.stage(spec.name, **tracked) as stage:
+    history, wall = fit_stage(model, train, config, stage_dir=spec.stage_dir.path,
+                              epochs=spec.epochs, alpha=spec.alpha, extras=extras,
+                              callbacks=stage.callbacks(), epoch_listeners=[stage.log_epoch],
+                              is_chief=is_chief)
+    result = _trained_result(spec, model, train, test, config, history, wall)
+    if is_chief:
+      _write_result(spec.stage_dir, result)
+    _log_result(stage, result, train, config)
+  return result
+
+
+def _trained_result(spec, model, train, test, config, history, wall) -> StageResult:
+  """Counts, the teacher's significance, and the metrics.json of a trained model."""
+  network = model.network
+  counts = model.participation_counts()
+  significance = None
+  if spec.role == "teacher":
+    significance = regulation.significance(counts, train.labels, config.dataset_spec.num_classes)
+  metrics = {
+      "test_accuracy": evaluate_accuracy(network, test, config.eval_batch_size),
+      "zeta": regulation.sample_efficiency(counts, spec.epochs) if model.regulate else None,
+      "participations": int(counts.sum()) if model.regulate else None,
+      "params": int(network.count_params()),
+      "model": spec.model_name,
+      "alpha": spec.alpha if np.isfinite(spec.alpha) else "inf",
+      "epochs": spec.epochs,
+      "train_examples": train.size,
+      "wall_time_s": wall,
+      "history": history,
+  }
+  if spec.mode is not None:
+    metrics["mode"] = spec.mode
+  return StageResult(network, metrics, counts if model.regulate else None, significance)
+
+
+def _write_result(stage: layout.StageDir, result: StageResult):
+  """Writes a stage's files; metrics.json goes last and marks completion."""
+  if result.participation is not None:
+    io_utils.save_npy(stage.participation, result.participation.astype(np.int32))
+  if result.significance is not None:
+    io_utils.save_npy(stage.significance, result.significance.astype(np.float32))
+  io_utils.save_keras(stage.model, result.network)
+  io_utils.write_json(stage.metrics, result.metrics)
+  shutil.rmtree(stage.backup, ignore_errors=True)
+
+
+def _log_result(stage, result: StageResult, train, config):
+  """Final metrics, the whole per-epoch history, participation, the model, significance."""
+  metrics = result.metrics
+  stage.log_metrics({k: float(metrics[k]) for k in
+                     ("test_accuracy", "zeta", "params", "wall_time_s", "participations")
+                     if metrics.get(k) is not None})
+  stage.log_history(metrics.get("history"))
+  if result.participation is not None:
+    stage.log_participation(result.participation, metrics.get("history"))
+  stage.log_model(result.network)
+  if result.significance is not None:
+    stage.log_significance(result.significance, train.labels, config.dataset_spec.class_names)
