@@ -10,7 +10,7 @@ paper's accuracy at no more than the paper's zeta.
 
   python bench/fidelity.py --dataset=mnist --seeds=0,1,2
   python bench/fidelity.py --dataset=mnist --seeds=0,1,2 --epochs=50 --label=batchnorm50 \\
-      -- --loss_normaliser=batch          # flags after -- go to the student runs
+      -- --distill_loss_normaliser=batch          # flags after -- go to the student runs
 
 Runs go to `--root` (default runs/fidelity): `<dataset>-e<epochs>-s<seed>/` holds a
 seed's teacher (shared by every `--label`), `<dataset>-e<epochs>-s<seed>-<label>/`

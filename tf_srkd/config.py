@@ -69,10 +69,11 @@ class Config:
       True, "Scale the KD term by tau^2 (Hinton et al.; the paper is silent).")
   gate_temperature: float = _flag(1.0, "Softmax temperature of a student's own gate (1 by "
                                   "default; Algorithm 3 literally uses tau).")
-  loss_normaliser: str = _flag(
-      "participants", "Divide the gated loss sum by the number of participants (mean over "
-      "participants), the batch size (mean over the batch) or the participants' summed "
-      "significance weights (weighted mean); the paper is silent.", choices=LOSS_NORMALISERS)
+  distill_loss_normaliser: str = _flag(
+      "participants", "Students: divide the gated loss sum by the number of participants "
+      "(mean over participants), the batch size (mean over the batch) or the participants' "
+      "summed significance weights (weighted mean); the paper is silent (README, Choices). "
+      "The teacher always uses the mean over participants.", choices=LOSS_NORMALISERS)
   modes: Tuple[str, ...] = _flag(("conventional", "significance", "regulated", "hybrid"),
                                  f"Distillation modes, a subset of {list(modes_lib.MODES)}.")
   seed: int = _flag(0, "Seed for initialisation and the per-epoch shuffles.")
@@ -152,8 +153,8 @@ def validate(config: Config) -> Config:
     _check_name("modes", mode, modes_lib.MODES)
   _require(len(set(config.modes)) == len(config.modes), f"--modes={','.join(config.modes)}: a mode is repeated")
   _require(config.stage in STAGES, f"--stage={config.stage}: expected one of {', '.join(STAGES)}")
-  _require(config.loss_normaliser in LOSS_NORMALISERS,
-           f"--loss_normaliser={config.loss_normaliser}: expected one of "
+  _require(config.distill_loss_normaliser in LOSS_NORMALISERS,
+           f"--distill_loss_normaliser={config.distill_loss_normaliser}: expected one of "
            f"{', '.join(LOSS_NORMALISERS)}")
   _require(config.backward in BACKWARDS, f"--backward={config.backward}: expected one of {', '.join(BACKWARDS)}")
   _require(config.strategy in STRATEGIES, f"--strategy={config.strategy}: expected one of {', '.join(STRATEGIES)}")
@@ -230,7 +231,7 @@ def _json_value(value):
 #: Result-determining fields added after runs were already written, with the
 #: value those runs used: a field at that value is left out of the identity, so
 #: the older runs' `run_config.json` still matches (and resumes).
-_ADDED_IDENTITY_FIELDS = {"loss_normaliser": "participants"}
+_ADDED_IDENTITY_FIELDS = {"distill_loss_normaliser": "participants"}
 
 
 def identity(config: Config) -> dict:

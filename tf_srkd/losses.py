@@ -2,10 +2,11 @@
 
 loss = sum_i g_i * s_i * L_i / max(1, sum_i g_i), with g the gate (1 for every
 sample when the run does not self-regulate) and s the significance (1 when the
-mode does not weight by it). With `--loss_normaliser=batch` the divisor is the
-batch size instead of the participant count (the two agree without a gate);
-with `--loss_normaliser=weights` it is sum_i g_i * s_i (a weighted mean). Under a distribution strategy the normaliser is the
-*global* participant count, so the per-replica losses add up to the global loss.
+mode does not weight by it). A student's `--distill_loss_normaliser=batch`
+divides by the batch size instead of the participant count (the two agree
+without a gate); `weights` divides by sum_i g_i * s_i (a weighted mean). Under
+a distribution strategy every divisor is the *global* one, so the per-replica
+losses add up to the global loss.
 """
 
 import tensorflow as tf

@@ -71,8 +71,7 @@ def train_teacher(config, strategy, train, test, tracker, is_chief=True) -> stag
   def build():
     network = models.build_model(config.teacher_model, spec.image_shape, spec.num_classes)
     return training.SelfRegulatedModel(network, train.size, regulate=True,
-                                       backward=config.backward,
-                                       normaliser=config.loss_normaliser, name="teacher")
+                                       backward=config.backward, name="teacher")
 
   stage = stages.StageSpec(name="teacher", role="teacher", model_name=config.teacher_model,
                            stage_dir=layout.RunDir(config.output_dir).teacher,
@@ -114,7 +113,7 @@ def distill_students(config, strategy, train, test, teacher: stages.StageResult,
           scale_temperature_squared=config.kd_scale_temperature_squared,
           gate_temperature=config.gate_temperature,
           backward=config.backward if mode.regulate else "masked",
-          normaliser=config.loss_normaliser,
+          normaliser=config.distill_loss_normaliser,
           teacher=teacher.network if config.augment else None, name=f"student_{mode.name}")
 
     stage = stages.StageSpec(
