@@ -116,3 +116,17 @@ def test_cli_missing_dataset_offline(tmp_path):
   assert result.returncode == 2, result.stderr[-2000:]
   assert "--dataset=mnist: could not load" in result.stderr
   assert not out.exists()
+
+
+def test_added_identity_field_keeps_older_run_configs_matching():
+  # Runs written before --distill_loss_normaliser existed used "participants":
+  # at that value the field stays out of the identity, so they still resume.
+  assert "distill_loss_normaliser" not in config_lib.identity(
+      config_lib.Config(distill_loss_normaliser="participants"))
+  assert config_lib.identity(config_lib.Config(distill_loss_normaliser="batch"))[
+      "distill_loss_normaliser"] == "batch"
+
+
+def test_unknown_loss_normaliser_is_refused():
+  with pytest.raises(config_lib.ConfigError, match="--distill_loss_normaliser=median"):
+    config_lib.validate(config_lib.Config(distill_loss_normaliser="median"))
