@@ -3,11 +3,13 @@
 The reference below shares nothing with `training.py` but the network's forward
 and autodiff: it walks the epoch's batches in the documented order, applies
 Algorithm 3's gate from scratch (softmax at T=1, top-2 margin, misclassified or
-margin < eta), the loss sum(g*s*L)/max(1, sum g), and Adam written out in NumPy
-(Keras' update rule), skipping batches without participants entirely. The
+margin < eta), the loss sum(g*s*L)/max(1, sum g) (or the other normalisers), and
+Adam written out in NumPy (Keras' update rule), skipping batches without loss
+weight (no participant, or only participants of significance 0) entirely. The
 package's epoch under `fit` must land on the same weights and counts for every
 backward strategy, which rules out defects in the significance x gate x
 normalisation path (compact row selection, rows with significance 0, `auto`).
+A batch whose participants all weigh 0 is skipped like an empty one.
 """
 
 import keras
@@ -58,10 +60,10 @@ def _reference_epoch(network, split, teacher_logits, significance, eta, regulate
     margin = top[:, 0] - top[:, 1]
     wrong = probs.argmax(1) != y
     g = ((wrong | (margin < eta)) if regulate else np.ones(len(ids), bool)).astype(np.float32)
-    if g.sum() == 0:
-      continue
     counts[ids] += g.astype(np.int64)
     s = significance[ids] if weighted else np.ones(len(ids), np.float32)
+    if (g * s).sum() == 0:
+      continue  # No loss weight: no update, no optimizer step.
     with tf.GradientTape() as tape:
       z = network(x, training=True)
       t = tf.nn.softmax(teacher_logits[ids] / TAU)

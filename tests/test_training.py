@@ -150,12 +150,12 @@ def test_auto_switches_to_compact_when_few_take_part():
   assert model.eta.numpy() == pytest.approx(1 - math.exp(-0.4))
 
 
-def _student(n, mode, teacher=None):
+def _student(n, mode, teacher=None, optimizer=None, backward="masked"):
   keras.utils.set_random_seed(2)
   student = models.build_model("lenet5_half", (28, 28, 1), 10)
   model = distillation.Distiller(student, n, modes.get_mode(mode), temperature=20.0, kd_lambda=0.3,
-                                 teacher=teacher)
-  model.compile(optimizer=keras.optimizers.SGD(0.1), jit_compile=False)
+                                 teacher=teacher, backward=backward)
+  model.compile(optimizer=optimizer or keras.optimizers.SGD(0.1), jit_compile=False)
   model.optimizer.build(student.trainable_variables)
   return model
 
@@ -190,3 +190,24 @@ def test_significance_mode_weights_every_sample_and_gates_nobody():
     np.testing.assert_array_equal(a, v.numpy())
   assert float(logs["participation_fraction"]) == 1.0
   np.testing.assert_array_equal(model.participation_counts(), np.ones(16))
+
+
+@pytest.mark.parametrize("backward", ["masked", "compact"])
+def test_hybrid_batch_of_zero_significance_changes_nothing_but_counts(backward):
+  split = random_split(32, seed=13)
+  logits = np.random.default_rng(1).normal(size=(32, 10)).astype(np.float32)
+  model = _student(32, "hybrid", optimizer=keras.optimizers.Adam(1e-2), backward=backward)
+  model.eta.assign(math.inf)  # Everyone takes part.
+  warm = np.ones(32, np.float32)  # Warm Adam up: non-zero moments.
+  model.train_step(one_batch(split, range(32), {"teacher_logits": logits, "significance": warm}))
+  before = state(model)
+  model.reset_metrics()
+  zero = np.zeros(32, np.float32)
+  logs = model.train_step(one_batch(split, range(32), {"teacher_logits": logits,
+                                                       "significance": zero}))
+  after = state(model)
+  # A zero-weight batch is like an empty one: an Adam step would still move the
+  # weights through its moments, so neither weights nor optimizer state change.
+  assert all(np.array_equal(a, b) for a, b in zip(before, after)), "weights or optimizer moved"
+  assert float(logs["participation_fraction"]) == 1.0
+  np.testing.assert_array_equal(model.participation_counts(), np.full(32, 2))

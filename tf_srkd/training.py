@@ -234,7 +234,8 @@ class SelfRegulatedModel(keras.Model):
       loss = losses.normalised_loss(total, weights,
                                     *self._divisor(count, valid, tf.stop_gradient(weights)))
     predicted = tf.argmax(logits, -1, output_type=tf.int32)
-    return _Step(grads=tape.gradient(loss, variables), count=count, gate=gate, rows=padded,
+    return _Step(grads=tape.gradient(loss, variables), count=count,
+                 update=self._has_weight(count, weights), gate=gate, rows=padded,
                  loss_gate=gate, total=total, parts=parts, predicted=predicted,
                  use_cache=tf.constant(False))
 
@@ -269,16 +270,31 @@ class SelfRegulatedModel(keras.Model):
       weights = self._sample_weights(chosen, chosen_valid)
       loss = losses.normalised_loss(total, weights,
                                     *self._divisor(count, valid, tf.stop_gradient(weights)))
-    return _Step(grads=tape.gradient(loss, variables), count=count, gate=gate, rows=chosen,
+    return _Step(grads=tape.gradient(loss, variables), count=count,
+                 update=self._has_weight(count, weights), gate=gate, rows=chosen,
                  loss_gate=chosen_valid, total=total, parts=parts, predicted=predicted,
                  use_cache=use_cache)
 
+  def _has_weight(self, count, weights):
+    """Whether the global batch carries any loss weight: some participant, and
+    with significance weighting some participant of significance > 0."""
+    if not self.weight_by_significance:
+      return count > 0  # The weights are the gate: no second all-reduce.
+    return distributed.global_sum(tf.reduce_sum(tf.stop_gradient(weights))) > 0
+
   def _finish_step(self, step: "_Step", ids, labels, backward):
-    """The update (none when nobody takes part anywhere), the counts and the metrics."""
+    """The update (none when the batch carries no loss weight anywhere), the
+    counts and the metrics.
+
+    A batch whose participants all have significance 0 (hybrid) has a zero
+    gradient; like an empty batch it leaves weights and optimizer state
+    untouched, since an Adam step would still move the weights through its
+    moments. Its participants are counted all the same (the gate let them in).
+    """
     variables = self.network.trainable_variables
-    distributed.apply_if(self.optimizer, step.grads, variables, step.count > 0)
+    distributed.apply_if(self.optimizer, step.grads, variables, step.update)
     if backward == "compact":
-      self.gate_cache_valid.assign(tf.where(step.count > 0, 0, self.gate_cache_valid))
+      self.gate_cache_valid.assign(tf.where(step.update, 0, self.gate_cache_valid))
     n = tf.shape(ids)[0]
     real_gate = step.gate[:n]
     distributed.scatter_add_by_id(self.participation, ids, tf.cast(real_gate > 0, tf.int32))
@@ -342,6 +358,7 @@ class _Step(NamedTuple):
   Attributes:
     grads: gradients of the normalised loss w.r.t. the trainable variables.
     count: participants in the global batch (summed over replicas).
+    update: whether the batch carries loss weight anywhere (the update is applied).
     gate: [padded batch] 0/1 gate of every row of the (padded) batch.
     rows: the features the loss ran on (the whole batch, or the participants).
     loss_gate: the weight of each of those rows in the loss metrics.
@@ -352,6 +369,7 @@ class _Step(NamedTuple):
 
   grads: list
   count: tf.Tensor
+  update: tf.Tensor
   gate: tf.Tensor
   rows: dict
   loss_gate: tf.Tensor
