@@ -27,6 +27,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 from common import REPO_ROOT, load_average, machine_description, publish
 
 from tf_srkd import fidelity
@@ -96,11 +97,19 @@ def run_seed(args, seed):
                      ["--stage=distill", f"--teacher_dir={teacher_dir}", f"--modes={args.modes}"]
                      + ([f"--distill_epochs={args.distill_epochs}"] if args.distill_epochs else [])
                      + args.student_flags), student_dir + ".log")
-  with open(os.path.join(teacher_dir, "teacher", "metrics.json"), encoding="utf-8") as f:
-    results = {"teacher": json.load(f)}
-  for mode in args.modes.split(","):
-    with open(os.path.join(student_dir, "students", mode, "metrics.json"), encoding="utf-8") as f:
-      results[mode] = json.load(f)
+  significance = np.load(os.path.join(teacher_dir, "teacher", "significance.npy"))
+  stages = {"teacher": os.path.join(teacher_dir, "teacher")}
+  stages.update({mode: os.path.join(student_dir, "students", mode)
+                 for mode in args.modes.split(",")})
+  results = {}
+  for model, stage_dir in stages.items():
+    with open(os.path.join(stage_dir, "metrics.json"), encoding="utf-8") as f:
+      results[model] = json.load(f)
+    counts_path = os.path.join(stage_dir, "participation.npy")
+    weighted = model in ("hybrid", "significance")
+    results[model].update(fidelity.where_samples_go(
+        results[model].get("history"), np.load(counts_path) if os.path.exists(counts_path) else None,
+        significance if weighted else None))
   return results
 
 

@@ -49,3 +49,13 @@ def test_log_to_mlflow_records_table_and_metrics(tmp_path):
   assert run.data.tags["label"] == "demo" and run.info.run_name == "fidelity-demo"
   assert run.data.metrics["hybrid_acc_mean"] == pytest.approx(0.98)
   assert run.data.metrics["regulated_zeta_std"] == pytest.approx(0.000707107, rel=1e-5)
+
+
+def test_where_samples_go():
+  history = [{"participation_fraction": f} for f in (0.5, 0.3, 0.02, 0.04)]
+  counts = [3, 0, 1, 4]
+  significance = [0.0, 0.0, 0.5, 0.0]
+  got = fidelity.where_samples_go(history, counts, significance)
+  assert got["late_participation"] == pytest.approx(0.03)  # Epochs 2-3 of 4.
+  assert got["zero_significance_share"] == pytest.approx(7 / 8)
+  assert fidelity.where_samples_go(history) == {"late_participation": pytest.approx(0.03)}

@@ -8,6 +8,8 @@ being "teacher" or a distillation mode, the metrics those of `metrics.json`.
 
 import statistics
 
+import numpy as np
+
 from tf_srkd import paper
 
 #: The teacher each dataset's students are distilled from uses Table II's alpha.
@@ -33,6 +35,34 @@ def mean_std(values):
   return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
+def where_samples_go(history, participation=None, significance=None) -> dict:
+  """Where a self-regulating run spends its samples.
+
+  Args:
+    history: the per-epoch list of `metrics.json` (`participation_fraction`).
+    participation: optional [N] participation counts of the run.
+    significance: optional [N] teacher significance the run was weighted by.
+
+  Returns:
+    `late_participation`: mean participation fraction per epoch over the
+    second half of the epochs; with both arrays, `zero_significance_share`:
+    the share of all participations spent on samples of significance 0 (they
+    pass the gate but add nothing to the loss).
+  """
+  result = {}
+  fractions = [e.get("participation_fraction") for e in history or ()]
+  late = [f for f in fractions[len(fractions) // 2:] if f is not None]
+  if late:
+    result["late_participation"] = statistics.fmean(late)
+  if participation is not None and significance is not None:
+    participation = np.asarray(participation, np.int64)
+    total = participation.sum()
+    if total:
+      result["zero_significance_share"] = float(
+          participation[np.asarray(significance) == 0].sum() / total)
+  return result
+
+
 def _markdown(headers, rows):
   lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(" --- " for _ in headers) + "|"]
   return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
@@ -52,8 +82,11 @@ def summary_rows(dataset, per_seed):
     reached = None
     if paper_acc is not None and acc is not None:
       reached = acc >= paper_acc and (paper_zeta is None or (zeta is not None and zeta <= paper_zeta))
+    late, _ = mean_std([r[model].get("late_participation") for r in per_seed])
+    zero_share, _ = mean_std([r[model].get("zero_significance_share") for r in per_seed])
     rows.append(dict(model=model, paper_acc=paper_acc, acc=acc, acc_std=acc_std,
-                     paper_zeta=paper_zeta, zeta=zeta, zeta_std=zeta_std, reached=reached))
+                     paper_zeta=paper_zeta, zeta=zeta, zeta_std=zeta_std, reached=reached,
+                     late=late, zero_share=zero_share))
   return rows
 
 
@@ -69,12 +102,15 @@ def fidelity_table(dataset, per_seed) -> str:
         f"{r['zeta']:.3%} ± {r['zeta_std']:.3%}" if r["zeta"] is not None else "—",
         (f"{(r['zeta'] - r['paper_zeta']) * 100:+.3f} pt"
          if r["paper_zeta"] and r["zeta"] is not None else "—"),
-        {True: "yes", False: "no", None: "—"}[r["reached"]]])
+        {True: "yes", False: "no", None: "—"}[r["reached"]],
+        f"{r['late']:.3%}" if r["late"] is not None else "—",
+        f"{r['zero_share']:.1%}" if r["zero_share"] is not None else "—"])
   per_run = [[str(i), model, f"{m.get('test_accuracy'):.4f}",
               f"{m['zeta']:.3%}" if m.get("zeta") is not None else "—"]
              for i, run in enumerate(per_seed) for model, m in run.items()]
   return (_markdown(["model", "paper acc", f"ours acc (mean ± std, n={len(per_seed)})", "Δ acc",
-                     "paper ζ", "ours ζ (mean ± std)", "Δ ζ", "≥ paper acc at ≤ paper ζ"], rows)
+                     "paper ζ", "ours ζ (mean ± std)", "Δ ζ", "≥ paper acc at ≤ paper ζ",
+                     "participation / epoch, 2nd half", "participations at s = 0"], rows)
           + "\n\nPer seed (index in --seeds order):\n\n"
           + _markdown(["seed #", "model", "test acc", "ζ"], per_run))
 
