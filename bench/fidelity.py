@@ -92,11 +92,16 @@ def run_seed(args, seed):
          teacher_dir + ".log")
   student_dir = f"{teacher_dir}-{args.label}" + (
       f"-d{args.distill_epochs}" if args.distill_epochs else "")
-  print(f"seed {seed}: students {args.modes} -> {student_dir}", flush=True)
-  _run(_main_command(args, seed, student_dir,
-                     ["--stage=distill", f"--teacher_dir={teacher_dir}", f"--modes={args.modes}"]
-                     + ([f"--distill_epochs={args.distill_epochs}"] if args.distill_epochs else [])
-                     + args.student_flags), student_dir + ".log")
+  done = all(os.path.exists(os.path.join(student_dir, "students", m, "metrics.json"))
+             for m in args.modes.split(","))
+  if not done:  # Finished students are read as they are (their run checked its settings).
+    print(f"seed {seed}: students {args.modes} -> {student_dir}", flush=True)
+    _run(_main_command(args, seed, student_dir,
+                       ["--stage=distill", f"--teacher_dir={teacher_dir}",
+                        f"--modes={args.modes}"]
+                       + ([f"--distill_epochs={args.distill_epochs}"] if args.distill_epochs
+                          else [])
+                       + args.student_flags), student_dir + ".log")
   significance = np.load(os.path.join(teacher_dir, "teacher", "significance.npy"))
   stages = {"teacher": os.path.join(teacher_dir, "teacher")}
   stages.update({mode: os.path.join(student_dir, "students", mode)
