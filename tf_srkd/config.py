@@ -179,7 +179,13 @@ def validate(config: Config) -> Config:
   _require(0 <= config.train_examples <= size,
            f"--train_examples={config.train_examples}: expected 0 (all) up to the {size} examples "
            f"of the {config.dataset} train split")
+  _require(0 <= config.seed < 2**32, f"--seed={config.seed}: expected an integer in [0, 2**32)")
   _require(bool(config.output_dir), "--output_dir: expected a directory path")
+  _require(not os.path.exists(config.output_dir) or os.path.isdir(config.output_dir),
+           f"--output_dir={config.output_dir}: exists and is not a directory")
+  _require(not (config.stage == "teacher" and config.teacher_dir),
+           f"--stage=teacher --teacher_dir={config.teacher_dir}: nothing to train (the teacher "
+           "is given); use --stage=distill, or drop --teacher_dir")
   if config.stage == "distill" and not config.teacher_dir:
     teacher_model = layout.RunDir(config.output_dir).teacher.model
     _require(os.path.exists(teacher_model),
@@ -187,6 +193,25 @@ def validate(config: Config) -> Config:
   if config.teacher_dir:
     _validate_teacher_dir(config)
   return config
+
+
+def validate_tf_config(text: Optional[str]):
+  """Checks the `TF_CONFIG` environment value (None: unset) that multi-worker runs read.
+
+  Raises:
+    ConfigError: it is set but not a JSON object.
+  """
+  if not text:
+    return
+  import json  # pylint: disable=import-outside-toplevel
+
+  try:
+    value = json.loads(text)
+  except ValueError as e:
+    raise ConfigError(f"TF_CONFIG: not valid JSON ({e})") from e
+  _require(isinstance(value, dict) and isinstance(value.get("cluster", {}), dict)
+           and isinstance(value.get("task", {}), dict),
+           "TF_CONFIG: expected a JSON object with 'cluster' and 'task' objects")
 
 
 def _validate_teacher_dir(config: Config):
