@@ -66,7 +66,7 @@ def compile_model(model, learning_rate, config):
 
 
 def fit_stage(model, split, config, *, stage_dir, epochs, alpha, extras=None, callbacks=(),
-              epoch_listeners=(), is_chief=True):
+              epoch_listeners=(), is_chief=True, name=None):
   """Trains `model` for `epochs`, resuming from `<stage_dir>/backup` if present.
 
   With `config.skip_idle_epochs`, epochs in which provably no sample takes part
@@ -86,6 +86,7 @@ def fit_stage(model, split, config, *, stage_dir, epochs, alpha, extras=None, ca
     callbacks: further Keras callbacks (e.g. the tracker's).
     epoch_listeners: `fn(epoch, logs)` called for every epoch, run or skipped.
     is_chief: False on workers that write nothing.
+    name: the stage's name in the message of a diverged (NaN/inf) epoch.
 
   Returns:
     (history list of per-epoch dicts, wall time in seconds of this process' share).
@@ -106,6 +107,7 @@ def fit_stage(model, split, config, *, stage_dir, epochs, alpha, extras=None, ca
   skipper = None
   if config.skip_idle_epochs and model.regulate and model.backward != "masked":
     skipper = callbacks_lib.IdleEpochSkipper(split.labels, alpha, epochs)
+  guard = callbacks_lib.FiniteLogsGuard(name or stage_dir, stage.backup)
   began = time.time()
   epoch = start
   while epoch < epochs:
@@ -113,7 +115,7 @@ def fit_stage(model, split, config, *, stage_dir, epochs, alpha, extras=None, ca
                                  augment_fn)
     model.fit(dataset, epochs=epochs, initial_epoch=epoch,
               steps_per_epoch=data.steps_per_epoch(split.size, config.batch_size),
-              callbacks=[schedule, *([skipper] if skipper else []), history,
+              callbacks=[schedule, *([skipper] if skipper else []), guard, history,
                          callbacks_lib.CheckpointCallback(checkpoint), *callbacks],
               verbose=config.verbose)
     if skipper is None or skipper.idle_from is None:
@@ -186,7 +188,7 @@ def run_stage(spec: StageSpec, config, strategy, train, test, tracker, build: Ca
     history, wall = fit_stage(model, train, config, stage_dir=spec.stage_dir.path,
                               epochs=spec.epochs, alpha=spec.alpha, extras=extras,
                               callbacks=stage.callbacks(), epoch_listeners=[stage.log_epoch],
-                              is_chief=is_chief)
+                              is_chief=is_chief, name=spec.name)
     result = _trained_result(spec, model, train, test, config, history, wall)
     if is_chief:
       _write_result(spec.stage_dir, result)
