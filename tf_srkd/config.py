@@ -223,16 +223,10 @@ def _validate_teacher_dir(config: Config):
            f"--teacher_dir={config.teacher_dir}: expected a trained teacher at {model_path}")
   _require(os.path.isfile(significance_path),
            f"--teacher_dir={config.teacher_dir}: expected the teacher's significance at {significance_path}")
-  import numpy as np  # pylint: disable=import-outside-toplevel
+  from tf_srkd import validation  # pylint: disable=import-outside-toplevel  (imports config)
 
-  try:
-    significance = np.load(significance_path, mmap_mode="r")
-  except (OSError, ValueError) as e:
-    raise ConfigError(f"{significance_path}: not a readable .npy array ({e})") from e
-  expected = config.num_train_examples
-  _require(significance.ndim == 1 and significance.shape[0] == expected,
-           f"{significance_path}: has shape {tuple(significance.shape)}, expected ({expected},) "
-           f"= the --train_examples/{config.dataset} training examples of this run")
+  validation.load_array(significance_path, kinds=validation.FLOAT_KINDS,
+                        length=config.num_train_examples, low=0, high=1)
 
 
 #: Fields that do not change what a stage computes: a restart may change them.
@@ -258,13 +252,24 @@ def _json_value(value):
 _ADDED_IDENTITY_FIELDS = {"loss_normaliser": "participants"}
 
 
-def identity(config: Config) -> dict:
+def identity(config: Config, teacher_digest: Optional[str] = None) -> dict:
   """The settings that determine a run's results, as strict-JSON values, for
-  restart-compatibility checks."""
-  return {k: _json_value(v)
-          for k, v in dataclasses.asdict(config).items()
-          if k not in _NON_IDENTITY_FIELDS
-          and not (k in _ADDED_IDENTITY_FIELDS and v == _ADDED_IDENTITY_FIELDS[k])}
+  restart-compatibility checks.
+
+  Args:
+    config: the run's configuration.
+    teacher_digest: the content hash of the `--teacher_dir` teacher's files
+      (`validation.digest`): the path alone would let another teacher at the same
+      place, or at another one, reuse students distilled from the first. Absent
+      (None) without `--teacher_dir`, so such runs keep their earlier identity.
+  """
+  fields = {k: _json_value(v)
+            for k, v in dataclasses.asdict(config).items()
+            if k not in _NON_IDENTITY_FIELDS
+            and not (k in _ADDED_IDENTITY_FIELDS and v == _ADDED_IDENTITY_FIELDS[k])}
+  if teacher_digest is not None:
+    fields["teacher_sha256"] = teacher_digest
+  return fields
 
 
 def to_flagfile(config: Config) -> str:

@@ -22,6 +22,7 @@ from tf_srkd import io_utils
 from tf_srkd import layout
 from tf_srkd import regulation
 from tf_srkd import resume
+from tf_srkd import validation
 
 
 @dataclasses.dataclass
@@ -142,16 +143,37 @@ def evaluate_accuracy(network, split: data.SplitArrays, batch_size: int) -> floa
   return float(np.mean(np.argmax(logits, axis=-1) == split.labels))
 
 
-def load_stage(stage: layout.StageDir, strategy) -> StageResult:
-  """A finished stage read back from its directory (arrays that are absent are None)."""
-  metrics = io_utils.read_json(stage.metrics) if os.path.exists(stage.metrics) else {}
-  arrays = [np.load(path) if os.path.exists(path) else None
-            for path in (stage.participation, stage.significance)]
+def load_stage(stage: layout.StageDir, strategy, dataset_spec, num_examples) -> StageResult:
+  """A finished stage read back from its directory, every file checked first.
+
+  Args:
+    stage: the stage directory.
+    strategy: the model is loaded under its scope.
+    dataset_spec: the run's dataset (the model's input shape and classes).
+    num_examples: the run's training examples (the arrays' length).
+
+  Returns:
+    The network, metrics and arrays (arrays that are absent are None).
+
+  Raises:
+    config.ConfigError: a file that is damaged or does not fit this run (see `validation`).
+  """
+  metrics = validation.read_json(stage.metrics) if os.path.exists(stage.metrics) else {}
+  epochs = metrics.get("epochs")
+  participation = significance = None
+  if os.path.exists(stage.participation):
+    participation = validation.load_array(
+        stage.participation, kinds=validation.INT_KINDS, length=num_examples, low=0,
+        high=epochs if isinstance(epochs, int) else None)
+  if os.path.exists(stage.significance):
+    significance = validation.load_array(stage.significance, kinds=validation.FLOAT_KINDS,
+                                         length=num_examples, low=0, high=1)
   with strategy.scope():
-    network = keras.models.load_model(stage.model, compile=False)
+    network = validation.load_model(stage.model, dataset_spec.image_shape,
+                                     dataset_spec.num_classes)
   if "params" not in metrics:
     metrics["params"] = int(network.count_params())
-  return StageResult(network, metrics, *arrays)
+  return StageResult(network, metrics, participation, significance)
 
 
 def run_stage(spec: StageSpec, config, strategy, train, test, tracker, build: Callable,
@@ -175,7 +197,7 @@ def run_stage(spec: StageSpec, config, strategy, train, test, tracker, build: Ca
   tracked = dict(role=spec.role, model_name=spec.model_name, mode=spec.mode, alpha=spec.alpha)
   if spec.stage_dir.finished:
     logging.info("%s: finished earlier, reusing %s", spec.name, spec.stage_dir.path)
-    result = load_stage(spec.stage_dir, strategy)
+    result = load_stage(spec.stage_dir, strategy, config.dataset_spec, train.size)
     with tracker.stage(spec.name, **tracked) as stage:
       _log_result(stage, result, train, config)
     return result
