@@ -17,6 +17,7 @@ of a traceback, a crash after the first student, or silently wrong training
 import hashlib
 import json
 import os
+import zipfile
 from typing import Iterable, Optional
 
 import numpy as np
@@ -34,14 +35,14 @@ def _short(error: BaseException) -> str:
   return text if len(text) <= 160 else text[:157] + "..."
 
 
-def load_array(path: str, *, kinds: str, length: int, low: Optional[float] = None,
+def load_array(path: str, *, kinds: str, length: Optional[int], low: Optional[float] = None,
                high: Optional[float] = None) -> np.ndarray:
   """Reads a `.npy` array and checks it.
 
   Args:
     path: the file.
     kinds: the allowed `dtype.kind`s (`FLOAT_KINDS`, `INT_KINDS`).
-    length: the required number of entries (one per training example).
+    length: the required number of entries (one per training example); None: any.
     low, high: the closed range every entry must lie in (None: unbounded).
 
   Returns:
@@ -67,13 +68,14 @@ def load_array(path: str, *, kinds: str, length: int, low: Optional[float] = Non
   if array.dtype.kind not in kinds:
     expected = "floating-point" if kinds == FLOAT_KINDS else "integer"
     raise ConfigError(f"{path}: has dtype {array.dtype}, expected {expected}")
-  if array.shape != (length,):
-    raise ConfigError(f"{path}: has shape {tuple(array.shape)}, expected ({length},) = the "
-                      "training examples of this run (check --train_examples and --dataset)")
+  if array.ndim != 1 or length is not None and array.shape != (length,):
+    expected = ("a 1-D array" if length is None else f"({length},) = the training examples "
+                "of this run (check --train_examples and --dataset)")
+    raise ConfigError(f"{path}: has shape {tuple(array.shape)}, expected {expected}")
   if array.dtype.kind == "f" and not np.isfinite(array).all():
     raise ConfigError(f"{path}: holds NaN or infinite values")
-  if length and ((low is not None and array.min() < low)
-                 or (high is not None and array.max() > high)):
+  if array.size and ((low is not None and array.min() < low)
+                     or (high is not None and array.max() > high)):
     raise ConfigError(f"{path}: values span [{array.min()}, {array.max()}], expected within "
                       f"[{low}, {high}]")
   return array
@@ -123,6 +125,10 @@ def load_model(path: str, image_shape, num_classes: int):
 
   if not os.path.isfile(path):
     raise ConfigError(f"{path}: missing")
+  if not zipfile.is_zipfile(path):
+    # Keras would report such a file as "File not found", which it is not.
+    raise ConfigError(f"{path}: unreadable: not a .keras (zip) archive (empty, truncated or "
+                      "another format)")
   try:
     model = keras.models.load_model(path, compile=False, safe_mode=True)
   except Exception as e:  # pylint: disable=broad-except  (Keras raises anything on bad bytes)
