@@ -95,3 +95,43 @@ def test_stages_without_run_config_are_refused_unless_overwrite(tmp_path, teache
   assert not (out / "run_config.json").exists()
   run(smoke_config(out, stage="distill", teacher_dir=str(teachers[0]), overwrite=True))
   assert (out / "run_config.json").exists()
+
+
+@pytest.fixture()
+def interrupted_teacher(tmp_path, monkeypatch):
+  """A run whose teacher trained but crashed before writing its files: backup/ remains."""
+  from tf_srkd import stages  # pylint: disable=import-outside-toplevel
+
+  def crash(*args):
+    raise KeyboardInterrupt
+  out = tmp_path / "out"
+  with monkeypatch.context() as m:
+    m.setattr(stages, "_write_result", crash)
+    with pytest.raises(KeyboardInterrupt):
+      run(smoke_config(out, stage="teacher"))
+  assert (out / "teacher/backup/checkpoint").exists()
+  return out
+
+
+@pytest.mark.parametrize("damage", ["random data", "truncated index", "bad history"])
+def test_a_damaged_resume_state_is_refused_in_one_line(interrupted_teacher, damage):
+  out = interrupted_teacher
+  backup = out / "teacher/backup"
+  if damage == "random data":
+    target = next(backup.glob("*.data-*"))
+    target.write_bytes(np.random.default_rng(0).bytes(target.stat().st_size))
+  elif damage == "truncated index":
+    target = next(backup.glob("*.index"))
+    target.write_bytes(target.read_bytes()[:20])
+  else:
+    (out / "teacher/history.json").write_text('[{"epoch": "x"}]')
+  with pytest.raises(config_lib.ConfigError) as e:
+    run(smoke_config(out, stage="teacher"))
+  assert "\n" not in str(e.value)
+  assert "damaged checkpoint" in str(e.value) or "history.json" in str(e.value)
+  assert not (out / "teacher/metrics.json").exists()
+
+
+def test_an_intact_resume_state_resumes(interrupted_teacher):
+  run(smoke_config(interrupted_teacher, stage="teacher"))
+  assert (interrupted_teacher / "teacher/metrics.json").exists()

@@ -17,6 +17,7 @@ import numpy as np
 from tf_srkd import config as config_lib
 from tf_srkd import io_utils
 from tf_srkd import regulation
+from tf_srkd import validation
 
 #: Participation fraction under which `compact` beats `masked`. Measured on
 #: LeNet-5/MNIST (bench/RESULTS.md, table 2 and the step breakdown): the
@@ -181,7 +182,11 @@ class EpochHistory(keras.callbacks.Callback):
     self.listeners = list(listeners)
     self.epochs = {}
     if os.path.exists(path):
-      self.epochs = {int(e["epoch"]): e for e in io_utils.read_json(path)}
+      entries = validation.read_json(path, list)
+      if not all(isinstance(e, dict) and isinstance(e.get("epoch"), int) for e in entries):
+        raise config_lib.ConfigError(f"{path}: expected a list of per-epoch logs with an "
+                                     "integer 'epoch' each")
+      self.epochs = {e["epoch"]: e for e in entries}
 
   def trim(self, start_epoch):
     self.epochs = {e: v for e, v in self.epochs.items() if e < start_epoch}

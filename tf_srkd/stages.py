@@ -94,7 +94,7 @@ def fit_stage(model, split, config, *, stage_dir, epochs, alpha, extras=None, ca
   """
   stage = layout.StageDir(stage_dir)
   checkpoint = resume.StageCheckpoint(stage.backup, model, is_chief)
-  start = checkpoint.restore()
+  start = checkpoint.restore(epochs)
   history = callbacks_lib.EpochHistory(stage.history, is_chief, listeners=epoch_listeners)
   history.trim(start)
   previous = history.epochs.get(start - 1, {}).get("participation_fraction")
