@@ -62,6 +62,8 @@ def export_students(config, modes, tracker):
   from export import api as export_api  # pylint: disable=import-outside-toplevel
 
   run_ids = {m: tracker.stage_run_id(f"student-{m}") for m in modes}
+  if getattr(tracker, "pending", None) is not None:  # MLflow went away during the run: do not wait on it.
+    run_ids = {}
   results = export_api.export_run(
       config.output_dir, config.export, modes=modes,
       mlflow_run_ids={m: run_id for m, run_id in run_ids.items() if run_id},

@@ -241,7 +241,7 @@ class MlflowTracker:
         with self._parent_run(config, flags_text):
           yield self
       finally:
-        if self.pending:
+        if self.pending is not None:
           logging.warning("MLflow: %d logging calls were not made; upload them with: %s",
                           len(self.pending), self.pending.upload_command())
 
