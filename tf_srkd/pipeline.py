@@ -87,10 +87,11 @@ def load_teacher(config, strategy, train_size) -> Tuple[Optional[stages.StageRes
     stage = layout.teacher_stage(config.teacher_dir)
     teacher = stages.load_stage(stage, strategy, config.dataset_spec, train_size)
     return teacher, validation.digest([stage.model, stage.significance, stage.participation])
-  own = layout.RunDir(config.output_dir).teacher
-  if config.stage == "distill" or own.finished:
-    # A finished own teacher is checked now too, before this run writes anything.
+  if config.stage == "distill":
+    own = layout.RunDir(config.output_dir).teacher
     return stages.load_stage(own, strategy, config.dataset_spec, train_size), None
+  # A finished own teacher is checked when reused (`stages.run_stage`), after the
+  # settings check: under other settings it is moved aside (--overwrite), not read.
   return None, None
 
 
@@ -220,7 +221,7 @@ def run(config: config_lib.Config, strategy=None, tracker=None, is_chief=True) -
   prepare_output_dir(config, is_chief, teacher_digest)
   with tracker.run(config, config_lib.to_flagfile(config)):
     if not config.teacher_dir and config.stage != "distill":
-      # The run's own teacher: trained, or (finished, checked above) reused and tracked.
+      # The run's own teacher: trained, or (finished) checked, reused and tracked.
       teacher = train_teacher(config, strategy, train, test, tracker, is_chief)
     students = {}
     if config.stage in ("distill", "all"):
