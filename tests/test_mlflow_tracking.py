@@ -352,3 +352,23 @@ def test_export_after_the_run_logs_into_each_students_run(sqlite_run, tmp_path):
   run = _client(sqlite_run).get_run(sqlite_run.stage_run_ids["student-conventional"])
   assert run.data.metrics["tflite_float32_accuracy"] == (
       results["conventional"]["float32"]["verification"]["tflite_test_accuracy"])
+
+
+def test_a_failure_inside_a_run_goes_offline_and_keeps_the_calls(tmp_path, caplog):
+  calls = []
+
+  def log_batch(*args, **kwargs):  # The client's method, failing.
+    calls.append(args)
+    raise RuntimeError("server gone")
+
+  tracker = mlflow_tracking.MlflowTracker("http://127.0.0.1:1", "0", "x")
+  tracker.config = _tiny_config(tmp_path / "run", tracker.tracking_uri, ("hybrid",))
+  tracker.client.log_batch = log_batch
+  stage = mlflow_tracking.MlflowStage(tracker, "run-id")
+  for epoch in range(3):
+    stage.log_epoch(epoch, {"loss": 1.0 / (epoch + 1)})
+  assert len(calls) == 1  # Offline after the first failure: no more waiting on the store.
+  assert caplog.text.count("training goes on without MLflow") == 1
+  kept = json.loads((tmp_path / "run/mlflow_pending/calls.json").read_text())
+  assert [c["method"] for c in kept["calls"]] == ["log_batch"] * 3
+  assert [c["kwargs"]["metrics"][0]["step"] for c in kept["calls"]] == [0, 1, 2]

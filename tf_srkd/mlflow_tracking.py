@@ -194,15 +194,19 @@ class MlflowTracker:
       try:
         return fn(*args, **kwargs)
       except Exception as e:  # pylint: disable=broad-except
-        if self.strict or self.config is None:
+        if self.strict:
           raise
+        if self.config is None:  # Outside a run there is no run directory to keep it in.
+          logging.warning("MLflow: could not %s (%s)", what, mlflow_store.short_error(e))
+          return None
         self.pending = mlflow_pending.PendingLog(
             layout.RunDir(self.config.output_dir).mlflow_pending, self.tracking_uri)
         logging.warning("MLflow: could not %s (%s); training goes on without MLflow, what is "
                         "not logged is kept in %s", what, mlflow_store.short_error(e),
                         self.pending.directory)
-    client_call = getattr(fn, "__self__", None) is self.client
-    self.pending.add(what, fn.__name__ if client_call else None, args, kwargs)
+    name = getattr(fn, "__name__", None)
+    client_call = name is not None and fn == getattr(self.client, name, None)
+    self.pending.add(what, name if client_call else None, args, kwargs)
     return None
 
   def _base_tags(self, config):
