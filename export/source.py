@@ -16,9 +16,9 @@ from export import mlflow_log
 from export.errors import ExportError
 from tf_srkd import config as config_lib
 from tf_srkd import datasets
-from tf_srkd import io_utils
 from tf_srkd import layout
 from tf_srkd import models
+from tf_srkd import validation
 
 #: Run settings an MLflow run's params provide in place of run_config.json.
 _RUN_PARAMS = ("dataset", "train_examples", "student_model", "teacher_model", "temperature",
@@ -75,6 +75,14 @@ class Student:
     }
 
 
+def _checked(read, *args, **kwargs):
+  """`read(*args, **kwargs)` from `tf_srkd.validation`, its refusal as an `ExportError`."""
+  try:
+    return read(*args, **kwargs)
+  except config_lib.ConfigError as e:
+    raise ExportError(str(e)) from e
+
+
 def _run_context(model_path):
   """(run_dir, role, mode, run_config) of a model file, from the run's layout."""
   run, role, mode = layout.locate(model_path)
@@ -83,8 +91,9 @@ def _run_context(model_path):
   if role == "student":
     stage = run.student(mode)
     if os.path.exists(stage.metrics):
-      mode = io_utils.read_json(stage.metrics).get("mode", mode)
-  run_config = io_utils.read_json(run.run_config) if os.path.exists(run.run_config) else {}
+      mode = _checked(validation.read_json, stage.metrics).get("mode", mode)
+  run_config = (_checked(validation.read_json, run.run_config)
+                if os.path.exists(run.run_config) else {})
   return run.path, role, mode, run_config
 
 
@@ -218,7 +227,7 @@ def load_significance(student: Student, significance_path: Optional[str] = None)
     path = layout.StageDir(teacher_dir_of(student.run_dir)).significance
   if not os.path.isfile(path):
     raise ExportError(f"--calibration=significant: no significance file at {path}")
-  significance = np.load(path)
-  if significance.ndim != 1:
-    raise ExportError(f"{path}: expected a 1-D array, got shape {significance.shape}")
+  # Never unpickled; any length (the run's sample count is not known here), in [0, 1].
+  significance = _checked(validation.load_array, path, kinds=validation.FLOAT_KINDS,
+                          length=None, low=0, high=1)
   return significance.astype(np.float32)

@@ -100,12 +100,22 @@ def run_cli(*args, env_extra=None, cwd=None):
     (["--teacher_model=resnet"], "--teacher_model=resnet: unknown"),
     (["--train_examples=70000"], "--train_examples=70000"),
     (["--modes=conventional,bogus"], "--modes=bogus"),
+    # absl's own parse errors, and the refusals of issue 19.
+    (["--epochs=abc"], "--epochs=abc"),
+    (["--bogus=1"], "'bogus'"),
+    (["--flagfile=/no/such.flags"], "/no/such.flags"),
+    (["--dataset=imagenet"], "--dataset=imagenet"),
+    (["--output_dir="], "--output_dir"),
+    (["--seed=-1"], "--seed=-1"),
+    (["--stage=teacher", "--teacher_dir=/tmp"], "nothing to train"),
 ])
-def test_cli_bad_input_exits_nonzero_and_writes_nothing(tmp_path, args, expected):
+def test_cli_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, expected):
   out = tmp_path / "out"
   result = run_cli("--flagfile=flags/smoke.flags", f"--output_dir={out}", *args)
-  assert result.returncode != 0
-  assert expected in result.stderr
+  assert result.returncode == 2, result.stderr[-2000:]
+  lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+  assert len(lines) == 1 and expected in lines[0], result.stderr[-2000:]
+  assert "Traceback" not in result.stderr
   assert not out.exists()
 
 
@@ -130,3 +140,31 @@ def test_added_identity_field_keeps_older_run_configs_matching():
 def test_unknown_loss_normaliser_is_refused():
   with pytest.raises(config_lib.ConfigError, match="--distill_loss_normaliser=median"):
     config_lib.validate(config_lib.Config(distill_loss_normaliser="median"))
+
+
+def test_cli_refuses_a_file_as_output_dir_a_bad_tf_config_and_a_self_including_flagfile(tmp_path):
+  a_file = tmp_path / "a_file"
+  a_file.write_text("keep")
+  result = run_cli("--flagfile=flags/smoke.flags", f"--output_dir={a_file}")
+  assert result.returncode == 2 and "exists and is not a directory" in result.stderr
+  assert a_file.read_text() == "keep"
+  out = tmp_path / "out"
+  result = run_cli("--flagfile=flags/smoke.flags", f"--output_dir={out}",
+                   env_extra={"TF_CONFIG": "{not json"})
+  assert result.returncode == 2 and "TF_CONFIG: not valid JSON" in result.stderr
+  loop = tmp_path / "loop.flags"
+  loop.write_text(f"--epochs=1\n--flagfile={tmp_path / 'inner.flags'}\n")
+  (tmp_path / "inner.flags").write_text(f"--flagfile={loop}\n")
+  result = run_cli(f"--flagfile={loop}", f"--output_dir={out}")
+  assert result.returncode == 2 and f"--flagfile={loop}: includes itself" in result.stderr
+  assert not out.exists() and "Traceback" not in result.stderr
+
+
+def test_tf_config_and_seed_rules(tmp_path):
+  config_lib.validate_tf_config(None)
+  config_lib.validate_tf_config('{"cluster": {"worker": ["a:1"]}, "task": {"type": "worker"}}')
+  for bad in ("[1, 2]", '{"task": 3}', "{"):
+    with pytest.raises(config_lib.ConfigError, match="^TF_CONFIG"):
+      config_lib.validate_tf_config(bad)
+  with pytest.raises(config_lib.ConfigError, match=r"^--seed=4294967296"):
+    config_lib.validate(make(tmp_path, seed=2**32))

@@ -9,12 +9,9 @@ The server starts when the module does, so it boots while the sqlite run trains.
 import dataclasses
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 
 import mlflow
 import numpy as np
@@ -25,20 +22,14 @@ from tf_srkd import io_utils
 from tf_srkd import mlflow_store
 from tf_srkd import mlflow_tracking
 from tf_srkd import pipeline
+from tests.mlflow_server import Server, free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SERVER_START_TIMEOUT_S = 240
 EPOCH_KEYS = ("loss", "accuracy", "participation_fraction", "eta", "cumulative_zeta",
               "compact_backward", "ce_loss")
 FINAL_KEYS = ("test_accuracy", "params", "wall_time_s")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _ENV_URI_AT_IMPORT = os.environ.get("MLFLOW_TRACKING_URI")
-
-
-def _free_port():
-  with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
 
 
 def _tiny_config(output_dir, uri, modes, experiment="tf_srkd_test"):
@@ -63,58 +54,6 @@ def _track(config):
   stages = ["teacher"] + [f"student-{m}" for m in config.modes]
   return Tracked(config, summary, tracker.tracking_uri, tracker.parent_run_id,
                  {name: tracker.stage_run_id(name) for name in stages})
-
-
-class Server:
-  """`mlflow server` on 127.0.0.1:<free port>, sqlite backend, in its own process group."""
-
-  def __init__(self, tmp):
-    self.port = _free_port()
-    self.uri = f"http://127.0.0.1:{self.port}"
-    self.log_path = os.path.join(tmp, "server.log")
-    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
-    env.pop("MLFLOW_TRACKING_URI", None)
-    with open(self.log_path, "wb") as log:
-      self.process = subprocess.Popen(
-          [sys.executable, "-m", "mlflow", "server",
-           "--backend-store-uri", f"sqlite:///{tmp}/server.db",
-           "--default-artifact-root", os.path.join(tmp, "artifacts"),
-           "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"],
-          stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=tmp, env=env,
-          start_new_session=True)
-
-  def log_tail(self):
-    with open(self.log_path, encoding="utf-8", errors="replace") as f:
-      return f.read()[-3000:]
-
-  def wait_ready(self, timeout_s=SERVER_START_TIMEOUT_S):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-      if self.process.poll() is not None:
-        pytest.fail(f"mlflow server exited with {self.process.returncode}:\n{self.log_tail()}")
-      try:
-        with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as response:
-          if response.status == 200:
-            return
-      except OSError:
-        pass
-      time.sleep(1)
-    pytest.fail(f"mlflow server did not answer within {timeout_s} s:\n{self.log_tail()}")
-
-  def stop(self):
-    if self.process.poll() is None:
-      try:
-        os.killpg(self.process.pid, signal.SIGTERM)
-        self.process.wait(timeout=20)
-      except subprocess.TimeoutExpired:
-        os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait(timeout=20)
-      except ProcessLookupError:
-        pass
-    try:  # Children (uvicorn) that outlived the parent.
-      os.killpg(self.process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-      pass
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -246,7 +185,7 @@ def test_logging_failures_warn_unless_strict(caplog):
 
 
 def test_connect_to_unreachable_server_fails_fast(tmp_path):
-  config = _tiny_config(tmp_path / "run", f"http://127.0.0.1:{_free_port()}", ("hybrid",))
+  config = _tiny_config(tmp_path / "run", f"http://127.0.0.1:{free_port()}", ("hybrid",))
   started = time.monotonic()
   with pytest.raises(mlflow_tracking.TrackingError) as error:
     mlflow_tracking.connect(config)
@@ -258,7 +197,7 @@ def test_connect_to_unreachable_server_fails_fast(tmp_path):
 
 
 def test_cli_unreachable_server_exits_before_training(tmp_path):
-  uri = f"http://127.0.0.1:{_free_port()}"
+  uri = f"http://127.0.0.1:{free_port()}"
   out = tmp_path / "run"
   env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
   result = subprocess.run(
@@ -413,3 +352,23 @@ def test_export_after_the_run_logs_into_each_students_run(sqlite_run, tmp_path):
   run = _client(sqlite_run).get_run(sqlite_run.stage_run_ids["student-conventional"])
   assert run.data.metrics["tflite_float32_accuracy"] == (
       results["conventional"]["float32"]["verification"]["tflite_test_accuracy"])
+
+
+def test_a_failure_inside_a_run_goes_offline_and_keeps_the_calls(tmp_path, caplog):
+  calls = []
+
+  def log_batch(*args, **kwargs):  # The client's method, failing.
+    calls.append(args)
+    raise RuntimeError("server gone")
+
+  tracker = mlflow_tracking.MlflowTracker("http://127.0.0.1:1", "0", "x")
+  tracker.config = _tiny_config(tmp_path / "run", tracker.tracking_uri, ("hybrid",))
+  tracker.client.log_batch = log_batch
+  stage = mlflow_tracking.MlflowStage(tracker, "run-id")
+  for epoch in range(3):
+    stage.log_epoch(epoch, {"loss": 1.0 / (epoch + 1)})
+  assert len(calls) == 1  # Offline after the first failure: no more waiting on the store.
+  assert caplog.text.count("training goes on without MLflow") == 1
+  kept = json.loads((tmp_path / "run/mlflow_pending/calls.json").read_text())
+  assert [c["method"] for c in kept["calls"]] == ["log_batch"] * 3
+  assert [c["kwargs"]["metrics"][0]["step"] for c in kept["calls"]] == [0, 1, 2]

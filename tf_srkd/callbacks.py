@@ -2,6 +2,7 @@
 
   RegulationSchedule   eta(n) at each epoch start, `auto` backward, eta/zeta in the logs
   IdleEpochSkipper     finds epochs in which provably no sample takes part
+  FiniteLogsGuard      stops the stage at the first epoch whose logs hold a NaN or inf
   EpochHistory         every epoch's logs in `<stage>/history.json`; the one path by
                        which epoch logs reach their consumers (trained or skipped epochs)
   CheckpointCallback   a `resume.StageCheckpoint` after every epoch
@@ -13,8 +14,10 @@ import os
 import keras
 import numpy as np
 
+from tf_srkd import config as config_lib
 from tf_srkd import io_utils
 from tf_srkd import regulation
+from tf_srkd import validation
 
 #: Participation fraction under which `compact` beats `masked`. Measured on
 #: LeNet-5/MNIST (bench/RESULTS.md, table 2 and the step breakdown): the
@@ -137,6 +140,33 @@ class IdleEpochSkipper(keras.callbacks.Callback):
       epoch += 1
 
 
+class FiniteLogsGuard(keras.callbacks.Callback):
+  """Stops the stage at the end of the first epoch whose logs are not finite.
+
+  Runs before `EpochHistory` and `CheckpointCallback`, so a diverged epoch
+  reaches neither history.json (strict JSON has no NaN) nor the checkpoint: the
+  backup keeps the last good epoch, and nothing downstream sees the NaN.
+
+  Args:
+    stage_name: the stage, for the message ("teacher", "student-hybrid").
+    backup: the stage's checkpoint directory, for the message.
+  """
+
+  def __init__(self, stage_name, backup):
+    super().__init__()
+    self.stage_name = stage_name
+    self.backup = backup
+
+  def on_epoch_end(self, epoch, logs=None):
+    for key, value in (logs or {}).items():
+      if not math.isfinite(float(value)):
+        kept = (f"the checkpoint of epoch {epoch - 1} is kept in {self.backup}" if epoch
+                else "nothing was checkpointed")
+        raise config_lib.ConfigError(
+            f"{self.stage_name}: epoch {epoch}: {key} is {float(value)}; training stopped "
+            f"({kept}); try a lower learning rate")
+
+
 class EpochHistory(keras.callbacks.Callback):
   """Keeps every epoch's logs in `<stage>/history.json`, surviving resumes.
 
@@ -152,7 +182,11 @@ class EpochHistory(keras.callbacks.Callback):
     self.listeners = list(listeners)
     self.epochs = {}
     if os.path.exists(path):
-      self.epochs = {int(e["epoch"]): e for e in io_utils.read_json(path)}
+      entries = validation.read_json(path, list)
+      if not all(isinstance(e, dict) and isinstance(e.get("epoch"), int) for e in entries):
+        raise config_lib.ConfigError(f"{path}: expected a list of per-epoch logs with an "
+                                     "integer 'epoch' each")
+      self.epochs = {e["epoch"]: e for e in entries}
 
   def trim(self, start_epoch):
     self.epochs = {e: v for e, v in self.epochs.items() if e < start_epoch}

@@ -180,7 +180,13 @@ def validate(config: Config) -> Config:
   _require(0 <= config.train_examples <= size,
            f"--train_examples={config.train_examples}: expected 0 (all) up to the {size} examples "
            f"of the {config.dataset} train split")
+  _require(0 <= config.seed < 2**32, f"--seed={config.seed}: expected an integer in [0, 2**32)")
   _require(bool(config.output_dir), "--output_dir: expected a directory path")
+  _require(not os.path.exists(config.output_dir) or os.path.isdir(config.output_dir),
+           f"--output_dir={config.output_dir}: exists and is not a directory")
+  _require(not (config.stage == "teacher" and config.teacher_dir),
+           f"--stage=teacher --teacher_dir={config.teacher_dir}: nothing to train (the teacher "
+           "is given); use --stage=distill, or drop --teacher_dir")
   if config.stage == "distill" and not config.teacher_dir:
     teacher_model = layout.RunDir(config.output_dir).teacher.model
     _require(os.path.exists(teacher_model),
@@ -188,6 +194,25 @@ def validate(config: Config) -> Config:
   if config.teacher_dir:
     _validate_teacher_dir(config)
   return config
+
+
+def validate_tf_config(text: Optional[str]):
+  """Checks the `TF_CONFIG` environment value (None: unset) that multi-worker runs read.
+
+  Raises:
+    ConfigError: it is set but not a JSON object.
+  """
+  if not text:
+    return
+  import json  # pylint: disable=import-outside-toplevel
+
+  try:
+    value = json.loads(text)
+  except ValueError as e:
+    raise ConfigError(f"TF_CONFIG: not valid JSON ({e})") from e
+  _require(isinstance(value, dict) and isinstance(value.get("cluster", {}), dict)
+           and isinstance(value.get("task", {}), dict),
+           "TF_CONFIG: expected a JSON object with 'cluster' and 'task' objects")
 
 
 def _validate_teacher_dir(config: Config):
@@ -199,16 +224,10 @@ def _validate_teacher_dir(config: Config):
            f"--teacher_dir={config.teacher_dir}: expected a trained teacher at {model_path}")
   _require(os.path.isfile(significance_path),
            f"--teacher_dir={config.teacher_dir}: expected the teacher's significance at {significance_path}")
-  import numpy as np  # pylint: disable=import-outside-toplevel
+  from tf_srkd import validation  # pylint: disable=import-outside-toplevel  (imports config)
 
-  try:
-    significance = np.load(significance_path, mmap_mode="r")
-  except (OSError, ValueError) as e:
-    raise ConfigError(f"{significance_path}: not a readable .npy array ({e})") from e
-  expected = config.num_train_examples
-  _require(significance.ndim == 1 and significance.shape[0] == expected,
-           f"{significance_path}: has shape {tuple(significance.shape)}, expected ({expected},) "
-           f"= the --train_examples/{config.dataset} training examples of this run")
+  validation.load_array(significance_path, kinds=validation.FLOAT_KINDS,
+                        length=config.num_train_examples, low=0, high=1)
 
 
 #: Fields that do not change what a stage computes: a restart may change them.
@@ -234,13 +253,24 @@ def _json_value(value):
 _ADDED_IDENTITY_FIELDS = {"distill_loss_normaliser": "participants"}
 
 
-def identity(config: Config) -> dict:
+def identity(config: Config, teacher_digest: Optional[str] = None) -> dict:
   """The settings that determine a run's results, as strict-JSON values, for
-  restart-compatibility checks."""
-  return {k: _json_value(v)
-          for k, v in dataclasses.asdict(config).items()
-          if k not in _NON_IDENTITY_FIELDS
-          and not (k in _ADDED_IDENTITY_FIELDS and v == _ADDED_IDENTITY_FIELDS[k])}
+  restart-compatibility checks.
+
+  Args:
+    config: the run's configuration.
+    teacher_digest: the content hash of the `--teacher_dir` teacher's files
+      (`validation.digest`): the path alone would let another teacher at the same
+      place, or at another one, reuse students distilled from the first. Absent
+      (None) without `--teacher_dir`, so such runs keep their earlier identity.
+  """
+  fields = {k: _json_value(v)
+            for k, v in dataclasses.asdict(config).items()
+            if k not in _NON_IDENTITY_FIELDS
+            and not (k in _ADDED_IDENTITY_FIELDS and v == _ADDED_IDENTITY_FIELDS[k])}
+  if teacher_digest is not None:
+    fields["teacher_sha256"] = teacher_digest
+  return fields
 
 
 def to_flagfile(config: Config) -> str:

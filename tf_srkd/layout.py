@@ -7,6 +7,7 @@ The one place that knows how a run directory (`--output_dir`) is organised:
   summary.json                the summary of the teacher and every student
   teacher/                    the teacher's stage directory
   students/<mode>/            one stage directory per distillation mode
+  mlflow_pending/             what MLflow could not take mid-run (tf_srkd.mlflow_pending)
 
 and inside a stage directory:
 
@@ -62,6 +63,7 @@ class RunDir:
   run_config = _entry("run_config.json")
   summary = _entry("summary.json")
   students = _entry(STUDENTS_DIR)
+  mlflow_pending = _entry("mlflow_pending")
 
   @property
   def teacher(self) -> StageDir:

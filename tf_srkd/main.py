@@ -62,6 +62,8 @@ def export_students(config, modes, tracker):
   from export import api as export_api  # pylint: disable=import-outside-toplevel
 
   run_ids = {m: tracker.stage_run_id(f"student-{m}") for m in modes}
+  if getattr(tracker, "pending", None) is not None:  # MLflow went away during the run: do not wait on it.
+    run_ids = {}
   results = export_api.export_run(
       config.output_dir, config.export, modes=modes,
       mlflow_run_ids={m: run_id for m, run_id in run_ids.items() if run_id},
@@ -89,13 +91,58 @@ def run(config, strategy=None, tracker=None, is_chief=True) -> dict:
   return summary
 
 
+def _fail(message):
+  """The one line every bad input gets, and exit status 2."""
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(2)
+
+
+def _flagfile_cycle(args, chain=()):
+  """The first `--flagfile` that includes itself (directly or not) among `args`, or None.
+
+  absl only warns about such a file and carries on with whatever the loop left
+  set, so the run's settings would depend on the order of the includes.
+  """
+  for arg in args:
+    name, _, path = arg.lstrip("-").partition("=")
+    if name != "flagfile" or not path:
+      continue
+    path = os.path.realpath(path)
+    if path in chain:
+      return path
+    try:
+      with open(path, encoding="utf-8") as f:
+        nested = [line.strip() for line in f]
+    except OSError:
+      continue  # absl itself reports a missing or unreadable flagfile.
+    found = _flagfile_cycle(nested, chain + (path,))
+    if found:
+      return found
+  return None
+
+
+def parse_flags(argv):
+  """absl's flag parsing, with every flag error as one line and exit status 2.
+
+  absl's own handler prints a usage hint and exits 1; the documented status for
+  bad input is 2, whichever layer notices it.
+  """
+  cycle = _flagfile_cycle(argv[1:])
+  if cycle:
+    _fail(f"--flagfile={cycle}: includes itself")
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    _fail(" ".join(str(e).split()).removeprefix("ERROR:: "))
+
+
 def main(argv):
   del argv
   try:
     config = config_lib.validate(config_from_flags())
+    config_lib.validate_tf_config(os.environ.get("TF_CONFIG"))
   except config_lib.ConfigError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    _fail(e)
   # Imported here so that `--help` and flag errors stay fast.
   from tf_srkd import data  # pylint: disable=import-outside-toplevel
   from tf_srkd import pipeline  # pylint: disable=import-outside-toplevel
@@ -113,16 +160,14 @@ def main(argv):
     try:
       tracker = mlflow_tracking.connect(config)  # Fails fast if the server is unreachable.
     except mlflow_tracking.TrackingError as e:
-      print(f"error: {e}", file=sys.stderr)
-      sys.exit(2)
+      _fail(e)
   started = time.time()
   from export.errors import ExportError  # pylint: disable=import-outside-toplevel
 
   try:
     summary = run(config, strategy, tracker=tracker, is_chief=chief)
   except (config_lib.ConfigError, data.DataError, ExportError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    _fail(e)
   if chief:
     print(pipeline.format_summary(summary))
     print(f"wall time {time.time() - started:.1f} s; outputs in {config.output_dir}")
@@ -130,4 +175,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -26,9 +26,12 @@ working directory), checks with a short timeout and no retries that the
 store answers, and gets or creates the experiment; it raises `TrackingError`
 with a one-line message otherwise, so a run fails before any training.
 
-Once connected, a logging call that fails (say the server goes away for an
-hour) is logged as a warning and training goes on; every result is on disk
-anyway. `connect(config, strict=True)` (the tests) raises instead.
+Once connected, every call has a short timeout and no retries. The first one
+that fails (say the server goes away for an hour) is warned about in one line;
+training goes on, and the tracker stops calling the store: what it could not
+log is kept under `<output_dir>/mlflow_pending/` with the command that uploads
+it later (`tf_srkd.mlflow_pending`). Every result is on disk anyway.
+`connect(config, strict=True)` (the tests) raises instead.
 """
 
 import contextlib
@@ -44,6 +47,7 @@ import mlflow.keras
 import numpy as np
 
 from tf_srkd import layout
+from tf_srkd import mlflow_pending
 from tf_srkd import mlflow_store
 from tf_srkd import plots
 from tf_srkd import tracking
@@ -174,21 +178,36 @@ class MlflowTracker:
     self.disabled = False
     self.parent_run_id = None
     self.stage_run_ids = {}
+    self.pending = None  # A `mlflow_pending.PendingLog` once the store stopped answering.
 
   def stage_run_id(self, name):
     """The child run id of stage `name` ("teacher", "student-<mode>"), or None."""
     return self.stage_run_ids.get(name)
 
   def guard(self, what, fn, *args, **kwargs):
-    """Calls `fn`; a failure raises when strict, else is logged and returns None."""
-    try:
-      return fn(*args, **kwargs)
-    except Exception as e:  # pylint: disable=broad-except
-      if self.strict:
-        raise
-      logging.warning("MLflow: could not %s (%s); training goes on, results are on disk",
-                      what, mlflow_store.short_error(e))
-      return None
+    """Calls `fn`; a failure raises when strict, else takes the tracker offline.
+
+    Offline (after the first failure), `fn` is not called: a client call is kept
+    for a later upload (see `mlflow_pending`), and None is returned.
+    """
+    if self.pending is None:
+      try:
+        return fn(*args, **kwargs)
+      except Exception as e:  # pylint: disable=broad-except
+        if self.strict:
+          raise
+        if self.config is None:  # Outside a run there is no run directory to keep it in.
+          logging.warning("MLflow: could not %s (%s)", what, mlflow_store.short_error(e))
+          return None
+        self.pending = mlflow_pending.PendingLog(
+            layout.RunDir(self.config.output_dir).mlflow_pending, self.tracking_uri)
+        logging.warning("MLflow: could not %s (%s); training goes on without MLflow, what is "
+                        "not logged is kept in %s", what, mlflow_store.short_error(e),
+                        self.pending.directory)
+    name = getattr(fn, "__name__", None)
+    client_call = name is not None and fn == getattr(self.client, name, None)
+    self.pending.add(what, name if client_call else None, args, kwargs)
+    return None
 
   def _base_tags(self, config):
     return {"dataset": config.dataset, "output_dir": os.path.abspath(config.output_dir)}
@@ -205,17 +224,30 @@ class MlflowTracker:
     else:
       status = "FAILED"
     active = mlflow.active_run()
-    if active is not None and active.info.run_id == run_id:
-      self.guard("end the run", mlflow.end_run, status)
+    if active is None or active.info.run_id != run_id:
+      return
+    if self.pending is None:
+      self.guard("end the run", mlflow.end_run, status)  # Pops MLflow's run stack first.
+    else:
+      with contextlib.suppress(Exception):  # Offline: pop the run stack; the call fails fast.
+        mlflow.end_run(status)
+    if self.pending is not None:
+      self.pending.add("end the run", "set_terminated", (run_id, status))
 
   @contextlib.contextmanager
   def run(self, config, flags_text):
     """The parent run; logs params, flags.txt and (on success) summary.json."""
     # MLflow's run nesting and its Keras callback and log_model are fluent-API
     # only: they see this tracker's store for the length of the run, no longer.
-    with mlflow_store.fluent_tracking_uri(self.tracking_uri):
-      with self._parent_run(config, flags_text):
-        yield self
+    with mlflow_store.fail_fast_http(mlflow_store.RUN_HTTP_ENV), \
+        mlflow_store.fluent_tracking_uri(self.tracking_uri):
+      try:
+        with self._parent_run(config, flags_text):
+          yield self
+      finally:
+        if self.pending is not None:
+          logging.warning("MLflow: %d logging calls were not made; upload them with: %s",
+                          len(self.pending), self.pending.upload_command())
 
   @contextlib.contextmanager
   def _parent_run(self, config, flags_text):

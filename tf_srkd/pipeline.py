@@ -11,6 +11,7 @@ not the library's.
 import logging
 import os
 import time
+from typing import Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -25,16 +26,20 @@ from tf_srkd import modes as modes_lib
 from tf_srkd import stages
 from tf_srkd import tracking
 from tf_srkd import training
+from tf_srkd import validation
 
 
 # -- output directory -----------------------------------------------------------
 
 
-def prepare_output_dir(config: config_lib.Config, is_chief: bool = True):
+def prepare_output_dir(config: config_lib.Config, is_chief: bool = True,
+                       teacher_digest: Optional[str] = None):
   """Checks that `output_dir` is new or was written by the same settings.
 
-  A restart with the same result-determining settings resumes. Different
-  settings are refused unless `overwrite` is set, in which case the old
+  A restart with the same result-determining settings (and, with
+  `--teacher_dir`, the same teacher files: `teacher_digest`) resumes. Different
+  settings, or stage directories without the `run_config.json` that says how
+  they were made, are refused unless `overwrite` is set, in which case the old
   directory is moved aside (renamed), never deleted.
 
   Raises:
@@ -43,22 +48,51 @@ def prepare_output_dir(config: config_lib.Config, is_chief: bool = True):
   out = config.output_dir
   run_dir = layout.RunDir(out)
   marker = run_dir.run_config
+  current = config_lib.identity(config, teacher_digest)
+  problem = None
   if os.path.exists(marker):
-    previous = io_utils.read_json(marker)
-    current = config_lib.identity(config)
+    previous = validation.read_json(marker)
     if previous != current:
       changed = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
-      if not config.overwrite:
-        raise config_lib.ConfigError(
-            f"--output_dir={out}: holds a run made with different settings ({', '.join(changed)}); "
-            "use a new --output_dir, or pass --overwrite to move the old one aside")
-      if is_chief:
-        aside = f"{out.rstrip(os.sep)}.old-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}"
-        os.replace(out, aside)
-        logging.warning("moved the previous run in %s to %s", out, aside)
+      problem = f"holds a run made with different settings ({', '.join(changed)})"
+  elif os.path.isdir(run_dir.teacher.path) or os.path.isdir(run_dir.students):
+    # Without the record of their settings, stages cannot be trusted to match these.
+    problem = f"holds stages but no {os.path.basename(marker)} saying how they were made"
+  if problem:
+    if not config.overwrite:
+      raise config_lib.ConfigError(
+          f"--output_dir={out}: {problem}; use a new --output_dir, or pass --overwrite to "
+          "move the old one aside")
+    if is_chief:
+      aside = f"{out.rstrip(os.sep)}.old-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}"
+      os.replace(out, aside)
+      logging.warning("moved the previous run in %s to %s", out, aside)
   if is_chief:
     io_utils.write_text(run_dir.flags, config_lib.to_flagfile(config))
-    io_utils.write_json(marker, config_lib.identity(config))
+    io_utils.write_json(marker, current)
+
+
+def load_teacher(config, strategy, train_size) -> Tuple[Optional[stages.StageResult],
+                                                         Optional[str]]:
+  """The teacher this run distils from without training it, checked, and its digest.
+
+  `--teacher_dir`'s teacher, or the run's own for `--stage=distill`; every file is
+  validated (see `stages.load_stage`) before anything is written.
+
+  Returns:
+    (the teacher or None when the run trains its own, the content hash of
+    `--teacher_dir`'s files or None).
+  """
+  if config.teacher_dir:
+    stage = layout.teacher_stage(config.teacher_dir)
+    teacher = stages.load_stage(stage, strategy, config.dataset_spec, train_size)
+    return teacher, validation.digest([stage.model, stage.significance, stage.participation])
+  if config.stage == "distill":
+    own = layout.RunDir(config.output_dir).teacher
+    return stages.load_stage(own, strategy, config.dataset_spec, train_size), None
+  # A finished own teacher is checked when reused (`stages.run_stage`), after the
+  # settings check: under other settings it is moved aside (--overwrite), not read.
+  return None, None
 
 
 # -- teacher and students -------------------------------------------------------------
@@ -182,18 +216,12 @@ def run(config: config_lib.Config, strategy=None, tracker=None, is_chief=True) -
   spec = config.dataset_spec
   train = data.load_split(spec, "train", config.train_examples, config.download)
   test = data.load_split(spec, "test", 0, config.download)
-  prepare_output_dir(config, is_chief)
+  teacher, teacher_digest = load_teacher(config, strategy, train.size)
+  prepare_output_dir(config, is_chief, teacher_digest)
   with tracker.run(config, config_lib.to_flagfile(config)):
-    if config.teacher_dir:
-      teacher = stages.load_stage(layout.teacher_stage(config.teacher_dir), strategy)
-    elif config.stage == "distill":
-      teacher = stages.load_stage(layout.RunDir(config.output_dir).teacher, strategy)
-    else:
+    if not config.teacher_dir and config.stage != "distill":
+      # The run's own teacher: trained, or (finished) checked, reused and tracked.
       teacher = train_teacher(config, strategy, train, test, tracker, is_chief)
-    if teacher.significance is not None and teacher.significance.shape[0] != train.size:
-      raise config_lib.ConfigError(
-          f"teacher significance has {teacher.significance.shape[0]} entries but the training "
-          f"data has {train.size} examples (check --train_examples against the teacher's run)")
     students = {}
     if config.stage in ("distill", "all"):
       students = distill_students(config, strategy, train, test, teacher, tracker, is_chief)

@@ -15,9 +15,12 @@ snapshot variable and the restore writes it back exactly
 (`SelfRegulatedModel.set_participation`).
 """
 
+from typing import Optional
 
 import numpy as np
 import tensorflow as tf
+
+from tf_srkd import config as config_lib
 
 
 class StageCheckpoint:
@@ -42,14 +45,36 @@ class StageCheckpoint:
         participation=self._participation)
     self._manager = tf.train.CheckpointManager(self._checkpoint, directory, max_to_keep=1)
 
-  def restore(self) -> int:
-    """Restores the latest checkpoint if any; returns the epoch to start from."""
+  def restore(self, epochs: Optional[int] = None) -> int:
+    """Restores the latest checkpoint if any; returns the epoch to start from.
+
+    Args:
+      epochs: the stage's epoch count, the upper bound of a sane saved epoch.
+
+    Raises:
+      config.ConfigError: the checkpoint is damaged or does not fit this stage;
+        resuming from it would train from garbage, and silently restarting at 0
+        would hide the damage.
+    """
     latest = self._manager.latest_checkpoint
     if not latest:
       return 0
-    self._checkpoint.restore(latest).assert_existing_objects_matched()
-    self.model.set_participation(self._participation.numpy())
-    return int(self._epoch.numpy())
+    try:
+      self._checkpoint.restore(latest).assert_existing_objects_matched()
+    except (tf.errors.OpError, ValueError, AssertionError) as e:
+      raise self._damaged(latest, " ".join(str(e).split())[:160]) from e
+    epoch, counts = int(self._epoch.numpy()), self._participation.numpy()
+    if not 0 < epoch <= (epochs if epochs is not None else epoch):
+      raise self._damaged(latest, f"saved epoch {epoch}, expected 1 to {epochs}")
+    if counts.size and (counts.min() < 0 or counts.max() > epoch):
+      raise self._damaged(latest, f"participation counts outside [0, {epoch}]")
+    self.model.set_participation(counts)
+    return epoch
+
+  def _damaged(self, latest, problem):
+    return config_lib.ConfigError(
+        f"{latest}: damaged checkpoint ({problem}); delete {self.directory} to restart this "
+        "stage from epoch 0")
 
   def save(self, next_epoch: int):
     """Snapshots the state reached at the end of epoch `next_epoch - 1`.

@@ -22,6 +22,7 @@ from tf_srkd import io_utils
 from tf_srkd import layout
 from tf_srkd import regulation
 from tf_srkd import resume
+from tf_srkd import validation
 
 
 @dataclasses.dataclass
@@ -66,7 +67,7 @@ def compile_model(model, learning_rate, config):
 
 
 def fit_stage(model, split, config, *, stage_dir, epochs, alpha, extras=None, callbacks=(),
-              epoch_listeners=(), is_chief=True):
+              epoch_listeners=(), is_chief=True, name=None):
   """Trains `model` for `epochs`, resuming from `<stage_dir>/backup` if present.
 
   With `config.skip_idle_epochs`, epochs in which provably no sample takes part
@@ -86,13 +87,14 @@ def fit_stage(model, split, config, *, stage_dir, epochs, alpha, extras=None, ca
     callbacks: further Keras callbacks (e.g. the tracker's).
     epoch_listeners: `fn(epoch, logs)` called for every epoch, run or skipped.
     is_chief: False on workers that write nothing.
+    name: the stage's name in the message of a diverged (NaN/inf) epoch.
 
   Returns:
     (history list of per-epoch dicts, wall time in seconds of this process' share).
   """
   stage = layout.StageDir(stage_dir)
   checkpoint = resume.StageCheckpoint(stage.backup, model, is_chief)
-  start = checkpoint.restore()
+  start = checkpoint.restore(epochs)
   history = callbacks_lib.EpochHistory(stage.history, is_chief, listeners=epoch_listeners)
   history.trim(start)
   previous = history.epochs.get(start - 1, {}).get("participation_fraction")
@@ -106,6 +108,7 @@ def fit_stage(model, split, config, *, stage_dir, epochs, alpha, extras=None, ca
   skipper = None
   if config.skip_idle_epochs and model.regulate and model.backward != "masked":
     skipper = callbacks_lib.IdleEpochSkipper(split.labels, alpha, epochs)
+  guard = callbacks_lib.FiniteLogsGuard(name or stage_dir, stage.backup)
   began = time.time()
   epoch = start
   while epoch < epochs:
@@ -113,7 +116,7 @@ def fit_stage(model, split, config, *, stage_dir, epochs, alpha, extras=None, ca
                                  augment_fn)
     model.fit(dataset, epochs=epochs, initial_epoch=epoch,
               steps_per_epoch=data.steps_per_epoch(split.size, config.batch_size),
-              callbacks=[schedule, *([skipper] if skipper else []), history,
+              callbacks=[schedule, *([skipper] if skipper else []), guard, history,
                          callbacks_lib.CheckpointCallback(checkpoint), *callbacks],
               verbose=config.verbose)
     if skipper is None or skipper.idle_from is None:
@@ -140,16 +143,37 @@ def evaluate_accuracy(network, split: data.SplitArrays, batch_size: int) -> floa
   return float(np.mean(np.argmax(logits, axis=-1) == split.labels))
 
 
-def load_stage(stage: layout.StageDir, strategy) -> StageResult:
-  """A finished stage read back from its directory (arrays that are absent are None)."""
-  metrics = io_utils.read_json(stage.metrics) if os.path.exists(stage.metrics) else {}
-  arrays = [np.load(path) if os.path.exists(path) else None
-            for path in (stage.participation, stage.significance)]
+def load_stage(stage: layout.StageDir, strategy, dataset_spec, num_examples) -> StageResult:
+  """A finished stage read back from its directory, every file checked first.
+
+  Args:
+    stage: the stage directory.
+    strategy: the model is loaded under its scope.
+    dataset_spec: the run's dataset (the model's input shape and classes).
+    num_examples: the run's training examples (the arrays' length).
+
+  Returns:
+    The network, metrics and arrays (arrays that are absent are None).
+
+  Raises:
+    config.ConfigError: a file that is damaged or does not fit this run (see `validation`).
+  """
+  metrics = validation.read_json(stage.metrics) if os.path.exists(stage.metrics) else {}
+  epochs = metrics.get("epochs")
+  participation = significance = None
+  if os.path.exists(stage.participation):
+    participation = validation.load_array(
+        stage.participation, kinds=validation.INT_KINDS, length=num_examples, low=0,
+        high=epochs if isinstance(epochs, int) else None)
+  if os.path.exists(stage.significance):
+    significance = validation.load_array(stage.significance, kinds=validation.FLOAT_KINDS,
+                                         length=num_examples, low=0, high=1)
   with strategy.scope():
-    network = keras.models.load_model(stage.model, compile=False)
+    network = validation.load_model(stage.model, dataset_spec.image_shape,
+                                     dataset_spec.num_classes)
   if "params" not in metrics:
     metrics["params"] = int(network.count_params())
-  return StageResult(network, metrics, *arrays)
+  return StageResult(network, metrics, participation, significance)
 
 
 def run_stage(spec: StageSpec, config, strategy, train, test, tracker, build: Callable,
@@ -173,7 +197,7 @@ def run_stage(spec: StageSpec, config, strategy, train, test, tracker, build: Ca
   tracked = dict(role=spec.role, model_name=spec.model_name, mode=spec.mode, alpha=spec.alpha)
   if spec.stage_dir.finished:
     logging.info("%s: finished earlier, reusing %s", spec.name, spec.stage_dir.path)
-    result = load_stage(spec.stage_dir, strategy)
+    result = load_stage(spec.stage_dir, strategy, config.dataset_spec, train.size)
     with tracker.stage(spec.name, **tracked) as stage:
       _log_result(stage, result, train, config)
     return result
@@ -186,7 +210,7 @@ def run_stage(spec: StageSpec, config, strategy, train, test, tracker, build: Ca
     history, wall = fit_stage(model, train, config, stage_dir=spec.stage_dir.path,
                               epochs=spec.epochs, alpha=spec.alpha, extras=extras,
                               callbacks=stage.callbacks(), epoch_listeners=[stage.log_epoch],
-                              is_chief=is_chief)
+                              is_chief=is_chief, name=spec.name)
     result = _trained_result(spec, model, train, test, config, history, wall)
     if is_chief:
       _write_result(spec.stage_dir, result)

@@ -1,0 +1,137 @@
+"""Unbreakable runs (issue 19): NaN losses, a changed teacher, stages without their record.
+
+The damaged-file fuzz test is tests/test_fuzz_inputs.py.
+"""
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from tf_srkd import callbacks
+from tf_srkd import config as config_lib
+from tf_srkd import pipeline
+
+N = 96
+
+
+def smoke_config(out, **overrides):
+  config = config_lib.Config(dataset="mnist", epochs=2, train_examples=N, batch_size=32,
+                             eval_batch_size=64, output_dir=str(out), verbose=0, mlflow=False,
+                             alpha=0.5, distill_alpha=0.5, seed=3, modes=("conventional",))
+  return dataclasses.replace(config, **overrides)
+
+
+def run(config):
+  with tfds.testing.mock_data(num_examples=N):
+    return pipeline.run(config)
+
+
+def test_guard_names_epoch_quantity_and_the_kept_checkpoint():
+  guard = callbacks.FiniteLogsGuard("student-hybrid", "/r/backup")
+  guard.on_epoch_end(0, {"loss": 1.0, "accuracy": 0.5})
+  with pytest.raises(config_lib.ConfigError) as e:
+    guard.on_epoch_end(4, {"accuracy": 0.5, "loss": math.inf})
+  assert str(e.value).startswith("student-hybrid: epoch 4: loss is inf")
+  assert "checkpoint of epoch 3 is kept in /r/backup" in str(e.value)
+  with pytest.raises(config_lib.ConfigError, match="epoch 0: loss is nan.*nothing was"):
+    guard.on_epoch_end(0, {"loss": math.nan})
+
+
+def test_a_diverging_teacher_stops_in_one_line_with_no_nan_on_disk(tmp_path):
+  out = tmp_path / "out"
+  with pytest.raises(config_lib.ConfigError) as e:
+    run(smoke_config(out, stage="teacher", teacher_lr=1e30, epochs=3))
+  message = str(e.value)
+  assert "\n" not in message and message.startswith("teacher: epoch ")
+  assert " is nan" in message or " is inf" in message
+  assert not (out / "teacher" / "metrics.json").exists()
+  history = out / "teacher" / "history.json"
+  if history.exists():  # Only the good epochs, in strict JSON.
+    json.loads(history.read_text(), parse_constant=lambda c: pytest.fail(c))
+
+
+@pytest.fixture(scope="module")
+def teachers(tmp_path_factory):
+  """Two teachers: A, and B = A with a different (valid) significance."""
+  root = tmp_path_factory.mktemp("teachers")
+  run(smoke_config(root / "A", stage="teacher"))
+  shutil.copytree(root / "A", root / "B")
+  significance = np.load(root / "B/teacher/significance.npy")
+  np.save(root / "B/teacher/significance.npy", (significance * 0.5).astype(np.float32))
+  return root / "A", root / "B"
+
+
+def test_another_teacher_is_refused_on_the_same_output_dir(tmp_path, teachers):
+  a, b = teachers
+  out = tmp_path / "D"
+  run(smoke_config(out, stage="distill", teacher_dir=str(a)))
+  identity = json.loads((out / "run_config.json").read_text())
+  assert len(identity["teacher_sha256"]) == 64
+  run(smoke_config(out, stage="distill", teacher_dir=str(a)))  # The same teacher resumes.
+  with pytest.raises(config_lib.ConfigError, match=r"different settings \(teacher_sha256\)"):
+    run(smoke_config(out, stage="distill", teacher_dir=str(b)))
+  run(smoke_config(out, stage="distill", teacher_dir=str(b), overwrite=True))
+  assert [p for p in os.listdir(tmp_path) if p.startswith("D.old-")]
+
+
+def test_identity_without_teacher_dir_is_unchanged():
+  config = smoke_config("/x")
+  assert "teacher_sha256" not in config_lib.identity(config)
+  assert config_lib.identity(config, "ab")["teacher_sha256"] == "ab"
+
+
+def test_stages_without_run_config_are_refused_unless_overwrite(tmp_path, teachers):
+  out = tmp_path / "D"
+  run(smoke_config(out, stage="distill", teacher_dir=str(teachers[0])))
+  (out / "run_config.json").unlink()
+  with pytest.raises(config_lib.ConfigError, match="holds stages but no run_config.json"):
+    run(smoke_config(out, stage="distill", teacher_dir=str(teachers[0])))
+  assert not (out / "run_config.json").exists()
+  run(smoke_config(out, stage="distill", teacher_dir=str(teachers[0]), overwrite=True))
+  assert (out / "run_config.json").exists()
+
+
+@pytest.fixture()
+def interrupted_teacher(tmp_path, monkeypatch):
+  """A run whose teacher trained but crashed before writing its files: backup/ remains."""
+  from tf_srkd import stages  # pylint: disable=import-outside-toplevel
+
+  def crash(*args):
+    raise KeyboardInterrupt
+  out = tmp_path / "out"
+  with monkeypatch.context() as m:
+    m.setattr(stages, "_write_result", crash)
+    with pytest.raises(KeyboardInterrupt):
+      run(smoke_config(out, stage="teacher"))
+  assert (out / "teacher/backup/checkpoint").exists()
+  return out
+
+
+@pytest.mark.parametrize("damage", ["random data", "truncated index", "bad history"])
+def test_a_damaged_resume_state_is_refused_in_one_line(interrupted_teacher, damage):
+  out = interrupted_teacher
+  backup = out / "teacher/backup"
+  if damage == "random data":
+    target = next(backup.glob("*.data-*"))
+    target.write_bytes(np.random.default_rng(0).bytes(target.stat().st_size))
+  elif damage == "truncated index":
+    target = next(backup.glob("*.index"))
+    target.write_bytes(target.read_bytes()[:20])
+  else:
+    (out / "teacher/history.json").write_text('[{"epoch": "x"}]')
+  with pytest.raises(config_lib.ConfigError) as e:
+    run(smoke_config(out, stage="teacher"))
+  assert "\n" not in str(e.value)
+  assert "damaged checkpoint" in str(e.value) or "history.json" in str(e.value)
+  assert not (out / "teacher/metrics.json").exists()
+
+
+def test_an_intact_resume_state_resumes(interrupted_teacher):
+  run(smoke_config(interrupted_teacher, stage="teacher"))
+  assert (interrupted_teacher / "teacher/metrics.json").exists()
