@@ -1,4 +1,4 @@
-"""Command-line entry point: `python -m tf_srkd.main --flagfile=flags/quick.flags`.
+"""Command-line entry point: `tf-srkd --flagfile=quick` (or `python -m tf_srkd.main`).
 
 Defines one flag per `Config` field, turns the flags into one frozen `Config`,
 creates the distribution strategy once, calls `pipeline.run`, and, with
@@ -10,11 +10,16 @@ import os
 import sys
 import time
 
-from absl import app
 from absl import flags
 from absl import logging
 
+from tf_srkd import cli
+
+cli.quiet_tensorflow()  # Before anything imports TensorFlow.
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
 from tf_srkd import config as config_lib
+from tf_srkd import console
 
 FLAGS = flags.FLAGS
 
@@ -46,6 +51,8 @@ def config_from_flags(flag_values=FLAGS) -> config_lib.Config:
   if values["output_dir"] is None:
     values["output_dir"] = os.path.join(
         "runs", f"{values['dataset']}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
+  if values["verbose"] is None:
+    values["verbose"] = console.default_fit_verbosity()
   return config_lib.from_flag_values(values)
 
 
@@ -125,9 +132,14 @@ def main(argv):
     sys.exit(2)
   if chief:
     print(pipeline.format_summary(summary))
-    print(f"wall time {time.time() - started:.1f} s; outputs in {config.output_dir}")
+    console.run_finished(config.output_dir, time.time() - started, tracker)
   logging.info("done")
 
 
+def run_main():
+  """The `tf-srkd` console script (flagfiles resolved as `tf_srkd.flagfiles` says)."""
+  cli.run(main)
+
+
 if __name__ == "__main__":
-  app.run(main)
+  run_main()
