@@ -52,7 +52,7 @@ def resolve(value: str, including_dir: Optional[str] = None) -> str:
       the command line.
 
   Returns:
-    An absolute path.
+    The absolute path, symlinks resolved.
 
   Raises:
     FlagfileError: nothing matches.
@@ -68,7 +68,7 @@ def resolve(value: str, including_dir: Optional[str] = None) -> str:
     candidates.append(expanded)
   for candidate in candidates:
     if candidate and os.path.isfile(candidate):
-      return os.path.abspath(candidate)
+      return os.path.realpath(candidate)  # One name per file, for the cycle check.
   where = f" (included from {including_dir})" if including_dir is not None else ""
   raise FlagfileError(f"--flagfile={value}{where}: no such file, and not a shipped experiment "
                       f"(one of {', '.join(shipped_experiments())})")

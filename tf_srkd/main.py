@@ -75,9 +75,9 @@ def export_students(config, modes, tracker):
       tracking_uri=tracker.tracking_uri)
   for mode, by_quantization in results.items():
     for quantization, result in by_quantization.items():
-      logging.info("export %s/%s: %s", mode, quantization, {
+      console.say(f"export {mode}/{quantization}: " + str({
           k: v for k, v in result.items()
-          if any(t in k for t in ("accuracy", "agreement", "size", "latency", "file"))})
+          if any(t in k for t in ("accuracy", "agreement", "size", "latency", "file"))}))
   return results
 
 

@@ -7,7 +7,6 @@ stage's backup/ checkpoint), evaluated, written (metrics.json last) and logged.
 """
 
 import dataclasses
-import logging
 import os
 import shutil
 import time
@@ -123,8 +122,7 @@ def fit_stage(model, split, config, *, stage_dir, epochs, alpha, extras=None, ca
     for idle_epoch, logs in skipper.idle_epochs():
       history.record(idle_epoch, logs)
       epoch = idle_epoch + 1
-    logging.info("skipped idle epochs %d-%d: no sample could take part", skipper.idle_from,
-                 epoch - 1)
+    console.say(f"skipped idle epochs {skipper.idle_from}-{epoch - 1}: no sample could take part")
     schedule.previous_fraction = 0.0  # The last (idle) epoch had no participant.
     checkpoint.save(epoch)
   return history.as_list(), time.time() - began
