@@ -109,6 +109,7 @@ def test_cli_bad_input_exits_nonzero_and_writes_nothing(tmp_path, args, expected
   assert not out.exists()
 
 
+@pytest.mark.slow
 def test_cli_missing_dataset_offline(tmp_path):
   out = tmp_path / "out"
   result = run_cli("--flagfile=flags/smoke.flags", f"--output_dir={out}",

@@ -38,6 +38,7 @@ def test_one_and_two_replicas_give_identical_counts(tmp_path):
                              np.load(tmp_path / "two/teacher/significance.npy"), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_batch_not_divisible_by_replicas_is_refused(tmp_path):
   result = subprocess.run(
       [sys.executable, "-m", "tf_srkd.main", "--flagfile=flags/smoke.flags", "--cpu_replicas=2",

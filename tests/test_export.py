@@ -325,6 +325,7 @@ def test_mlflow_model_uri_and_logging_into_the_run(student_path, tmp_path):
 # -- tfmot QAT ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_importing_export_does_not_import_tfmot():
   code = ("import os, sys; import export, export.tflite, export.qat; "
           "assert 'tensorflow_model_optimization' not in sys.modules, 'tfmot imported'; "
@@ -366,6 +367,7 @@ def test_qat_export_in_a_subprocess(run_dir, tmp_path):
                                                   "model_int8_qat.tflite"]
 
 
+@pytest.mark.slow
 def test_qat_rejects_a_model_outside_a_run(run_dir, tmp_path):
   import shutil  # pylint: disable=import-outside-toplevel
 

@@ -257,6 +257,7 @@ def test_connect_to_unreachable_server_fails_fast(tmp_path):
   assert "\n" not in message
 
 
+@pytest.mark.slow
 def test_cli_unreachable_server_exits_before_training(tmp_path):
   uri = f"http://127.0.0.1:{_free_port()}"
   out = tmp_path / "run"
