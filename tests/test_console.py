@@ -32,13 +32,10 @@ def test_stage_lines_say_what_trains_and_what_it_gave(capsys):
   assert teacher == "teacher lenet5 (self-regulated, alpha=0.02)"
   assert student == "student-significance lenet5_half (significance distillation, every sample)"
   console.stage_started(teacher, 60000, 200)
-  console.stage_started(teacher, 60000, 200, start_epoch=3)
   console.stage_finished("teacher", {"test_accuracy": 0.98765, "zeta": 0.0123}, 61.25)
   console.stage_finished("student-conventional", {"test_accuracy": 0.5, "zeta": None}, 2.0)
   assert capsys.readouterr().out.splitlines() == [
       "== teacher lenet5 (self-regulated, alpha=0.02): 60,000 samples, 200 epochs",
-      "== teacher lenet5 (self-regulated, alpha=0.02): 60,000 samples, 200 epochs, "
-      "resuming after epoch 3",
       "== teacher done: test accuracy 0.9877, zeta 1.23%; 61.2 s",
       "== student-conventional done: test accuracy 0.5000; 2.0 s",
   ]

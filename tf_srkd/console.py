@@ -41,10 +41,9 @@ def describe_stage(name, role, model_name, mode, alpha) -> str:
   return f"{name} {model_name} ({what}{_regulation(alpha)})"
 
 
-def stage_started(description, samples, epochs, start_epoch=0):
-  """The header of a stage that trains."""
-  resumed = f", resuming after epoch {start_epoch}" if start_epoch else ""
-  say(f"== {description}: {samples:,} samples, {epochs} epochs{resumed}")
+def stage_started(description, samples, epochs):
+  """The header of a stage that trains (a resumed one adds a line of its own)."""
+  say(f"== {description}: {samples:,} samples, {epochs} epochs")
 
 
 def stage_reused(description, path):
