@@ -18,8 +18,9 @@ import sys
 #: Environment defaults that quiet TensorFlow's start-up; a value the user set wins.
 QUIET_ENVIRONMENT = {"TF_CPP_MIN_LOG_LEVEL": "2"}
 #: Python loggers whose INFO lines are noise on our console (per-epoch checkpoint
-#: "Sharding callback duration", TFDS' "Load dataset info"); kept at WARNING.
-NOISY_LOGGERS = ("tensorflow", "absl", "tensorflow_datasets")
+#: "Sharding callback duration", TFDS' "Load dataset info", MLflow's database
+#: set-up); kept at WARNING.
+NOISY_LOGGERS = ("tensorflow", "absl", "tensorflow_datasets", "mlflow")
 
 
 def quiet_tensorflow(environ=os.environ):
