@@ -131,7 +131,7 @@ def run_main():
   """The `tf-srkd-export` console script (`python -m export.tflite`)."""
   from tf_srkd import cli  # pylint: disable=import-outside-toplevel
 
-  cli.quiet_tensorflow()  # Importing this module does not import TensorFlow yet.
+  cli.quiet_environment()  # Importing this module does not import TensorFlow yet.
   _define_flags()
   cli.run(main)
 

@@ -63,13 +63,13 @@ def test_the_run_ends_with_outputs_parent_run_and_how_to_open_it(capsys):
   ]
 
 
-def test_quiet_tensorflow_keeps_what_the_user_set():
+def test_quiet_environment_keeps_what_the_user_set():
   environ = {}
-  cli.quiet_tensorflow(environ)
-  assert environ == {"TF_CPP_MIN_LOG_LEVEL": "2"}
+  cli.quiet_environment(environ)
+  assert environ == {"TF_CPP_MIN_LOG_LEVEL": "2", "MLFLOW_LOGGING_LEVEL": "WARNING"}
   environ = {"TF_CPP_MIN_LOG_LEVEL": "0"}
-  cli.quiet_tensorflow(environ)
-  assert environ == {"TF_CPP_MIN_LOG_LEVEL": "0"}
+  cli.quiet_environment(environ)
+  assert environ == {"TF_CPP_MIN_LOG_LEVEL": "0", "MLFLOW_LOGGING_LEVEL": "WARNING"}
 
 
 def test_python_logging_is_quiet_unless_verbosity_is_given():

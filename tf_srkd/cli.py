@@ -1,29 +1,30 @@
 """What every command-line entry point does before and around `absl.app.run`.
 
-`quiet_tensorflow()` must run before TensorFlow is first imported (it sets
-environment variables TensorFlow reads once); `run(main)` expands the
+`quiet_environment()` must run before TensorFlow or MLflow is first imported
+(it sets environment variables they read once); `run(main)` expands the
 `--flagfile=` arguments (`flagfiles`), then lets absl parse and call `main`
 with the Python logging of TensorFlow and TFDS at WARNING.
 
 Getting the noise back: `TF_CPP_MIN_LOG_LEVEL=0` (TensorFlow's C++ INFO and
 WARNING lines; a few lines it prints before its logging starts cannot be
-switched off), `--verbosity=0` (absl / Python INFO lines, e.g. TFDS' dataset
-loading and checkpoint sharding).
+switched off), `MLFLOW_LOGGING_LEVEL=INFO`, `--verbosity=0` (absl / Python
+INFO lines, e.g. TFDS' dataset loading and checkpoint sharding).
 """
 
 import logging
 import os
 import sys
 
-#: Environment defaults that quiet TensorFlow's start-up; a value the user set wins.
-QUIET_ENVIRONMENT = {"TF_CPP_MIN_LOG_LEVEL": "2"}
+#: Environment defaults that quiet TensorFlow's start-up (C++ INFO and WARNING lines)
+#: and MLflow's INFO lines (database set-up; MLflow configures its logger itself on
+#: import, from this variable); a value the user set wins.
+QUIET_ENVIRONMENT = {"TF_CPP_MIN_LOG_LEVEL": "2", "MLFLOW_LOGGING_LEVEL": "WARNING"}
 #: Python loggers whose INFO lines are noise on our console (per-epoch checkpoint
-#: "Sharding callback duration", TFDS' "Load dataset info", MLflow's database
-#: set-up); kept at WARNING.
-NOISY_LOGGERS = ("tensorflow", "absl", "tensorflow_datasets", "mlflow")
+#: "Sharding callback duration", TFDS' "Load dataset info"); kept at WARNING.
+NOISY_LOGGERS = ("tensorflow", "absl", "tensorflow_datasets")
 
 
-def quiet_tensorflow(environ=os.environ):
+def quiet_environment(environ=os.environ):
   """Sets the `QUIET_ENVIRONMENT` defaults that the user has not set."""
   for name, value in QUIET_ENVIRONMENT.items():
     environ.setdefault(name, value)

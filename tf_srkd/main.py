@@ -15,7 +15,7 @@ from absl import logging
 
 from tf_srkd import cli
 
-cli.quiet_tensorflow()  # Before anything imports TensorFlow.
+cli.quiet_environment()  # Before anything imports TensorFlow or MLflow.
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from tf_srkd import config as config_lib

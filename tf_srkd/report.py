@@ -420,7 +420,7 @@ def run_main():
   """The `tf-srkd-report` console script (`python -m tf_srkd.report`)."""
   from tf_srkd import cli  # pylint: disable=import-outside-toplevel
 
-  cli.quiet_tensorflow()
+  cli.quiet_environment()
   define_flags()
   cli.run(main)
 
