@@ -127,8 +127,14 @@ def main(argv):
     print(f"wrote {r['paths']['tflite']}")
 
 
-if __name__ == "__main__":
-  from absl import app  # pylint: disable=g-import-not-at-top
+def run_main():
+  """The `tf-srkd-export` console script (`python -m export.tflite`)."""
+  from tf_srkd import cli  # pylint: disable=import-outside-toplevel
 
+  cli.quiet_environment()  # Importing this module does not import TensorFlow yet.
   _define_flags()
-  app.run(main)
+  cli.run(main)
+
+
+if __name__ == "__main__":
+  run_main()

@@ -53,8 +53,7 @@ def keras_logits(model, images: np.ndarray, batch_size: int = 512) -> np.ndarray
   """A Keras model's outputs on raw uint8 images (as the training code sees them)."""
   from tf_srkd import data  # pylint: disable=import-outside-toplevel
 
-  return np.asarray(model.predict(data.image_batches(images, batch_size), verbose=0),
-                    dtype=np.float32)
+  return data.predict_logits(model, images, batch_size)
 
 
 def _softmax(logits):

@@ -13,4 +13,5 @@ if not os.environ.get("TFDS_DATA_DIR") and os.path.isdir(SHARED_TFDS):
 
 
 def pytest_configure(config):
-  config.addinivalue_line("markers", "slow: end-to-end runs on real data (CI runs them once)")
+  config.addinivalue_line(
+      "markers", "slow: takes minutes (end-to-end runs, installs); `pytest -m \"not slow\"` skips it")

@@ -24,6 +24,7 @@ def cli(*args, timeout=600):
   return result
 
 
+@pytest.mark.slow
 def test_one_and_two_replicas_give_identical_counts(tmp_path):
   common = ["--cpu_replicas=2", "--epochs=2", "--distill_epochs=1", "--train_examples=600",
             "--batch_size=100", "--alpha=0.5", "--distill_alpha=0.5", "--modes=hybrid"]
@@ -37,6 +38,7 @@ def test_one_and_two_replicas_give_identical_counts(tmp_path):
                              np.load(tmp_path / "two/teacher/significance.npy"), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_batch_not_divisible_by_replicas_is_refused(tmp_path):
   result = subprocess.run(
       [sys.executable, "-m", "tf_srkd.main", "--flagfile=flags/smoke.flags", "--cpu_replicas=2",
@@ -77,6 +79,7 @@ def _run_two_workers(command_for, timeout=420):
   return outputs
 
 
+@pytest.mark.slow
 def test_two_worker_multiworker_counts_match_brute_force(tmp_path):
   started = time.time()
   _run_two_workers(lambda index: [sys.executable, "tests/multiworker_worker.py",
@@ -92,6 +95,7 @@ def test_two_worker_multiworker_counts_match_brute_force(tmp_path):
   print(f"2-worker MultiWorkerMirroredStrategy test wall time: {wall:.1f} s")
 
 
+@pytest.mark.slow
 def test_two_worker_cli_equals_one_process(tmp_path):
   """The whole job under MultiWorkerMirroredStrategy: same results, only the chief writes."""
   args = ["--modes=regulated", "--epochs=2", "--train_examples=256", "--alpha=0.5",
@@ -126,6 +130,7 @@ def _kill_when(path_glob_dir, prefix, process, minimum=1, timeout=300):
   raise AssertionError("checkpoint never appeared")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage_dir,extra", [
     ("teacher", ["--stage=teacher"]),
     ("students/hybrid", ["--modes=hybrid"]),

@@ -67,7 +67,10 @@ def _run(interpreter, images):
 # -- round trips -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("quantization", tflite.QUANTIZATIONS)
+# int8 (calibration) and float16 take the longest: the fast tier keeps float32 and dynamic.
+@pytest.mark.parametrize("quantization", [
+    pytest.param(q, marks=pytest.mark.slow) if q in ("int8", "float16") else q
+    for q in tflite.QUANTIZATIONS])
 def test_each_quantization_round_trips_in_litert(student_path, test_split, tmp_path,
                                                  quantization):
   output = str(tmp_path / f"student_{quantization}.tflite")
@@ -266,6 +269,7 @@ def test_failed_verification_writes_nothing(student_path, tmp_path, monkeypatch)
   assert not (tmp_path / "out").exists() or os.listdir(tmp_path / "out") == []
 
 
+@pytest.mark.slow
 def test_cli_round_trip_and_error(student_path, tmp_path):
   env = dict(os.environ, PYTHONPATH=ROOT)
   output = tmp_path / "cli" / "student.tflite"
@@ -286,6 +290,7 @@ def test_cli_round_trip_and_error(student_path, tmp_path):
 # -- MLflow ---------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_mlflow_model_uri_and_logging_into_the_run(student_path, tmp_path):
   """A student logged as the pipeline does (`mlflow.keras.log_model(name="model")`, the
   dataset as a param, the mode as a tag) exports from `runs:/<id>/model` and the numbers
@@ -320,6 +325,7 @@ def test_mlflow_model_uri_and_logging_into_the_run(student_path, tmp_path):
 # -- tfmot QAT ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_importing_export_does_not_import_tfmot():
   code = ("import os, sys; import export, export.tflite, export.qat; "
           "assert 'tensorflow_model_optimization' not in sys.modules, 'tfmot imported'; "
@@ -342,6 +348,7 @@ def test_tf_keras_twin_has_identical_outputs(student_path, test_split):
   assert isinstance(twin, tf_keras.Model) and twin.count_params() == student.model.count_params()
 
 
+@pytest.mark.slow
 def test_qat_export_in_a_subprocess(run_dir, tmp_path):
   student = os.path.join(run_dir, "students", "significance", "model.keras")
   output = str(tmp_path / "qat" / "model_int8_qat.tflite")
@@ -360,6 +367,7 @@ def test_qat_export_in_a_subprocess(run_dir, tmp_path):
                                                   "model_int8_qat.tflite"]
 
 
+@pytest.mark.slow
 def test_qat_rejects_a_model_outside_a_run(run_dir, tmp_path):
   import shutil  # pylint: disable=import-outside-toplevel
 

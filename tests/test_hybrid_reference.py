@@ -108,10 +108,15 @@ def _package_epoch(backward, mode, split, teacher_logits, significance, eta, opt
   return model.participation_counts(), [w.numpy() for w in network.weights]
 
 
-@pytest.mark.parametrize("normaliser", ["participants", "batch", "weights"])
-@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def _slow(*values):
+  """Parameters whose combinations only the full suite runs (the fast tier: 6 of 54)."""
+  return [pytest.param(v, marks=pytest.mark.slow) for v in values]
+
+
+@pytest.mark.parametrize("normaliser", ["participants", *_slow("batch", "weights")])
+@pytest.mark.parametrize("optimizer", ["adam", *_slow("sgd")])
 @pytest.mark.parametrize("mode_name", ["hybrid", "regulated", "significance"])
-@pytest.mark.parametrize("backward", ["masked", "compact", "auto"])
+@pytest.mark.parametrize("backward", ["masked", "compact", *_slow("auto")])
 def test_epoch_matches_independent_recomputation(mode_name, backward, optimizer, normaliser):
   mode = modes.get_mode(mode_name)
   if not mode.regulate and backward != "masked":

@@ -46,6 +46,7 @@ def _train(split, tmp_path, skip, kind, backward="compact", model_name=None):
   return model, history, optimizer_state
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["teacher", "student"])
 def test_skipping_idle_epochs_is_bit_identical(mnist_subset, tmp_path, kind):
   plain, plain_history, plain_opt = _train(mnist_subset, tmp_path / "plain", False, kind)
@@ -70,12 +71,14 @@ def test_skipping_idle_epochs_is_bit_identical(mnist_subset, tmp_path, kind):
   assert all(h["gate_from_cache"] == 0 for h in plain_history)
 
 
+@pytest.mark.slow
 def test_masked_gate_is_never_shortcut(mnist_subset, tmp_path):
   """The training-mode gate (masked; dropout models) is not what the cache holds."""
   _, history, _ = _train(mnist_subset, tmp_path, True, "teacher", backward="masked")
   assert not any(h.get("skipped_epoch") for h in history)
 
 
+@pytest.mark.slow
 def test_dropout_model_is_only_shortcut_on_the_inference_gate(tmp_path):
   split = data.SplitArrays(
       np.random.default_rng(0).integers(0, 256, (N, 32, 32, 3), np.uint8),

@@ -56,7 +56,7 @@ def _track(config):
                  {name: tracker.stage_run_id(name) for name in stages})
 
 
-@pytest.fixture(scope="module", autouse=True)
+@pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
   server = Server(str(tmp_path_factory.mktemp("server")))
   try:
@@ -196,6 +196,7 @@ def test_connect_to_unreachable_server_fails_fast(tmp_path):
   assert "\n" not in message
 
 
+@pytest.mark.slow
 def test_cli_unreachable_server_exits_before_training(tmp_path):
   uri = f"http://127.0.0.1:{free_port()}"
   out = tmp_path / "run"
@@ -215,6 +216,7 @@ def test_cli_unreachable_server_exits_before_training(tmp_path):
 # -- a tracked run, read back ---------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_parent_and_child_runs(tracked):
   client = _client(tracked)
   config = tracked.config
@@ -245,6 +247,7 @@ def test_parent_and_child_runs(tracked):
       assert child.info.run_name == f"{name} lenet5_half alpha={alpha}"
 
 
+@pytest.mark.slow
 def test_params_and_flags_file(tracked, tmp_path):
   client = _client(tracked)
   config = tracked.config
@@ -261,6 +264,7 @@ def test_params_and_flags_file(tracked, tmp_path):
     assert params["optimizer_name"].startswith("adam")  # From MLflow's Keras callback.
 
 
+@pytest.mark.slow
 def test_per_epoch_and_final_metrics(tracked):
   client = _client(tracked)
   for name, run_id in tracked.stage_run_ids.items():
@@ -286,6 +290,7 @@ def test_per_epoch_and_final_metrics(tracked):
     assert final["test_accuracy"] == summary["test_accuracy"]
 
 
+@pytest.mark.slow
 def test_artifacts(tracked, tmp_path):
   client = _client(tracked)
   for name, run_id in tracked.stage_run_ids.items():
@@ -306,6 +311,7 @@ def test_artifacts(tracked, tmp_path):
         assert f.read(8) == PNG_MAGIC
 
 
+@pytest.mark.slow
 def test_models_load_back_with_mlflow_keras(tracked):
   import keras  # pylint: disable=import-outside-toplevel
 
@@ -321,6 +327,7 @@ def test_models_load_back_with_mlflow_keras(tracked):
                                  on_disk.predict(images, verbose=0), rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_sqlite_artifacts_live_next_to_the_database(sqlite_run):
   client = _client(sqlite_run)
   experiment = client.get_experiment_by_name(sqlite_run.config.experiment_name)
@@ -328,12 +335,14 @@ def test_sqlite_artifacts_live_next_to_the_database(sqlite_run):
   assert experiment.artifact_location.endswith(os.path.join(db_dir, "mlruns", "tf_srkd_test"))
 
 
+@pytest.mark.slow
 def test_tracking_leaves_global_mlflow_state_alone(sqlite_run):
   del sqlite_run
   assert mlflow.active_run() is None
   assert os.environ.get("MLFLOW_TRACKING_URI") == _ENV_URI_AT_IMPORT
 
 
+@pytest.mark.slow
 def test_export_after_the_run_logs_into_each_students_run(sqlite_run, tmp_path):
   """`--export` runs after the pipeline (in tf_srkd.main) and logs into the student's
   child run in the tracker's store, given by URI, not through MLflow's global state."""

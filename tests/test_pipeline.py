@@ -87,6 +87,7 @@ def test_different_settings_are_refused_then_moved_aside(mock_run, tmp_path):
       pipeline.run(smoke_config(out, epochs=3))
 
 
+@pytest.mark.slow
 def test_teacher_dir_reuse_distills_without_training_a_teacher(mock_run, tmp_path):
   out, summary = mock_run
   new = tmp_path / "reuse"
@@ -98,6 +99,7 @@ def test_teacher_dir_reuse_distills_without_training_a_teacher(mock_run, tmp_pat
   assert (new / "students/significance/model.keras").is_file()
 
 
+@pytest.mark.slow
 def test_overwrite_moves_the_old_run_aside(tmp_path):
   out = tmp_path / "run"
   with tfds.testing.mock_data(num_examples=N):
@@ -108,6 +110,7 @@ def test_overwrite_moves_the_old_run_aside(tmp_path):
   assert json.loads((out / "teacher/metrics.json").read_text())["epochs"] == 2
 
 
+@pytest.mark.slow
 def test_conventional_teacher_alpha_inf_runs_and_everyone_takes_part(tmp_path):
   out = tmp_path / "inf"
   with tfds.testing.mock_data(num_examples=N):
@@ -123,6 +126,7 @@ def test_null_tracker_knows_no_runs():
   assert tracker.stage_run_id("teacher") is None and tracker.tracking_uri is None
 
 
+@pytest.mark.slow
 def test_export_flag_writes_verified_tflite_students(tmp_path):
   """`--export` is the entry point's step after the pipeline (the library never exports)."""
   from tf_srkd import main as main_lib  # pylint: disable=import-outside-toplevel

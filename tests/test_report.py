@@ -237,12 +237,14 @@ def test_sweep_flagfile_defaults():
   assert (config.epochs, config.teacher_lr, config.alpha) == (200, 0.001, 0.02)
 
 
+@pytest.mark.slow
 def test_sweep_run_is_teacher_only(runs):
   summary = io_utils.read_json(os.path.join(runs.sweep_dir, "summary.json"))
   assert summary["students"] == {}
   assert not os.path.exists(os.path.join(runs.sweep_dir, "students"))
 
 
+@pytest.mark.slow
 def test_report_numbers_match_summary_json(runs):
   client = mlflow.MlflowClient(tracking_uri=runs.uri)
   tables = report.build_tables(report.fetch_records(client, [EXPERIMENT]))
@@ -281,6 +283,7 @@ def test_report_numbers_match_summary_json(runs):
           "250245/12000000 (2.09%) |") in lines
 
 
+@pytest.mark.slow
 def test_report_command_writes_markdown_and_figure(runs):
   out = os.path.join(runs.tmp, "out", "report.md")
   env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
@@ -303,6 +306,7 @@ def test_report_command_writes_markdown_and_figure(runs):
   assert written == expected
 
 
+@pytest.mark.slow
 def test_report_errors_unknown_experiment_and_missing_store(runs, tmp_path):
   client = report.open_client(runs.uri)
   with pytest.raises(report.ReportError, match="--experiment=nope: no such MLflow experiment"):

@@ -106,7 +106,9 @@ class Config:
   mlflow_experiment: Optional[str] = _flag(None, "MLflow experiment (default: the dataset).")
   mlflow_tracking_uri: Optional[str] = _flag(None, "MLflow tracking URI (default: "
                                              "$MLFLOW_TRACKING_URI, else MLflow's own default).")
-  verbose: int = _flag(2, "Keras fit verbosity (0, 1, 2).")
+  verbose: int = _flag(2, "Keras fit verbosity: 0 silent, 1 a progress bar with ETA, 2 one line "
+                       "per epoch (default: 1 when stdout is a terminal, else 2).",
+                       flag_default=None)
 
   @property
   def resolved_distill_epochs(self) -> int:

@@ -156,6 +156,24 @@ def image_batches(images: np.ndarray, batch_size: int) -> tf.data.Dataset:
           .map(preprocess, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE))
 
 
+def predict_logits(network, images: np.ndarray, batch_size: int) -> np.ndarray:
+  """Inference-mode outputs of `network` for raw uint8 images, in order.
+
+  Every batch has `batch_size` rows: the last one is zero-padded and its rows
+  are dropped from the result (inference is row by row). One batch shape means
+  one traced predict function per model; a short last batch traced a second
+  one, and a run's five models then made TensorFlow warn about retracing.
+  """
+  rank = len(images.shape)
+
+  def pad(batch):
+    return tf.pad(batch, [[0, batch_size - tf.shape(batch)[0]]] + [[0, 0]] * (rank - 1))
+
+  batches = (tf.data.Dataset.from_tensor_slices(images).batch(batch_size).map(pad)
+             .map(preprocess, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE))
+  return np.asarray(network.predict(batches, verbose=0), dtype=np.float32)[:len(images)]
+
+
 def random_shift_augment(max_shift: int, flip: bool, seed: int):
   """A light, id-seeded augmentation: random translation (+ horizontal flip).
 

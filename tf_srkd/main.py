@@ -1,4 +1,4 @@
-"""Command-line entry point: `python -m tf_srkd.main --flagfile=flags/quick.flags`.
+"""Command-line entry point: `tf-srkd --flagfile=quick` (or `python -m tf_srkd.main`).
 
 Defines one flag per `Config` field, turns the flags into one frozen `Config`,
 creates the distribution strategy once, calls `pipeline.run`, and, with
@@ -10,11 +10,16 @@ import os
 import sys
 import time
 
-from absl import app
 from absl import flags
 from absl import logging
 
+from tf_srkd import cli
+
+cli.quiet_environment()  # Before anything imports TensorFlow or MLflow.
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
 from tf_srkd import config as config_lib
+from tf_srkd import console
 
 FLAGS = flags.FLAGS
 
@@ -46,6 +51,8 @@ def config_from_flags(flag_values=FLAGS) -> config_lib.Config:
   if values["output_dir"] is None:
     values["output_dir"] = os.path.join(
         "runs", f"{values['dataset']}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
+  if values["verbose"] is None:
+    values["verbose"] = console.default_fit_verbosity()
   return config_lib.from_flag_values(values)
 
 
@@ -70,9 +77,9 @@ def export_students(config, modes, tracker):
       tracking_uri=tracker.tracking_uri)
   for mode, by_quantization in results.items():
     for quantization, result in by_quantization.items():
-      logging.info("export %s/%s: %s", mode, quantization, {
+      console.say(f"export {mode}/{quantization}: " + str({
           k: v for k, v in result.items()
-          if any(t in k for t in ("accuracy", "agreement", "size", "latency", "file"))})
+          if any(t in k for t in ("accuracy", "agreement", "size", "latency", "file"))}))
   return results
 
 
@@ -97,39 +104,13 @@ def _fail(message):
   sys.exit(2)
 
 
-def _flagfile_cycle(args, chain=()):
-  """The first `--flagfile` that includes itself (directly or not) among `args`, or None.
-
-  absl only warns about such a file and carries on with whatever the loop left
-  set, so the run's settings would depend on the order of the includes.
-  """
-  for arg in args:
-    name, _, path = arg.lstrip("-").partition("=")
-    if name != "flagfile" or not path:
-      continue
-    path = os.path.realpath(path)
-    if path in chain:
-      return path
-    try:
-      with open(path, encoding="utf-8") as f:
-        nested = [line.strip() for line in f]
-    except OSError:
-      continue  # absl itself reports a missing or unreadable flagfile.
-    found = _flagfile_cycle(nested, chain + (path,))
-    if found:
-      return found
-  return None
-
-
 def parse_flags(argv):
   """absl's flag parsing, with every flag error as one line and exit status 2.
 
   absl's own handler prints a usage hint and exits 1; the documented status for
   bad input is 2, whichever layer notices it.
   """
-  cycle = _flagfile_cycle(argv[1:])
-  if cycle:
-    _fail(f"--flagfile={cycle}: includes itself")
+  # `cli.run` has already expanded the flagfiles (and refused self-inclusion).
   try:
     return FLAGS(argv)
   except flags.Error as e:
@@ -170,9 +151,14 @@ def main(argv):
     _fail(e)
   if chief:
     print(pipeline.format_summary(summary))
-    print(f"wall time {time.time() - started:.1f} s; outputs in {config.output_dir}")
+    console.run_finished(config.output_dir, time.time() - started, tracker)
   logging.info("done")
 
 
+def run_main():
+  """The `tf-srkd` console script (flagfiles resolved as `tf_srkd.flagfiles` says)."""
+  cli.run(main, flags_parser=parse_flags)
+
+
 if __name__ == "__main__":
-  app.run(main, flags_parser=parse_flags)
+  run_main()

@@ -27,7 +27,6 @@ import os
 import sys
 from typing import Optional
 
-from absl import app
 from absl import flags
 
 from tf_srkd import mlflow_store
@@ -417,6 +416,14 @@ def main(argv):
     print(markdown)
 
 
-if __name__ == "__main__":
+def run_main():
+  """The `tf-srkd-report` console script (`python -m tf_srkd.report`)."""
+  from tf_srkd import cli  # pylint: disable=import-outside-toplevel
+
+  cli.quiet_environment()
   define_flags()
-  app.run(main)
+  cli.run(main)
+
+
+if __name__ == "__main__":
+  run_main()

@@ -7,7 +7,6 @@ stage's backup/ checkpoint), evaluated, written (metrics.json last) and logged.
 """
 
 import dataclasses
-import logging
 import os
 import shutil
 import time
@@ -17,6 +16,7 @@ import keras
 import numpy as np
 
 from tf_srkd import callbacks as callbacks_lib
+from tf_srkd import console
 from tf_srkd import data
 from tf_srkd import io_utils
 from tf_srkd import layout
@@ -99,7 +99,7 @@ def fit_stage(model, split, config, *, stage_dir, epochs, alpha, extras=None, ca
   history.trim(start)
   previous = history.epochs.get(start - 1, {}).get("participation_fraction")
   if start:
-    logging.info("%s: resuming at epoch %d of %d", stage_dir, start, epochs)
+    console.say(f"{stage_dir}: resuming at epoch {start} of {epochs}")
   augment_fn = None
   if config.augment:
     augment_fn = data.random_shift_augment(2, flip=config.dataset_spec.image_shape[-1] == 3,
@@ -114,7 +114,8 @@ def fit_stage(model, split, config, *, stage_dir, epochs, alpha, extras=None, ca
   while epoch < epochs:
     dataset = data.train_dataset(split, config.batch_size, config.seed, epoch, epochs, extras,
                                  augment_fn)
-    model.fit(dataset, epochs=epochs, initial_epoch=epoch,
+    # shuffle=False: the dataset is already shuffled per epoch (Keras warns otherwise).
+    model.fit(dataset, epochs=epochs, initial_epoch=epoch, shuffle=False,
               steps_per_epoch=data.steps_per_epoch(split.size, config.batch_size),
               callbacks=[schedule, *([skipper] if skipper else []), guard, history,
                          callbacks_lib.CheckpointCallback(checkpoint), *callbacks],
@@ -124,17 +125,15 @@ def fit_stage(model, split, config, *, stage_dir, epochs, alpha, extras=None, ca
     for idle_epoch, logs in skipper.idle_epochs():
       history.record(idle_epoch, logs)
       epoch = idle_epoch + 1
-    logging.info("skipped idle epochs %d-%d: no sample could take part", skipper.idle_from,
-                 epoch - 1)
+    console.say(f"skipped idle epochs {skipper.idle_from}-{epoch - 1}: no sample could take part")
     schedule.previous_fraction = 0.0  # The last (idle) epoch had no participant.
     checkpoint.save(epoch)
   return history.as_list(), time.time() - began
 
 
 def predict_logits(network, images, batch_size):
-  """Inference-mode logits for raw uint8 images, in order."""
-  return np.asarray(network.predict(data.image_batches(images, batch_size), verbose=0),
-                    dtype=np.float32)
+  """Inference-mode logits for raw uint8 images, in order (`data.predict_logits`)."""
+  return data.predict_logits(network, images, batch_size)
 
 
 def evaluate_accuracy(network, split: data.SplitArrays, batch_size: int) -> float:
@@ -195,12 +194,15 @@ def run_stage(spec: StageSpec, config, strategy, train, test, tracker, build: Ca
     The stage's network, metrics and arrays.
   """
   tracked = dict(role=spec.role, model_name=spec.model_name, mode=spec.mode, alpha=spec.alpha)
+  description = console.describe_stage(spec.name, **tracked)
   if spec.stage_dir.finished:
-    logging.info("%s: finished earlier, reusing %s", spec.name, spec.stage_dir.path)
+    console.stage_reused(description, spec.stage_dir.path)
     result = load_stage(spec.stage_dir, strategy, config.dataset_spec, train.size)
     with tracker.stage(spec.name, **tracked) as stage:
       _log_result(stage, result, train, config)
     return result
+  began = time.time()
+  console.stage_started(description, train.size, spec.epochs)
   extras = make_extras()
   keras.utils.set_random_seed(config.seed)
   with strategy.scope():
@@ -215,6 +217,7 @@ def run_stage(spec: StageSpec, config, strategy, train, test, tracker, build: Ca
     if is_chief:
       _write_result(spec.stage_dir, result)
     _log_result(stage, result, train, config)
+  console.stage_finished(spec.name, result.metrics, time.time() - began)
   return result
 
 

@@ -1,0 +1,92 @@
+"""The run's console lines and the entry points' quiet defaults (fast: no training)."""
+
+import io
+import logging
+
+from absl import flags
+from absl import logging as absl_logging
+
+from tf_srkd import cli
+from tf_srkd import console
+
+
+class _Stream(io.StringIO):
+
+  def __init__(self, tty):
+    super().__init__()
+    self.tty = tty
+
+  def isatty(self):
+    return self.tty
+
+
+def test_fit_verbosity_is_a_bar_on_a_terminal_and_a_line_per_epoch_in_a_file():
+  assert console.default_fit_verbosity(_Stream(True)) == 1
+  assert console.default_fit_verbosity(_Stream(False)) == 2
+
+
+def test_stage_lines_say_what_trains_and_what_it_gave(capsys):
+  teacher = console.describe_stage("teacher", "teacher", "lenet5", None, 0.02)
+  student = console.describe_stage("student-significance", "student", "lenet5_half",
+                                   "significance", float("inf"))
+  assert teacher == "teacher lenet5 (self-regulated, alpha=0.02)"
+  assert student == "student-significance lenet5_half (significance distillation, every sample)"
+  console.stage_started(teacher, 60000, 200)
+  console.stage_finished("teacher", {"test_accuracy": 0.98765, "zeta": 0.0123}, 61.25)
+  console.stage_finished("student-conventional", {"test_accuracy": 0.5, "zeta": None}, 2.0)
+  assert capsys.readouterr().out.splitlines() == [
+      "== teacher lenet5 (self-regulated, alpha=0.02): 60,000 samples, 200 epochs",
+      "== teacher done: test accuracy 0.9877, zeta 1.23%; 61.2 s",
+      "== student-conventional done: test accuracy 0.5000; 2.0 s",
+  ]
+
+
+class _Tracker:
+  parent_run_id = "abc123"
+
+  def __init__(self, uri):
+    self.tracking_uri = uri
+
+
+def test_the_run_ends_with_outputs_parent_run_and_how_to_open_it(capsys):
+  console.run_finished("runs/x", 12.34, _Tracker("sqlite:///mlflow.db"))
+  console.run_finished("runs/y", 1.0, _Tracker("http://127.0.0.1:5000"))
+  console.run_finished("runs/z", 1.0, None)  # --nomlflow
+  assert capsys.readouterr().out.splitlines() == [
+      "wall time 12.3 s; outputs in runs/x",
+      "MLflow parent run abc123 in sqlite:///mlflow.db; "
+      "see it with: mlflow ui --backend-store-uri sqlite:///mlflow.db",
+      "wall time 1.0 s; outputs in runs/y",
+      "MLflow parent run abc123 in http://127.0.0.1:5000; "
+      "see it with: open http://127.0.0.1:5000 in a browser",
+      "wall time 1.0 s; outputs in runs/z",
+  ]
+
+
+def test_quiet_environment_keeps_what_the_user_set():
+  environ = {}
+  cli.quiet_environment(environ)
+  assert environ == {"TF_CPP_MIN_LOG_LEVEL": "2", "MLFLOW_LOGGING_LEVEL": "WARNING"}
+  environ = {"TF_CPP_MIN_LOG_LEVEL": "0"}
+  cli.quiet_environment(environ)
+  assert environ == {"TF_CPP_MIN_LOG_LEVEL": "0", "MLFLOW_LOGGING_LEVEL": "WARNING"}
+
+
+def test_python_logging_is_quiet_unless_verbosity_is_given():
+  tf_logger = logging.getLogger("tensorflow")
+  before = {name: logging.getLogger(name).level for name in cli.NOISY_LOGGERS}
+  root, verbosity = logging.root.level, absl_logging.get_verbosity()
+  try:
+    given = flags.FlagValues()
+    flags.DEFINE_integer("verbosity", -1, "", flag_values=given)
+    given(["prog", "--verbosity=0"])
+    tf_logger.setLevel(logging.INFO)
+    cli.quiet_python_logging(given)
+    assert tf_logger.level == logging.INFO  # --verbosity given: left alone.
+    cli.quiet_python_logging(flags.FlagValues())
+    assert tf_logger.level == logging.WARNING  # Checkpoint sharding INFO lines are gone.
+  finally:  # The rest of the session keeps its logging.
+    absl_logging.set_verbosity(verbosity)
+    logging.root.setLevel(root)
+    for name, level in before.items():
+      logging.getLogger(name).setLevel(level)

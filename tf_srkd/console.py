@@ -1,0 +1,75 @@
+"""The lines a run prints for its user: what each stage trains, what it gave, where it went.
+
+Plain `print` to stdout, not logging: these lines are the run's report (they
+stay when logging is quiet, and a log file of stdout reads as a story:
+a header per stage, Keras' per-epoch progress, a result line, the summary,
+then where the outputs and the MLflow runs are).
+"""
+
+import math
+import sys
+
+
+def say(line: str):
+  """One line on stdout, flushed so it keeps its place among Keras' progress lines."""
+  print(line, flush=True)
+
+
+def default_fit_verbosity(stream=None) -> int:
+  """Keras `fit` verbosity when `--verbose` is not given.
+
+  1 (a progress bar with ETA) when stdout is a terminal; 2 (one line per
+  epoch) when it goes to a file or a pipe, where a bar's carriage returns
+  would fill the log.
+  """
+  stream = sys.stdout if stream is None else stream
+  try:
+    return 1 if stream.isatty() else 2
+  except (AttributeError, ValueError):  # A closed or replaced stream.
+    return 2
+
+
+def _regulation(alpha) -> str:
+  alpha = float(alpha)
+  return f"self-regulated, alpha={alpha:g}" if math.isfinite(alpha) else "every sample"
+
+
+def describe_stage(name, role, model_name, mode, alpha) -> str:
+  """E.g. "teacher lenet5 (self-regulated, alpha=0.02)", "student-hybrid lenet5_half
+  (hybrid distillation, self-regulated, alpha=0.02)"."""
+  what = "" if role == "teacher" else f"{mode} distillation, "
+  return f"{name} {model_name} ({what}{_regulation(alpha)})"
+
+
+def stage_started(description, samples, epochs):
+  """The header of a stage that trains (a resumed one adds a line of its own)."""
+  say(f"== {description}: {samples:,} samples, {epochs} epochs")
+
+
+def stage_reused(description, path):
+  """The header of a stage that finished in an earlier run."""
+  say(f"== {description}: finished earlier, reusing {path}")
+
+
+def stage_finished(name, metrics, wall_s):
+  """A stage's result: test accuracy, zeta (self-regulating stages) and wall time."""
+  parts = [f"test accuracy {metrics['test_accuracy']:.4f}"]
+  if metrics.get("zeta") is not None:
+    parts.append(f"zeta {100 * metrics['zeta']:.2f}%")
+  say(f"== {name} done: {', '.join(parts)}; {wall_s:.1f} s")
+
+
+def mlflow_ui_command(tracking_uri) -> str:
+  """The command (or address) that shows runs tracked at `tracking_uri`."""
+  if tracking_uri.startswith(("http://", "https://")):
+    return f"open {tracking_uri} in a browser"
+  return f"mlflow ui --backend-store-uri {tracking_uri}"
+
+
+def run_finished(output_dir, wall_s, tracker=None):
+  """The last lines of a run: wall time, outputs, the MLflow parent run and how to open it."""
+  say(f"wall time {wall_s:.1f} s; outputs in {output_dir}")
+  run_id = getattr(tracker, "parent_run_id", None)
+  if run_id and tracker.tracking_uri:
+    say(f"MLflow parent run {run_id} in {tracker.tracking_uri}; "
+        f"see it with: {mlflow_ui_command(tracker.tracking_uri)}")
