@@ -31,6 +31,7 @@ import numpy as np
 from common import REPO_ROOT, load_average, machine_description, publish
 
 from tf_srkd import fidelity
+from tf_srkd import layout
 
 
 
@@ -86,14 +87,15 @@ def run_seed(args, seed):
   teacher_tag = "".join(f.strip("-").replace("=", "") for f in teacher_extra)
   teacher_dir = os.path.join(args.root, f"{args.dataset}-{epochs_tag}-s{seed}"
                              + (f"-{teacher_tag}" if teacher_tag else ""))
-  if not os.path.exists(os.path.join(teacher_dir, "teacher", "metrics.json")):
+  teacher = layout.RunDir(teacher_dir).teacher
+  if not teacher.finished:
     print(f"seed {seed}: teacher -> {teacher_dir}", flush=True)
     _run(_main_command(args, seed, teacher_dir, ["--stage=teacher"] + teacher_extra),
          teacher_dir + ".log")
   student_dir = f"{teacher_dir}-{args.label}" + (
       f"-d{args.distill_epochs}" if args.distill_epochs else "")
-  done = all(os.path.exists(os.path.join(student_dir, "students", m, "metrics.json"))
-             for m in args.modes.split(","))
+  students = layout.RunDir(student_dir)
+  done = all(students.student(m).finished for m in args.modes.split(","))
   if not done:  # Finished students are read as they are (their run checked its settings).
     print(f"seed {seed}: students {args.modes} -> {student_dir}", flush=True)
     _run(_main_command(args, seed, student_dir,
@@ -102,19 +104,17 @@ def run_seed(args, seed):
                        + ([f"--distill_epochs={args.distill_epochs}"] if args.distill_epochs
                           else [])
                        + args.student_flags), student_dir + ".log")
-  significance = np.load(os.path.join(teacher_dir, "teacher", "significance.npy"))
-  stages = {"teacher": os.path.join(teacher_dir, "teacher")}
-  stages.update({mode: os.path.join(student_dir, "students", mode)
-                 for mode in args.modes.split(",")})
+  significance = np.load(teacher.significance)
+  stages = {"teacher": teacher}
+  stages.update({mode: students.student(mode) for mode in args.modes.split(",")})
   results = {}
-  for model, stage_dir in stages.items():
-    with open(os.path.join(stage_dir, "metrics.json"), encoding="utf-8") as f:
+  for model, stage in stages.items():
+    with open(stage.metrics, encoding="utf-8") as f:
       results[model] = json.load(f)
-    counts_path = os.path.join(stage_dir, "participation.npy")
+    counts = np.load(stage.participation) if os.path.exists(stage.participation) else None
     weighted = model in ("hybrid", "significance")
     results[model].update(fidelity.where_samples_go(
-        results[model].get("history"), np.load(counts_path) if os.path.exists(counts_path) else None,
-        significance if weighted else None))
+        results[model].get("history"), counts, significance if weighted else None))
   return results
 
 
