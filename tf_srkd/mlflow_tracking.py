@@ -246,8 +246,19 @@ class MlflowTracker:
           yield self
       finally:
         if self.pending is not None:
-          logging.warning("MLflow: %d logging calls were not made; upload them with: %s",
-                          len(self.pending), self.pending.upload_command())
+          self._upload_pending()
+
+  def _upload_pending(self):
+    """Replays what the store missed if it answers again; else prints the upload command."""
+    uploaded = mlflow_pending.replay_if_reachable(self.pending)
+    if uploaded is None:
+      logging.warning("MLflow: %d logging calls were not made; upload them with: %s",
+                      len(self.pending), self.pending.upload_command())
+      return
+    lost = f"; not replayable (on disk only): {', '.join(self.pending.skipped)}" \
+        if self.pending.skipped else ""
+    logging.warning("MLflow answers again: uploaded the %d logging calls it missed%s",
+                    uploaded, lost)
 
   @contextlib.contextmanager
   def _parent_run(self, config, flags_text):
