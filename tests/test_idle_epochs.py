@@ -1,4 +1,5 @@
-"""Skipping provably idle epochs is bit-identical to running them (compact gate)."""
+"""Skipping provably idle epochs, and reusing every still-exact margin, is bit-identical
+to running them (compact gate)."""
 
 
 import keras
@@ -23,11 +24,12 @@ def mnist_subset():
   return data.load_split(datasets.get_dataset_spec("mnist"), "train", N)
 
 
-def _train(split, tmp_path, skip, kind, backward="compact", model_name=None):
+def _train(split, tmp_path, skip, kind, backward="compact", model_name=None, reuse=None):
   tf.config.experimental.enable_op_determinism()
   config = config_lib.Config(epochs=EPOCHS, batch_size=32, seed=1, verbose=0,
                              skip_idle_epochs=skip, backward=backward, train_examples=N,
-                             output_dir=str(tmp_path))
+                             output_dir=str(tmp_path),
+                             reuse_margins=skip if reuse is None else reuse)
   keras.utils.set_random_seed(4)
   if kind == "teacher":
     network = models.build_model(model_name or "lenet5", split.images.shape[1:], 10)
@@ -69,6 +71,29 @@ def test_skipping_idle_epochs_is_bit_identical(mnist_subset, tmp_path, kind):
     assert any(h["gate_from_cache"] > 0 and not h.get("skipped_epoch") and
                h["participation_fraction"] > 0 for h in fast_history)
   assert all(h["gate_from_cache"] == 0 for h in plain_history)
+
+
+def _assert_same_training(plain, plain_history, plain_opt, fast, fast_history, fast_opt):
+  np.testing.assert_array_equal(plain.participation_counts(), fast.participation_counts())
+  for a, b in zip(plain.network.get_weights(), fast.network.get_weights()):
+    np.testing.assert_array_equal(a, b)
+  for a, b in zip(plain_opt, fast_opt):
+    np.testing.assert_array_equal(a, b)
+  for p, f in zip(plain_history, fast_history, strict=True):
+    for key in ("participation_fraction", "loss", "accuracy"):
+      assert p[key] == f[key], (p["epoch"], key)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["teacher", "student"])
+def test_reusing_exact_margins_is_bit_identical(mnist_subset, tmp_path, kind):
+  """Trickle epochs serve the rows seen after the last update from the cache."""
+  plain = _train(mnist_subset, tmp_path / "plain", False, kind, reuse=False)
+  fast = _train(mnist_subset, tmp_path / "fast", False, kind, reuse=True)
+  _assert_same_training(*plain, *fast)
+  served = [h["gate_from_cache"] for h in fast[1]]
+  assert any(0 < s < 1 for s in served), "no epoch reused part of its margins"
+  assert not any(h["gate_from_cache"] for h in plain[1])
 
 
 @pytest.mark.slow

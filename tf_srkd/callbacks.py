@@ -16,6 +16,7 @@ import numpy as np
 
 from tf_srkd import config as config_lib
 from tf_srkd import io_utils
+from tf_srkd import margin_cache
 from tf_srkd import regulation
 from tf_srkd import validation
 
@@ -75,6 +76,10 @@ class IdleEpochSkipper(keras.callbacks.Callback):
   busy epoch that follows, batches before the first update take their gate
   from the cache too (`gate_from_cache` in the logs), with no forward pass.
 
+  The epoch's values come from `margin_cache.MarginCacheRollover` (which must
+  run before this callback): the model is unchanged iff every sample's value
+  was computed at the current optimizer iteration.
+
   Only the compact gate is cached: with masked backward the gate comes from
   the training-mode forward, which for dropout models is not the cached one.
   """
@@ -86,29 +91,15 @@ class IdleEpochSkipper(keras.callbacks.Callback):
     self.epochs = int(epochs)
     self.idle_from = None
     self.cache = None  # (margins, predictions) valid for the current weights, or None.
-    self._iterations = None
-    self._compact = False
-
-  def on_epoch_begin(self, epoch, logs=None):
-    model = self.model
-    self._compact = model.regulate and model.active_backward == "compact"
-    if self._compact and self.cache is not None:
-      model.previous_margin.assign(self.cache[0])
-      model.previous_prediction.assign(self.cache[1])
-      model.gate_cache_valid.assign(1)
-    else:
-      model.gate_cache_valid.assign(0)
-    if self._compact:
-      model.reset_gate_cache()
-      self._iterations = int(model.optimizer.iterations.numpy())
 
   def on_epoch_end(self, epoch, logs=None):
     self.idle_from = None
     self.cache = None
-    if not self._compact:
+    carry = self.model.margin_cache.carry  # None after a masked epoch.
+    if carry is None:
       return
-    margins, predictions = self.model.gate_cache()  # A collective: every worker reads.
-    if int(self.model.optimizer.iterations.numpy()) != self._iterations:
+    margins, predictions, versions = carry
+    if not margin_cache.all_current(versions, self.model.optimizer.iterations.numpy()):
       return  # The weights moved during the epoch: earlier rows are stale.
     self.cache = (margins, predictions)
     if epoch + 1 < self.epochs and not self.next_participants(margins, predictions,

@@ -109,6 +109,10 @@ class Config:
   verbose: int = _flag(2, "Keras fit verbosity: 0 silent, 1 a progress bar with ETA, 2 one line "
                        "per epoch (default: 1 when stdout is a terminal, else 2).",
                        flag_default=None)
+  # -- issue 14: exact margin reuse ---------------------------------------------
+  reuse_margins: bool = _flag(True, "Compact gate: rows whose margin was computed with the "
+                              "current weights skip the inference pass (bit-identical; "
+                              "--noreuse_margins runs every row).")
 
   @property
   def resolved_distill_epochs(self) -> int:
@@ -238,6 +242,8 @@ _NON_IDENTITY_FIELDS = frozenset({
     "export", "output_dir", "eval_batch_size", "download", "strategy", "cpu_replicas",
     "jit_compile", "teacher_dir", "modes", "deterministic",
 })
+# issue 14: reusing exact margins changes how fast a stage runs, not what it computes.
+_NON_IDENTITY_FIELDS = _NON_IDENTITY_FIELDS | {"reuse_margins"}
 
 
 def _json_value(value):

@@ -1,10 +1,13 @@
 """Crash-safe resume of one training stage, on `tf.train.CheckpointManager`.
 
 After every epoch the chief saves the network weights, the optimizer state
-(Adam's moments and iteration count), the participation counts and the next
-epoch index under `<stage_dir>/backup`. The idle-epoch gate cache is not saved:
-a resumed run starts with it invalid and recomputes it, which is exact because
-an idle epoch that is run instead of skipped changes nothing.
+(Adam's moments and iteration count), the participation counts, the last
+compact epoch's margin cache (`margin_cache.MarginCache.carry`: margins,
+predictions and their versions) and the next epoch index under
+`<stage_dir>/backup`. With the cache, a resumed run serves the same rows from
+it and skips the same idle epochs as an uninterrupted one. A checkpoint written
+before the cache was saved (no `margins` entry) still restores; the run then
+recomputes every margin, which is exact too.
 Restarting the same command restores them and continues with the next epoch;
 because the batch order and augmentation are pure functions of (seed, epoch),
 the resumed run is identical to an uninterrupted one.
@@ -40,9 +43,11 @@ class StageCheckpoint:
     with tf.init_scope():
       self._epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
       self._participation = tf.Variable(np.zeros([n], np.int32), trainable=False)
-    self._checkpoint = tf.train.Checkpoint(
-        network=model.network, optimizer=model.optimizer, epoch=self._epoch,
-        participation=self._participation)
+      self._margins = _CarriedMargins(n)
+    state = dict(network=model.network, optimizer=model.optimizer, epoch=self._epoch,
+                 participation=self._participation)
+    self._checkpoint = tf.train.Checkpoint(margins=self._margins, **state)
+    self._without_margins = tf.train.Checkpoint(**state)  # Checkpoints from before issue 14.
     self._manager = tf.train.CheckpointManager(self._checkpoint, directory, max_to_keep=1)
 
   def restore(self, epochs: Optional[int] = None) -> int:
@@ -60,7 +65,10 @@ class StageCheckpoint:
     if not latest:
       return 0
     try:
-      self._checkpoint.restore(latest).assert_existing_objects_matched()
+      has_margins = any(name.startswith("margins/")
+                        for name, _ in tf.train.list_variables(latest))
+      checkpoint = self._checkpoint if has_margins else self._without_margins
+      checkpoint.restore(latest).assert_existing_objects_matched()
     except (tf.errors.OpError, ValueError, AssertionError) as e:
       raise self._damaged(latest, " ".join(str(e).split())[:160]) from e
     epoch, counts = int(self._epoch.numpy()), self._participation.numpy()
@@ -68,7 +76,12 @@ class StageCheckpoint:
       raise self._damaged(latest, f"saved epoch {epoch}, expected 1 to {epochs}")
     if counts.size and (counts.min() < 0 or counts.max() > epoch):
       raise self._damaged(latest, f"participation counts outside [0, {epoch}]")
+    iterations = int(self.model.optimizer.iterations.numpy())
+    carry = self._margins.carry() if has_margins else None
+    if carry is not None and not 0 <= carry[2].min() <= carry[2].max() <= iterations + 1:
+      raise self._damaged(latest, f"margin versions outside [0, {iterations + 1}]")
     self.model.set_participation(counts)
+    self.model.margin_cache.carry = carry
     return epoch
 
   def _damaged(self, latest, problem):
@@ -87,5 +100,31 @@ class StageCheckpoint:
       return
     self._epoch.assign(next_epoch)
     self._participation.assign(counts)
+    self._margins.assign(self.model.margin_cache.carry)
     self._manager.save(checkpoint_number=next_epoch)
 
+
+
+class _CarriedMargins(tf.Module):
+  """Plain-variable snapshot of `MarginCache.carry` (the model's copies are
+  distributed variables whose cross-replica restore would not be exact)."""
+
+  def __init__(self, n):
+    super().__init__()
+    self.present = tf.Variable(0, dtype=tf.int32, trainable=False)
+    self.margin = tf.Variable(np.zeros([n], np.float32), trainable=False)
+    self.prediction = tf.Variable(np.zeros([n], np.int32), trainable=False)
+    self.version = tf.Variable(np.zeros([n], np.int32), trainable=False)
+
+  def assign(self, carry):
+    """Snapshots `carry` ((margins, predictions, versions) or None)."""
+    self.present.assign(int(carry is not None))
+    if carry is not None:
+      for variable, values in zip((self.margin, self.prediction, self.version), carry):
+        variable.assign(values)
+
+  def carry(self):
+    """The restored carry, or None when the saved run had none."""
+    if not int(self.present.numpy()):
+      return None
+    return (self.margin.numpy(), self.prediction.numpy(), self.version.numpy())

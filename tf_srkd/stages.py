@@ -20,6 +20,7 @@ from tf_srkd import console
 from tf_srkd import data
 from tf_srkd import io_utils
 from tf_srkd import layout
+from tf_srkd import margin_cache
 from tf_srkd import regulation
 from tf_srkd import resume
 from tf_srkd import validation
@@ -74,7 +75,9 @@ def fit_stage(model, split, config, *, stage_dir, epochs, alpha, extras=None, ca
   (see `callbacks.IdleEpochSkipper`) are not run: they are recorded with
   participation 0 and `skipped_epoch` 1, through the same `EpochHistory.record`
   as the epochs that ran, and training resumes at the first epoch with a
-  participant. The result is bit-identical to running them.
+  participant. The result is bit-identical to running them. With
+  `config.reuse_margins`, compact steps take the gate of every row whose
+  margin is still exact from the model's `margin_cache` (issue 14).
 
   Args:
     model: a compiled `SelfRegulatedModel`.
@@ -105,9 +108,13 @@ def fit_stage(model, split, config, *, stage_dir, epochs, alpha, extras=None, ca
     augment_fn = data.random_shift_augment(2, flip=config.dataset_spec.image_shape[-1] == 3,
                                            seed=config.seed)
   schedule = callbacks_lib.RegulationSchedule(alpha, split.size, start, previous)
-  skipper = None
-  if config.skip_idle_epochs and model.regulate and model.backward != "masked":
-    skipper = callbacks_lib.IdleEpochSkipper(split.labels, alpha, epochs)
+  skipper = rollover = None
+  model.reuse_margins = config.reuse_margins  # Before `fit` traces the step.
+  if model.regulate and model.backward != "masked":
+    if config.skip_idle_epochs or config.reuse_margins:
+      rollover = margin_cache.MarginCacheRollover(config.reuse_margins)
+    if config.skip_idle_epochs:
+      skipper = callbacks_lib.IdleEpochSkipper(split.labels, alpha, epochs)
   guard = callbacks_lib.FiniteLogsGuard(name or stage_dir, stage.backup)
   began = time.time()
   epoch = start
@@ -117,7 +124,7 @@ def fit_stage(model, split, config, *, stage_dir, epochs, alpha, extras=None, ca
     # shuffle=False: the dataset is already shuffled per epoch (Keras warns otherwise).
     model.fit(dataset, epochs=epochs, initial_epoch=epoch, shuffle=False,
               steps_per_epoch=data.steps_per_epoch(split.size, config.batch_size),
-              callbacks=[schedule, *([skipper] if skipper else []), guard, history,
+              callbacks=[schedule, *[c for c in (rollover, skipper) if c], guard, history,
                          callbacks_lib.CheckpointCallback(checkpoint), *callbacks],
               verbose=config.verbose)
     if skipper is None or skipper.idle_from is None:

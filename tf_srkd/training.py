@@ -19,7 +19,9 @@ participation fraction (`callbacks.RegulationSchedule`). The two steps share
 their second half (`_finish_step`): the update, the counts and the metrics.
 
 The callbacks that drive training live in `callbacks`; the exact
-per-replica operations the step relies on in `distributed`.
+per-replica operations the step relies on in `distributed`; the compact gate's
+per-sample margin cache (rows whose margin is still exact skip the inference
+pass) in `margin_cache`.
 """
 
 from typing import NamedTuple
@@ -31,6 +33,7 @@ import tensorflow as tf
 from tf_srkd import config as config_lib
 from tf_srkd import distributed
 from tf_srkd import losses
+from tf_srkd import margin_cache
 from tf_srkd import regulation
 
 
@@ -70,6 +73,11 @@ class SelfRegulatedModel(keras.Model):
     participation: int32 [N] participation counts v, exact under any strategy
       (on-read synchronised, summed over replicas when read).
     eta: the current threshold; set at each epoch start by `RegulationSchedule`.
+    margin_cache: the compact gate's per-sample margins, predictions and their
+      versions (`margin_cache.MarginCache`).
+    reuse_margins: whether the compact gate reads rows whose margin is still
+      exact from `margin_cache` instead of running them through the network
+      (default True; set before the first `fit`).
   """
 
   def __init__(self, network, num_examples, *, regulate=True, weight_by_significance=False,
@@ -93,27 +101,10 @@ class SelfRegulatedModel(keras.Model):
         np.zeros([self.num_examples], np.int32), dtype="int32", trainable=False,
         synchronization="on_read", aggregation="sum", name="participation")
     self.eta = keras.Variable(0.0, dtype="float32", trainable=False, name="eta")
-    # Margins and predictions from the compact (inference-mode) gate pass, by id.
-    # Each epoch every id is written by exactly one replica onto zeros, so the
-    # on-read sum is the exact value (see `IdleEpochSkipper`).
-    self.cached_margin = keras.Variable(
-        np.zeros([self.num_examples], np.float32), dtype="float32", trainable=False,
-        synchronization="on_read", aggregation="sum", name="cached_margin")
-    self.cached_prediction = keras.Variable(
-        np.zeros([self.num_examples], np.int32), dtype="int32", trainable=False,
-        synchronization="on_read", aggregation="sum", name="cached_prediction")
-    # The previous epoch's cache, mirrored so every replica can read any id, and
-    # whether it still describes the current weights (`IdleEpochSkipper` sets
-    # it at epoch start; the first update of the epoch clears it).
-    self.previous_margin = keras.Variable(
-        np.zeros([self.num_examples], np.float32), dtype="float32", trainable=False,
-        aggregation="only_first_replica", name="previous_margin")
-    self.previous_prediction = keras.Variable(
-        np.zeros([self.num_examples], np.int32), dtype="int32", trainable=False,
-        aggregation="only_first_replica", name="previous_prediction")
-    self.gate_cache_valid = keras.Variable(0, dtype="int32", trainable=False,
-                                           aggregation="only_first_replica",
-                                           name="gate_cache_valid")
+    # The compact (inference-mode) gate's margins and predictions, by id, with
+    # the optimizer iteration they were computed at (issue 14).
+    self.margin_cache = margin_cache.MarginCache(self.num_examples)
+    self.reuse_margins = True  # Read when the step is traced; `stages.fit_stage` sets it.
     self._trackers = {
         name: keras.metrics.Mean(name=name)
         for name in ("loss", "accuracy", "participation_fraction", "gate_from_cache")
@@ -237,29 +228,14 @@ class SelfRegulatedModel(keras.Model):
     return _Step(grads=tape.gradient(loss, variables), count=count,
                  update=self._has_weight(count, weights), gate=gate, rows=padded,
                  loss_gate=gate, total=total, parts=parts, predicted=predicted,
-                 use_cache=tf.constant(False))
+                 from_cache=tf.zeros_like(valid))
 
   def _compact_step(self, ids, padded, labels, valid) -> "_Step":
     """An inference-mode gate, then forward and backward on the participating rows only."""
     variables = self.network.trainable_variables
-    use_cache = tf.equal(self.gate_cache_valid, 1)
-
-    def gate_from_cache():
-      return (tf.gather(self.previous_margin, padded["id"]),
-              tf.gather(self.previous_prediction, padded["id"]))
-
-    def gate_from_model():
-      _, margin, prediction = self._gate(self.network(padded["image"], training=False), labels)
-      return margin, prediction
-
-    # Until the epoch's first update the weights are those the cache was made
-    # with: the gate needs no forward pass.
-    delta, predicted = tf.cond(use_cache, gate_from_cache, gate_from_model)
+    delta, predicted, from_cache = self._margins_for(ids, padded, labels)
     gate = valid * (regulation.gate_from_margin(delta, predicted, labels, self.eta)
                     if self.regulate else tf.ones_like(delta))
-    n_real = tf.shape(ids)[0]
-    distributed.scatter_add_by_id(self.cached_margin, ids, delta[:n_real])
-    distributed.scatter_add_by_id(self.cached_prediction, ids, predicted[:n_real])
     count = distributed.global_sum(tf.reduce_sum(gate))
     rows = tf.reshape(tf.where(gate > 0), [-1])
     chosen, chosen_labels, chosen_valid = _pad_if_empty(
@@ -273,7 +249,31 @@ class SelfRegulatedModel(keras.Model):
     return _Step(grads=tape.gradient(loss, variables), count=count,
                  update=self._has_weight(count, weights), gate=gate, rows=chosen,
                  loss_gate=chosen_valid, total=total, parts=parts, predicted=predicted,
-                 use_cache=use_cache)
+                 from_cache=from_cache)
+
+  def _margins_for(self, ids, padded, labels):
+    """(delta, predicted, from_cache) of every row of the padded batch for the compact gate.
+
+    Rows whose margin was computed at the optimizer's current iteration (the
+    weights have not moved since) come from `margin_cache`; the others run
+    through the network in inference mode, all of them when the cache is off.
+    The real rows' values are recorded for the next epoch either way.
+    """
+    version = margin_cache.current_version(self.optimizer.iterations)
+
+    def forward(images, row_labels):
+      _, delta, predicted = self._gate(self.network(images, training=False), row_labels)
+      return delta, predicted
+
+    if self.reuse_margins and self.regulate:
+      delta, predicted, from_cache = self.margin_cache.margins_for(
+          padded["id"], padded["image"], labels, version, forward)
+    else:
+      delta, predicted = forward(padded["image"], labels)
+      from_cache = tf.zeros_like(delta)
+    n_real = tf.shape(ids)[0]
+    self.margin_cache.record(ids, delta[:n_real], predicted[:n_real], version)
+    return delta, predicted, from_cache
 
   def _has_weight(self, count, weights):
     """Whether the global batch carries any loss weight: some participant, and
@@ -293,14 +293,13 @@ class SelfRegulatedModel(keras.Model):
     """
     variables = self.network.trainable_variables
     distributed.apply_if(self.optimizer, step.grads, variables, step.update)
-    if backward == "compact":
-      self.gate_cache_valid.assign(tf.where(step.update, 0, self.gate_cache_valid))
     n = tf.shape(ids)[0]
     real_gate = step.gate[:n]
     distributed.scatter_add_by_id(self.participation, ids, tf.cast(real_gate > 0, tf.int32))
     self._update_metrics(step.rows, step.loss_gate, step.total, step.parts, step.predicted[:n],
                          labels, real_gate)
-    self._trackers["gate_from_cache"].update_state(tf.cast(step.use_cache, tf.float32))
+    # The fraction of the epoch's rows whose gate needed no forward pass.
+    self._trackers["gate_from_cache"].update_state(step.from_cache[:n])
     results = {name: t.result() for name, t in self._trackers.items()}
     if isinstance(self.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy):
       # Keras reduces per-step results with `reduce("MEAN", v, axis=0)` under
@@ -331,11 +330,6 @@ class SelfRegulatedModel(keras.Model):
     """Sets v exactly: the whole value goes to replica 0, zeros elsewhere."""
     self._assign_exactly("participation", np.asarray(counts, np.int32))
 
-  def reset_gate_cache(self):
-    """Zeroes the cached margins/predictions on every replica (epoch start)."""
-    self._assign_exactly("cached_margin", np.zeros([self.num_examples], np.float32))
-    self._assign_exactly("cached_prediction", np.zeros([self.num_examples], np.int32))
-
   def _assign_exactly(self, name, value):
     """Gives the on-read SUM variable `self.<name>` exactly `value`.
 
@@ -345,11 +339,6 @@ class SelfRegulatedModel(keras.Model):
     if name not in self._exact_assigners:
       self._exact_assigners[name] = distributed.on_read_sum_assigner(getattr(self, name))
     distributed.assign_on_read_sum(self.distribute_strategy, self._exact_assigners[name], value)
-
-  def gate_cache(self):
-    """(margins float32 [N], predictions int32 [N]) from the last compact epoch."""
-    return (np.asarray(keras.ops.convert_to_numpy(self.cached_margin.value), np.float32),
-            np.asarray(keras.ops.convert_to_numpy(self.cached_prediction.value), np.int32))
 
 
 class _Step(NamedTuple):
@@ -364,7 +353,7 @@ class _Step(NamedTuple):
     loss_gate: the weight of each of those rows in the loss metrics.
     total, parts: their per-sample loss and its named parts.
     predicted: [padded batch] predicted class of every row.
-    use_cache: whether the gate came from the idle-epoch cache.
+    from_cache: [padded batch] 1 where the row's gate came from the margin cache.
   """
 
   grads: list
@@ -376,4 +365,4 @@ class _Step(NamedTuple):
   total: tf.Tensor
   parts: dict
   predicted: tf.Tensor
-  use_cache: tf.Tensor
+  from_cache: tf.Tensor
