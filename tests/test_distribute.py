@@ -156,3 +156,19 @@ def test_sigkill_then_restart_equals_uninterrupted(tmp_path, stage_dir, extra):
     np.testing.assert_array_equal(x, y)
   history = json.loads((b / "metrics.json").read_text())["history"]
   assert [h["epoch"] for h in history] == list(range(6))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["teacher", "student"])
+def test_margin_reuse_is_bit_identical_on_two_replicas(tmp_path, kind):
+  """The version array stays consistent across replicas: reuse changes no bit."""
+  subprocess.run([sys.executable, "tests/margin_reuse_worker.py", kind, str(tmp_path / "r.npz")],
+                 cwd=ROOT, env=ENV, check=True, timeout=900)
+  result = np.load(tmp_path / "r.npz")
+  assert int(result["replicas"]) == 2
+  states = sorted(k[len("plain_"):] for k in result.files if k.startswith("plain_state"))
+  assert states
+  for key in ["counts", "participation_fraction", "loss", *states]:
+    np.testing.assert_array_equal(result[f"plain_{key}"], result[f"reuse_{key}"], err_msg=key)
+  assert not result["plain_gate_from_cache"].any()
+  assert ((0 < result["reuse_gate_from_cache"]) & (result["reuse_gate_from_cache"] < 1)).any()
