@@ -18,6 +18,7 @@ import numpy as np
 from tf_srkd import callbacks as callbacks_lib
 from tf_srkd import console
 from tf_srkd import data
+from tf_srkd import epoch_batches
 from tf_srkd import io_utils
 from tf_srkd import layout
 from tf_srkd import margin_cache
@@ -119,8 +120,11 @@ def fit_stage(model, split, config, *, stage_dir, epochs, alpha, extras=None, ca
   began = time.time()
   epoch = start
   while epoch < epochs:
-    dataset = data.train_dataset(split, config.batch_size, config.seed, epoch, epochs, extras,
-                                 augment_fn)
+    # Distillation batches carry per-sample extras: cut them from one gather per
+    # epoch instead of gathering every batch by id (the same batches, bit for bit).
+    make_dataset = epoch_batches.train_dataset if extras else data.train_dataset
+    dataset = make_dataset(split, config.batch_size, config.seed, epoch, epochs, extras,
+                           augment_fn)
     # shuffle=False: the dataset is already shuffled per epoch (Keras warns otherwise).
     model.fit(dataset, epochs=epochs, initial_epoch=epoch, shuffle=False,
               steps_per_epoch=data.steps_per_epoch(split.size, config.batch_size),
