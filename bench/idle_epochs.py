@@ -2,7 +2,8 @@
 
 Runs, one after the other in separate processes (same machine, same data, seed 0):
 
-  compact+skip   --alpha=0.02 --backward=compact --skip_idle_epochs
+  compact+skip   --alpha=0.02 --backward=compact --skip_idle_epochs (reuses exact margins)
+  compact+skip-noreuse  the same with --noreuse_margins (issue 14's baseline)
   conventional   --alpha=inf
   compact        --alpha=0.02 --backward=compact --noskip_idle_epochs
   masked         --alpha=0.02 --backward=masked  --noskip_idle_epochs
@@ -30,6 +31,8 @@ import common  # pylint: disable=wrong-import-position
 
 VARIANTS = {
     "compact+skip": ["--alpha=0.02", "--backward=compact", "--skip_idle_epochs"],
+    "compact+skip-noreuse": ["--alpha=0.02", "--backward=compact", "--skip_idle_epochs",
+                             "--noreuse_margins"],
     "conventional": ["--alpha=inf", "--backward=masked"],
     "compact": ["--alpha=0.02", "--backward=compact", "--noskip_idle_epochs"],
     "masked": ["--alpha=0.02", "--backward=masked", "--noskip_idle_epochs"],

@@ -62,7 +62,7 @@ class MarginCache:
           zeros, dtype=zeros.dtype.name, trainable=False, aggregation="only_first_replica",
           name=f"previous_{name}"))
     self.carry = None  # (margins, predictions, versions) of the last compact epoch, or None.
-    self._reset = {}
+    self._reset = None
 
   # -- in the step -----------------------------------------------------------
 
@@ -120,12 +120,16 @@ class MarginCache:
       else:
         for name, values in zip(_VARIABLES, self.carry):
           getattr(self, f"previous_{name}").assign(values)
-    for name in _VARIABLES:
-      variable = getattr(self, f"cached_{name}")
-      if name not in self._reset:  # One trace per variable, kept with the cache.
-        self._reset[name] = distributed.on_read_sum_assigner(variable)
-      distributed.assign_on_read_sum(strategy, self._reset[name],
-                                     np.zeros([self.num_examples], _DTYPES[name]))
+    if self._reset is None:  # One trace, kept with the cache.
+      variables = [getattr(self, f"cached_{name}") for name in _VARIABLES]
+
+      @tf.function
+      def reset():
+        for variable in variables:  # Zeros on every replica: the summed read is 0.
+          variable.assign(tf.zeros_like(variable))
+
+      self._reset = reset
+    strategy.run(self._reset)
 
   def read(self):
     """This epoch's (margins, predictions, versions) as numpy (a collective)."""
