@@ -150,6 +150,19 @@ def test_auto_switches_to_compact_when_few_take_part():
   assert model.eta.numpy() == pytest.approx(1 - math.exp(-0.4))
 
 
+@pytest.mark.parametrize("rule,alpha,expected", [
+    ("masked", 0.1, "masked"), ("compact", 0.1, "compact"), ("compact", math.inf, "masked")])
+def test_auto_first_epoch_follows_the_measured_rule(monkeypatch, rule, alpha, expected):
+  monkeypatch.setattr(callbacks, "AUTO_FIRST_BACKWARD", rule)
+  model = make_teacher(64, "auto")
+  model.make_train_function()
+  schedule = callbacks.RegulationSchedule(alpha, 64)
+  schedule.set_model(model)
+  schedule.on_epoch_begin(0)
+  assert model.active_backward == expected
+  assert model.train_function is model._train_functions[expected]
+
+
 def _student(n, mode, teacher=None, optimizer=None, backward="masked"):
   keras.utils.set_random_seed(2)
   student = models.build_model("lenet5_half", (28, 28, 1), 10)

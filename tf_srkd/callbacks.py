@@ -27,6 +27,13 @@ from tf_srkd import validation
 #: break-even lies near 0.65-0.7.
 COMPACT_BREAK_EVEN = 0.65
 
+#: issue 14: `auto`'s backward for a regulated run's first epoch, which has no
+#: previous participation to choose from. At eta(0) = 0 the participants are
+#: the misclassified samples; bench/trickle_floor.py (section `auto_epoch0`)
+#: times epoch 0 both ways from the same weights. "masked" until that
+#: measurement says "compact" is cheaper.
+AUTO_FIRST_BACKWARD = "masked"
+
 
 class RegulationSchedule(keras.callbacks.Callback):
   """Sets eta(n) at each epoch start, picks the backward for `auto`, and adds
@@ -51,6 +58,8 @@ class RegulationSchedule(keras.callbacks.Callback):
     model.eta.assign(self._eta)
     if model.backward == "auto" and self.previous_fraction is not None:
       model.set_backward("compact" if self.previous_fraction < COMPACT_BREAK_EVEN else "masked")
+    elif model.backward == "auto" and epoch == 0:
+      model.set_backward(AUTO_FIRST_BACKWARD if math.isfinite(self.alpha) else "masked")
 
   def on_epoch_end(self, epoch, logs=None):
     if logs is None:
