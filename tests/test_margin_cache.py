@@ -77,3 +77,36 @@ def test_record_read_and_epoch_reset():
     ([4, 4, 4], 3, True), ([4, 3, 4], 3, False), ([0, 0, 0], 0, False), ([1, 1, 1], 0, True)])
 def test_all_current(versions, iterations, expected):
   assert margin_cache.all_current(np.asarray(versions), iterations) is expected
+
+
+def _teacher():
+  import keras  # pylint: disable=import-outside-toplevel
+
+  from tf_srkd import models  # pylint: disable=import-outside-toplevel
+  from tf_srkd import training  # pylint: disable=import-outside-toplevel
+
+  model = training.SelfRegulatedModel(models.build_model("lenet5", (28, 28, 1), 10), N)
+  model.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=False)
+  model.optimizer.build(model.network.trainable_variables)
+  return model
+
+
+def test_the_checkpoint_carries_the_cache_and_old_checkpoints_still_restore(tmp_path):
+  from tf_srkd import resume  # pylint: disable=import-outside-toplevel
+
+  model = _teacher()
+  old = tf.train.Checkpoint(network=model.network, optimizer=model.optimizer,
+                            epoch=tf.Variable(2, dtype=tf.int64),
+                            participation=tf.Variable(np.zeros([N], np.int32)))
+  tf.train.CheckpointManager(old, str(tmp_path / "old"), max_to_keep=1).save(checkpoint_number=2)
+  assert resume.StageCheckpoint(str(tmp_path / "old"), model).restore(5) == 2
+  assert model.margin_cache.carry is None
+
+  carry = (np.linspace(0, 1, N).astype(np.float32), np.arange(N, dtype=np.int32),
+           np.ones(N, np.int32))
+  model.margin_cache.carry = carry
+  resume.StageCheckpoint(str(tmp_path / "new"), model).save(3)
+  fresh = _teacher()
+  assert resume.StageCheckpoint(str(tmp_path / "new"), fresh).restore(5) == 3
+  for a, b in zip(carry, fresh.margin_cache.carry, strict=True):
+    np.testing.assert_array_equal(a, b)
