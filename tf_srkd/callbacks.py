@@ -83,7 +83,8 @@ class IdleEpochSkipper(keras.callbacks.Callback):
   If there are none, `idle_from` is set and training stops after this epoch;
   the caller reports `idle_epochs()` and resumes at the first busy one. In the
   busy epoch that follows, batches before the first update take their gate
-  from the cache too (`gate_from_cache` in the logs), with no forward pass.
+  from the cache too when margins are reused (`--reuse_margins`;
+  `gate_from_cache` in the logs), with no forward pass.
 
   The epoch's values come from `margin_cache.MarginCacheRollover` (which must
   run before this callback): the model is unchanged iff every sample's value
