@@ -278,7 +278,7 @@ class MlflowTracker:
       self._end(self.parent_run_id, error)
 
   @contextlib.contextmanager
-  def stage(self, name, *, role, model_name, mode=None, alpha=None):
+  def stage(self, name, *, role, model_name, mode=None, alpha=None, gate=None):
     """A child run of the parent for one trained model."""
     if self.config is None:
       raise RuntimeError("MlflowTracker.stage() must be called inside MlflowTracker.run()")
@@ -291,6 +291,8 @@ class MlflowTracker:
       tags["mode"] = mode
     if alpha is not None:
       tags["alpha"] = format_alpha(alpha)
+    if gate is not None:
+      tags["gate"] = gate
     active = self._start(name, run_name=stage_run_name(name, model_name, alpha), tags=tags,
                          nested=True)
     if active is None:
