@@ -21,7 +21,6 @@ from tf_srkd import models
 from tf_srkd import training
 from tf_srkd.gates import infobatch
 from tf_srkd.gates import selective_backprop
-from tests.test_training import one_batch, random_split
 
 N, BATCH, SEED = 96, 32, 7
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -34,9 +33,9 @@ def _uniforms(policy, epoch, n=N, seed=SEED):
 
 
 def _split():
-  split = random_split(N, seed=5)
-  learnable = (split.images.reshape(N, -1).mean(1) > 127.5).astype(np.int32)
-  return data.SplitArrays(split.images, learnable)
+  """N random images whose label (bright or dark) can be learnt."""
+  images = np.random.default_rng(5).integers(0, 256, (N, 28, 28, 1), dtype=np.uint8)
+  return data.SplitArrays(images, (images.reshape(N, -1).mean(1) > 127.5).astype(np.int32))
 
 
 class _Log(keras.callbacks.Callback):
@@ -182,7 +181,9 @@ def test_infobatch_update_is_the_rescaled_mean_over_kept_samples():
   model.optimizer.build(network.trainable_variables)
   weights = np.tile(np.array([0.0, 2.0, 1.0], np.float32), N // 3)
   policy.weights.assign(weights)
-  features, labels = one_batch(split, range(BATCH))
+  features = {"image": data.preprocess(split.images[:BATCH]),
+              "id": tf.range(BATCH, dtype=tf.int32)}
+  labels = tf.constant(split.labels[:BATCH])
   w0 = [v.numpy().copy() for v in network.trainable_variables]
   with tf.GradientTape() as tape:
     per_sample = losses.cross_entropy(labels, network(features["image"], training=True))
