@@ -214,6 +214,75 @@ def test_selective_backprop_keeps_by_percentile_within_the_global_batch():
   assert 0.15 < rate < 0.55  # E[P] = 1 / (beta + 1) for ranks
 
 
+# -- stages: never skipped, resumed exactly, tagged ------------------------------------------
+
+
+class _CrashAfter(keras.callbacks.Callback):
+  def __init__(self, epoch):
+    super().__init__()
+    self.epoch = epoch
+
+  def on_epoch_end(self, epoch, logs=None):
+    if epoch == self.epoch:
+      raise KeyboardInterrupt("simulated crash")
+
+
+def _fit_stage(name, stage_dir, epochs, crash_after=None):
+  from tf_srkd import stages  # pylint: disable=import-outside-toplevel
+
+  tf.config.experimental.enable_op_determinism()
+  config = config_lib.Config(epochs=epochs, batch_size=BATCH, seed=SEED, verbose=0,
+                             skip_idle_epochs=True, backward="compact", train_examples=N)
+  keras.utils.set_random_seed(1)
+  network = models.build_model("lenet5", (28, 28, 1), 10)
+  policy = gates.make_policy(name, N, epochs, SEED, gates.GateSettings(keep_fraction=0.05))
+  model = training.SelfRegulatedModel(network, N, backward="compact", policy=policy)
+  stages.compile_model(model, 3e-3, config)
+  history, _ = stages.fit_stage(model, _split(), config, stage_dir=str(stage_dir),
+                                epochs=epochs, alpha=1000.0,
+                                callbacks=[_CrashAfter(crash_after)] if crash_after else [])
+  return model, history
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["infobatch", "random"])
+def test_policy_stage_resumes_exactly_and_never_skips_epochs(tmp_path, name):
+  """alpha=1000 would make Algorithm 1 idle at once; a policy's epochs still all run."""
+  straight, history = _fit_stage(name, tmp_path / "straight", 4)
+  assert [h["epoch"] for h in history] == [0, 1, 2, 3]
+  assert not any(h["skipped_epoch"] for h in history)
+  assert all(h["participation_fraction"] > 0 for h in history)
+  with pytest.raises(KeyboardInterrupt):
+    _fit_stage(name, tmp_path / "crashed", 4, crash_after=2)
+  resumed, history = _fit_stage(name, tmp_path / "crashed", 4)
+  assert [h["epoch"] for h in history] == [0, 1, 2, 3]
+  np.testing.assert_array_equal(straight.participation_counts(), resumed.participation_counts())
+  if name == "infobatch":
+    np.testing.assert_array_equal(straight.policy.scores, resumed.policy.scores)
+  for a, b in zip(straight.network.get_weights(), resumed.network.get_weights()):
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.slow
+def test_console_and_mlflow_name_the_gate(tmp_path):
+  from tf_srkd import console  # pylint: disable=import-outside-toplevel
+  from tf_srkd import mlflow_tracking  # pylint: disable=import-outside-toplevel
+
+  assert console.describe_stage("teacher", "teacher", "lenet5", None, 0.02, "infobatch") == (
+      "teacher lenet5 (infobatch gate)")
+  assert console.describe_stage("teacher", "teacher", "lenet5", None, 0.02,
+                                "self_regulated") == "teacher lenet5 (self-regulated, alpha=0.02)"
+  config = config_lib.Config(output_dir=str(tmp_path / "run"), mlflow_experiment="gates",
+                             mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+  tracker = mlflow_tracking.connect(config, strict=True)
+  with tracker.run(config, ""):
+    with tracker.stage("teacher", role="teacher", model_name="lenet5", alpha=0.02,
+                       gate="selective_backprop"):
+      pass
+  tags = tracker.client.get_run(tracker.stage_run_id("teacher")).data.tags
+  assert tags["gate"] == "selective_backprop"
+
+
 # -- exact counts on 2 replicas --------------------------------------------------------
 
 
