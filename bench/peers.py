@@ -23,8 +23,11 @@ with `--mlflow_tracking_uri`, logged to MLflow with the table). The paper trains
 200 epochs (1000 on CIFAR-10); `--epochs` is what fits the machine, and the
 notes say so.
 
-  python bench/peers.py --epochs=20 --cifar_epochs=10       # the RESULTS.md section
-  python bench/peers.py --quick --no_write                  # a check that it runs
+  python bench/peers.py --datasets=mnist,fashion_mnist --epochs=20   # one RESULTS.md section
+  python bench/peers.py --datasets=cifar10 --cifar_epochs=5          # another one
+  python bench/peers.py --quick --no_write                           # a check that it runs
+
+Each invocation writes section `peers_<datasets>` and `bench/peers_pareto_<datasets>.png`.
 """
 
 import argparse
@@ -250,7 +253,7 @@ def main(argv=None):
       fronts.append(f"{dataset} {stage}: " + "; ".join(
           f"{r.policy} ({r.setting}) ζ {r.zeta:.2%} → {r.accuracy:.4f}" for r in front))
     png_dir = root if args.no_write else common.BENCH_DIR
-    png = os.path.join(png_dir, "peers_pareto.png")
+    png = os.path.join(png_dir, f"peers_pareto_{args.datasets.replace(',', '_')}.png")
     pareto_figure(rows).savefig(png, dpi=120)
     epochs = ", ".join(f"{d}: {args.cifar_epochs if d == 'cifar10' else args.epochs}"
                        for d in args.datasets.split(","))
@@ -267,8 +270,8 @@ def main(argv=None):
         "read it as which policy wins at which budget: " + " | ".join(fronts),
         f"Pareto plot: `{os.path.relpath(png, common.REPO_ROOT)}`.",
     ]
-    common.publish("peers" + ("_quick" if args.quick else ""),
-                   "Gate policies at matched budgets (bench/peers.py)", machine, notes, table,
+    common.publish("peers_" + args.datasets.replace(",", "_") + ("_quick" if args.quick else ""),
+                   f"Gate policies at matched budgets: {args.datasets}", machine, notes, table,
                    write=not args.no_write)
     if args.mlflow_tracking_uri:
       import mlflow  # pylint: disable=import-outside-toplevel

@@ -6,7 +6,7 @@ lands where:
 
   parent run    params: every resolved flag; artifacts: flags.txt, summary.json
   child runs    tags: role (teacher|student), mode (students), dataset, model,
-                alpha; params: every resolved flag + stage_epochs, stage_alpha;
+                alpha, gate (the gate policy of a self-regulating stage); params: every resolved flag + stage_epochs, stage_alpha;
                 per-epoch metrics (step = 0-based epoch): loss, accuracy,
                 participation_fraction, eta, cumulative_zeta, compact_backward,
                 ce_loss, kd_loss (students); final metrics: test_accuracy, zeta,
