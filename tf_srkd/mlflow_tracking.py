@@ -6,7 +6,7 @@ lands where:
 
   parent run    params: every resolved flag; artifacts: flags.txt, summary.json
   child runs    tags: role (teacher|student), mode (students), dataset, model,
-                alpha; params: every resolved flag + stage_epochs, stage_alpha;
+                alpha, gate (the gate policy of a self-regulating stage); params: every resolved flag + stage_epochs, stage_alpha;
                 per-epoch metrics (step = 0-based epoch): loss, accuracy,
                 participation_fraction, eta, cumulative_zeta, compact_backward,
                 ce_loss, kd_loss (students); final metrics: test_accuracy, zeta,
@@ -289,7 +289,7 @@ class MlflowTracker:
       self._end(self.parent_run_id, error)
 
   @contextlib.contextmanager
-  def stage(self, name, *, role, model_name, mode=None, alpha=None):
+  def stage(self, name, *, role, model_name, mode=None, alpha=None, gate=None):
     """A child run of the parent for one trained model."""
     if self.config is None:
       raise RuntimeError("MlflowTracker.stage() must be called inside MlflowTracker.run()")
@@ -302,6 +302,8 @@ class MlflowTracker:
       tags["mode"] = mode
     if alpha is not None:
       tags["alpha"] = format_alpha(alpha)
+    if gate is not None:
+      tags["gate"] = gate
     active = self._start(name, run_name=stage_run_name(name, model_name, alpha), tags=tags,
                          nested=True)
     if active is None:

@@ -15,7 +15,9 @@ the resumed run is identical to an uninterrupted one.
 Participation lives in an on-read variable whose cross-replica restore would
 divide the counts by the replica count, so the checkpoint holds an ordinary
 snapshot variable and the restore writes it back exactly
-(`SelfRegulatedModel.set_participation`).
+(`SelfRegulatedModel.set_participation`). A gate policy's per-sample state
+(`GatePolicy.state()`: InfoBatch's scores, Selective Backprop's loss history)
+is saved the same way, as `policy_<name>` snapshots; Algorithm 1 has none.
 """
 
 from typing import Optional
@@ -44,8 +46,11 @@ class StageCheckpoint:
       self._epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
       self._participation = tf.Variable(np.zeros([n], np.int32), trainable=False)
       self._margins = _CarriedMargins(n)
+      self._policy_state = {name: tf.Variable(value, trainable=False)
+                            for name, value in model.policy.state().items()}
     state = dict(network=model.network, optimizer=model.optimizer, epoch=self._epoch,
-                 participation=self._participation)
+                 participation=self._participation,
+                 **{f"policy_{name}": v for name, v in self._policy_state.items()})
     self._checkpoint = tf.train.Checkpoint(margins=self._margins, **state)
     self._without_margins = tf.train.Checkpoint(**state)  # Checkpoints from before issue 14.
     self._manager = tf.train.CheckpointManager(self._checkpoint, directory, max_to_keep=1)
@@ -82,6 +87,7 @@ class StageCheckpoint:
       raise self._damaged(latest, f"margin versions outside [0, {iterations + 1}]")
     self.model.set_participation(counts)
     self.model.margin_cache.carry = carry
+    self.model.policy.load_state({k: v.numpy() for k, v in self._policy_state.items()})
     return epoch
 
   def _damaged(self, latest, problem):
@@ -101,6 +107,8 @@ class StageCheckpoint:
     self._epoch.assign(next_epoch)
     self._participation.assign(counts)
     self._margins.assign(self.model.margin_cache.carry)
+    for name, value in self.model.policy.state().items():
+      self._policy_state[name].assign(value)
     self._manager.save(checkpoint_number=next_epoch)
 
 

@@ -50,6 +50,7 @@ class StageSpec:
     alpha: its self-regulation rate (inf: everyone takes part).
     learning_rate: Adam's learning rate.
     mode: the distillation mode of a student.
+    gate: the gate policy of a self-regulating stage (`tf_srkd.gates`), else None.
   """
 
   name: str
@@ -60,6 +61,7 @@ class StageSpec:
   alpha: float
   learning_rate: float
   mode: Optional[str] = None
+  gate: Optional[str] = None
 
 
 def compile_model(model, learning_rate, config):
@@ -111,7 +113,8 @@ def fit_stage(model, split, config, *, stage_dir, epochs, alpha, extras=None, ca
   schedule = callbacks_lib.RegulationSchedule(alpha, split.size, start, previous)
   skipper = rollover = None
   model.reuse_margins = config.reuse_margins  # Before `fit` traces the step.
-  if model.regulate and model.backward != "masked":
+  # Only Algorithm 1's compact gate records margins (another policy decides without them).
+  if model.regulate and model.backward != "masked" and model.policy.idle_epochs:
     if config.skip_idle_epochs or config.reuse_margins:
       rollover = margin_cache.MarginCacheRollover(config.reuse_margins)
     if config.skip_idle_epochs:
@@ -204,7 +207,8 @@ def run_stage(spec: StageSpec, config, strategy, train, test, tracker, build: Ca
   Returns:
     The stage's network, metrics and arrays.
   """
-  tracked = dict(role=spec.role, model_name=spec.model_name, mode=spec.mode, alpha=spec.alpha)
+  tracked = dict(role=spec.role, model_name=spec.model_name, mode=spec.mode, alpha=spec.alpha,
+                 gate=spec.gate)
   description = console.describe_stage(spec.name, **tracked)
   if spec.stage_dir.finished:
     console.stage_reused(description, spec.stage_dir.path)
@@ -253,6 +257,8 @@ def _trained_result(spec, model, train, test, config, history, wall) -> StageRes
   }
   if spec.mode is not None:
     metrics["mode"] = spec.mode
+  if spec.gate not in (None, "self_regulated"):
+    metrics["gate"] = spec.gate
   return StageResult(network, metrics, counts if model.regulate else None, significance)
 
 
