@@ -51,7 +51,9 @@ class Config:
   """Everything one run needs. Every field is a command-line flag of the same name
   (`tf_srkd.main` defines them from `flag_specs()`)."""
 
-  dataset: str = _flag("mnist", "TFDS dataset.", choices=tuple(sorted(datasets.DATASETS)))
+  dataset: str = _flag("mnist", "A TFDS image-classification builder, optionally with config "
+                       "and version (mnist, cifar100, emnist/balanced, cifar100:3.0.2), or "
+                       "folder:PATH (one sub-folder per class); README, Your own data.")
   teacher_model: str = _flag("lenet5", f"One of {sorted(models.MODELS)}.")
   student_model: str = _flag("lenet5_half", f"One of {sorted(models.MODELS)}.")
   epochs: int = _flag(200, "Teacher epochs (and distillation epochs by default).")
@@ -110,16 +112,35 @@ class Config:
                        "per epoch (default: 1 when stdout is a terminal, else 2).",
                        flag_default=None)
 
+  # -- issue 11: any TFDS dataset or an image folder ---------------------------------
+  train_split: str = _flag("train", "TFDS split of the transfer set; slices and percentages "
+                           "allowed ('train[:85%]'). Sample id i = its i-th example in file "
+                           "order.")
+  test_split: str = _flag("test", "TFDS split to test on ('train[85%:]' for datasets without "
+                          "a test split).")
+  image_size: str = _flag("", "H,W: resize every image (aspect-preserving scale and centre "
+                          "crop, bilinear); required when the images vary in size.")
+  channels: int = _flag(0, "Image folders: 1 (greyscale) or 3 (RGB); 0: RGB if any image has "
+                        "colour, else greyscale.")
+  test_folder: Optional[str] = _flag(None, "Image folders: the test tree (same class folders).")
+  validation_fraction: float = _flag(0.0, "Image folders without --test_folder: hold out this "
+                                     "fraction of the files (seeded by --seed) as test data.")
+
   @property
   def resolved_distill_epochs(self) -> int:
     return self.distill_epochs if self.distill_epochs is not None else self.epochs
 
   @property
   def dataset_spec(self) -> datasets.DatasetSpec:
-    return datasets.get_dataset_spec(self.dataset)
+    """The resolved dataset (cached per settings; `datasets.resolve`)."""
+    return datasets.resolve(
+        self.dataset, train_split=self.train_split, test_split=self.test_split,
+        image_size=self.image_size, channels=self.channels, test_folder=self.test_folder,
+        validation_fraction=self.validation_fraction, seed=self.seed, download=self.download)
 
   @property
-  def num_train_examples(self) -> int:
+  def num_train_examples(self) -> Optional[int]:
+    """Examples in the transfer set (None: not known before the split is read)."""
     return self.train_examples or self.dataset_spec.train_size
 
   @property
@@ -147,7 +168,11 @@ def validate(config: Config) -> Config:
   Raises:
     ConfigError: naming the first offending flag or file.
   """
-  _check_name("dataset", config.dataset, datasets.DATASETS)
+  _require(bool(config.dataset), "--dataset: expected a dataset name or folder:PATH")
+  try:
+    spec = config.dataset_spec
+  except datasets.DatasetError as e:
+    raise ConfigError(str(e)) from e
   _check_name("teacher_model", config.teacher_model, models.MODELS)
   _check_name("student_model", config.student_model, models.MODELS)
   _require(config.modes, "--modes: expected at least one of " + ", ".join(modes_lib.MODES))
@@ -178,8 +203,8 @@ def validate(config: Config) -> Config:
   _require(config.batch_size > 0, f"--batch_size={config.batch_size}: expected an integer > 0")
   _require(config.eval_batch_size > 0, f"--eval_batch_size={config.eval_batch_size}: expected an integer > 0")
   _require(config.cpu_replicas >= 0, f"--cpu_replicas={config.cpu_replicas}: expected an integer >= 0")
-  size = config.dataset_spec.train_size
-  _require(0 <= config.train_examples <= size,
+  size = spec.train_size
+  _require(0 <= config.train_examples and (size is None or config.train_examples <= size),
            f"--train_examples={config.train_examples}: expected 0 (all) up to the {size} examples "
            f"of the {config.dataset} train split")
   _require(0 <= config.seed < 2**32, f"--seed={config.seed}: expected an integer in [0, 2**32)")
@@ -252,7 +277,10 @@ def _json_value(value):
 #: Result-determining fields added after runs were already written, with the
 #: value those runs used: a field at that value is left out of the identity, so
 #: the older runs' `run_config.json` still matches (and resumes).
-_ADDED_IDENTITY_FIELDS = {"distill_loss_normaliser": "participants"}
+_ADDED_IDENTITY_FIELDS = {"distill_loss_normaliser": "participants",
+                          # issue 11
+                          "train_split": "train", "test_split": "test", "image_size": "",
+                          "channels": 0, "test_folder": None, "validation_fraction": 0.0}
 
 
 def identity(config: Config, teacher_digest: Optional[str] = None) -> dict:

@@ -1,7 +1,8 @@
-"""TFDS -> in-memory arrays with sample ids -> per-epoch shuffled batches.
+"""A split -> in-memory arrays with sample ids -> per-epoch shuffled batches.
 
-Sample id i is the i-th example of the TFDS split read in file order
-(`shuffle_files=False`), attached before any shuffling. Images stay uint8 in
+Sample id i is the i-th example of the resolved train split read in file order
+(TFDS with `shuffle_files=False`, a folder in sorted order; `tf_srkd.sources`),
+attached before any shuffling. Images stay uint8 in
 memory; `preprocess` (scaling to [0, 1]) runs when a batch is gathered, so the
 models themselves see floats and exported models can wrap the same function to
 take raw pixels.
@@ -11,12 +12,12 @@ run resumed at epoch k sees exactly the batches an uninterrupted run would.
 """
 
 import dataclasses
-import os
 
 import numpy as np
 import tensorflow as tf
 
 from tf_srkd import datasets
+from tf_srkd import sources
 
 
 class DataError(RuntimeError):
@@ -47,11 +48,11 @@ def preprocess(images):
 
 def load_split(spec: datasets.DatasetSpec, split: str, limit: int = 0,
                download: bool = False) -> SplitArrays:
-  """Loads a TFDS split into memory in file order.
+  """Loads a split into memory in file order (sample id i = row i).
 
   Args:
-    spec: the dataset's registry entry.
-    split: "train" or "test".
+    spec: the resolved dataset (`datasets.resolve`).
+    split: "train" (the spec's `train_split`) or "test" (its `test_split`).
     limit: if > 0, keep only the first `limit` examples.
     download: let TFDS download and prepare a dataset that is missing.
 
@@ -59,37 +60,46 @@ def load_split(spec: datasets.DatasetSpec, split: str, limit: int = 0,
     The split as arrays.
 
   Raises:
-    DataError: if the dataset is not available (offline and not prepared) or
-      has fewer than `limit` examples.
+    DataError: if the dataset is not available (offline and not prepared), a
+      file cannot be decoded (named), or it has fewer than `limit` examples.
   """
-  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
-
-  split_arg = f"{split}[:{limit}]" if limit else split
+  shown = {"train": spec.train_split, "test": spec.test_split}.get(split, split)
   try:
-    dataset = tfds.load(spec.name, split=split_arg, shuffle_files=False, as_supervised=True,
-                        download=download)
+    dataset = sources.split_dataset(spec, split, limit, download)
+  except datasets.DatasetError as e:
+    raise DataError(str(e)) from e
   except Exception as e:  # TFDS raises a variety of types for "not prepared".
-    where = os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets")
-    raise DataError(
-        f"--dataset={spec.name}: could not load split {split_arg!r} from the TFDS data_dir "
-        f"{where!r} (set TFDS_DATA_DIR to a prepared data_dir, or pass --download on a "
-        f"machine with internet): {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-    ) from e
-  # Large batches rather than `batch_size=-1`, which aborts under tfds.testing.mock_data.
-  chunks = list(tfds.as_numpy(dataset.batch(8192)))
+    raise DataError(sources.tfds_error(spec, shown, e)) from e
+  try:
+    # Large batches rather than `batch_size=-1`, which aborts under tfds.testing.mock_data.
+    chunks = list(dataset.batch(8192).as_numpy_iterator())
+  except tf.errors.OpError as e:
+    raise DataError(_decode_failure(spec, split, limit, e)) from e
   if not chunks:
-    raise DataError(f"--dataset={spec.name}: split {split_arg!r} is empty")
+    raise DataError(f"--dataset={spec.name}: split {shown!r} is empty")
   images = np.concatenate([c[0] for c in chunks]).astype(np.uint8, copy=False)
   labels = np.concatenate([c[1] for c in chunks])
   if images.ndim == 3:
     images = images[..., None]
   labels = np.asarray(labels, dtype=np.int32)
   if limit and labels.shape[0] < limit:
-    raise DataError(f"--train_examples={limit}: the {split!r} split of {spec.name} has only "
+    raise DataError(f"--train_examples={limit}: the {shown!r} split of {spec.name} has only "
                     f"{labels.shape[0]} examples")
-  if limit:  # TFDS honours `split[:limit]`; mock data does not.
+  if limit:  # TFDS honours `take(limit)`; mock data may not.
     images, labels = images[:limit], labels[:limit]
   return SplitArrays(images=images, labels=labels)
+
+
+def _decode_failure(spec, split, limit, error) -> str:
+  """The message for a split that failed to decode: the first bad file when it is a folder."""
+  if spec.source == "folder":
+    for path in sources.folder_files(spec, split, limit)[0]:
+      try:
+        sources.decode_file(path, spec.image_shape[-1])
+      except tf.errors.OpError:
+        return f"{path}: cannot be decoded as an image (corrupt or truncated)"
+  text = " ".join(str(error).split())[:200]
+  return f"--dataset={spec.name}: reading the {split!r} split failed: {text}"
 
 
 def steps_per_epoch(num_examples: int, batch_size: int) -> int:
