@@ -74,7 +74,7 @@ def load_split(spec: datasets.DatasetSpec, split: str, limit: int = 0,
     # Large batches rather than `batch_size=-1`, which aborts under tfds.testing.mock_data.
     chunks = list(dataset.batch(8192).as_numpy_iterator())
   except tf.errors.OpError as e:
-    raise DataError(_decode_failure(spec, split, limit, e)) from e
+    raise DataError(decode_failure(spec, split, limit, e)) from e
   if not chunks:
     raise DataError(f"--dataset={spec.name}: split {shown!r} is empty")
   images = np.concatenate([c[0] for c in chunks]).astype(np.uint8, copy=False)
@@ -90,7 +90,7 @@ def load_split(spec: datasets.DatasetSpec, split: str, limit: int = 0,
   return SplitArrays(images=images, labels=labels)
 
 
-def _decode_failure(spec, split, limit, error) -> str:
+def decode_failure(spec, split, limit, error) -> str:
   """The message for a split that failed to decode: the first bad file when it is a folder."""
   if spec.source == "folder":
     for path in sources.folder_files(spec, split, limit)[0]:
@@ -136,16 +136,16 @@ def train_dataset(split: SplitArrays, batch_size: int, seed: int, start_epoch: i
     A dataset of `steps_per_epoch(N, batch_size) * (end_epoch - start_epoch)` batches.
   """
   n = split.size
-  images = tf.constant(split.images)
+  images = _gatherer(split.images)
   labels = tf.constant(split.labels)
-  extras = {k: tf.constant(v) for k, v in (extras or {}).items()}
+  extras = {k: _gatherer(v) for k, v in (extras or {}).items()}
 
   def gather(epoch, ids):
-    features = {"image": preprocess(tf.gather(images, ids)), "id": ids}
+    features = {"image": preprocess(images(ids)), "id": ids}
     if augment_fn is not None:
       features["image"] = augment_fn(features["image"], ids, epoch)
     for name, values in extras.items():
-      features[name] = tf.gather(values, ids)
+      features[name] = values(ids)
     return features, tf.gather(labels, ids)
 
   epochs = tf.data.Dataset.range(start_epoch, end_epoch)
@@ -158,6 +158,40 @@ def train_dataset(split: SplitArrays, batch_size: int, seed: int, start_epoch: i
   options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
   return (ids.map(gather, num_parallel_calls=tf.data.AUTOTUNE)
           .prefetch(tf.data.AUTOTUNE).with_options(options))
+
+
+def is_stored(values) -> bool:
+  """Whether `values` lives on disk (`streaming.StoredArray`) rather than in memory."""
+  return hasattr(values, "read_rows")
+
+
+def _gatherer(values):
+  """`fn(ids) -> rows of values`: a gather from a constant in memory, or reads by id from
+  an array on disk (`streaming.StoredArray`)."""
+  if not is_stored(values):
+    constant = tf.constant(values)
+    return lambda ids: tf.gather(constant, ids)
+  dtype = tf.as_dtype(values.dtype)
+
+  def read(ids):
+    rows = tf.numpy_function(values.read_rows, [ids], dtype, stateful=False)
+    return tf.ensure_shape(rows, [None, *values.row_shape])
+
+  return read
+
+
+def _in_order(images, batch_size: int) -> tf.data.Dataset:
+  """Batches of raw images in order, from memory or from disk."""
+  if not is_stored(images):
+    return tf.data.Dataset.from_tensor_slices(images).batch(batch_size)
+  n, dtype = len(images), tf.as_dtype(images.dtype)
+
+  def read(start):
+    rows = tf.numpy_function(images.read_range, [start, tf.minimum(start + batch_size, n)],
+                             dtype, stateful=False)
+    return tf.ensure_shape(rows, [None, *images.row_shape])
+
+  return tf.data.Dataset.range(0, n, batch_size).map(read)
 
 
 def image_batches(images: np.ndarray, batch_size: int) -> tf.data.Dataset:
@@ -179,7 +213,7 @@ def predict_logits(network, images: np.ndarray, batch_size: int) -> np.ndarray:
   def pad(batch):
     return tf.pad(batch, [[0, batch_size - tf.shape(batch)[0]]] + [[0, 0]] * (rank - 1))
 
-  batches = (tf.data.Dataset.from_tensor_slices(images).batch(batch_size).map(pad)
+  batches = (_in_order(images, batch_size).map(pad)
              .map(preprocess, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE))
   return np.asarray(network.predict(batches, verbose=0), dtype=np.float32)[:len(images)]
 
