@@ -4,7 +4,6 @@ Every refusal is one ConfigError line naming the flag, dataset or file, raised
 by `config.validate` before anything is written.
 """
 
-import os
 
 import numpy as np
 import pytest

@@ -97,12 +97,12 @@ def test_streaming_run_equals_in_memory_run(tmp_path, replicas):
 @pytest.mark.slow
 def test_two_workers_streaming_equal_one_process_in_memory(tmp_path):
   """MultiWorkerMirroredStrategy: each worker reads its share of every batch by global id."""
-  from tests import test_distribute  # pylint: disable=import-outside-toplevel
+  from tests import cluster  # pylint: disable=import-outside-toplevel
 
   args = ["--modes=regulated", "--epochs=2", "--train_examples=256", "--alpha=0.5",
           "--distill_alpha=0.5"]
   _cli(*args, f"--output_dir={tmp_path / 'single'}")
-  test_distribute._run_two_workers(lambda index: [  # pylint: disable=protected-access
+  cluster.run_two_workers(lambda index: [
       sys.executable, "-m", "tf_srkd.main", "--flagfile=flags/smoke.flags", "--deterministic",
       *args, "--strategy=multi_worker", "--max_in_memory_mb=0",
       f"--output_dir={tmp_path / 'multi'}"])
