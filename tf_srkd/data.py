@@ -63,13 +63,8 @@ def load_split(spec: datasets.DatasetSpec, split: str, limit: int = 0,
     DataError: if the dataset is not available (offline and not prepared), a
       file cannot be decoded (named), or it has fewer than `limit` examples.
   """
-  shown = {"train": spec.train_split, "test": spec.test_split}.get(split, split)
-  try:
-    dataset = sources.split_dataset(spec, split, limit, download)
-  except datasets.DatasetError as e:
-    raise DataError(str(e)) from e
-  except Exception as e:  # TFDS raises a variety of types for "not prepared".
-    raise DataError(sources.tfds_error(spec, shown, e)) from e
+  shown = split_name(spec, split)
+  dataset = open_split(spec, split, limit, download)
   try:
     # Large batches rather than `batch_size=-1`, which aborts under tfds.testing.mock_data.
     chunks = list(dataset.batch(8192).as_numpy_iterator())
@@ -88,6 +83,22 @@ def load_split(spec: datasets.DatasetSpec, split: str, limit: int = 0,
   if limit:  # TFDS honours `take(limit)`; mock data may not.
     images, labels = images[:limit], labels[:limit]
   return SplitArrays(images=images, labels=labels)
+
+
+def split_name(spec: datasets.DatasetSpec, role: str) -> str:
+  """The split string a role ("train", "test") stands for, for messages."""
+  return {"train": spec.train_split, "test": spec.test_split}.get(role, role)
+
+
+def open_split(spec: datasets.DatasetSpec, role: str, limit: int = 0,
+               download: bool = False) -> tf.data.Dataset:
+  """`sources.split_dataset`, with every failure to open it as one `DataError` line."""
+  try:
+    return sources.split_dataset(spec, role, limit, download)
+  except datasets.DatasetError as e:
+    raise DataError(str(e)) from e
+  except Exception as e:  # TFDS raises a variety of types for "not prepared".
+    raise DataError(sources.tfds_error(spec, split_name(spec, role), e)) from e
 
 
 def decode_failure(spec, split, limit, error) -> str:

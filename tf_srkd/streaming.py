@@ -29,7 +29,6 @@ import tensorflow as tf
 
 from tf_srkd import data
 from tf_srkd import datasets
-from tf_srkd import sources
 
 #: The default of `--max_in_memory_mb` (see `Config`).
 DEFAULT_MAX_IN_MEMORY_MB = 2048
@@ -153,13 +152,8 @@ def _store(spec, role, limit, download) -> data.SplitArrays:
   """Reads a split in order into a `.npy` on disk; its labels into memory."""
   size = spec.train_size if role == "train" else spec.test_size
   count = min(limit, size) if limit else size
-  shown = {"train": spec.train_split, "test": spec.test_split}.get(role, role)
-  try:
-    dataset = sources.split_dataset(spec, role, limit, download)
-  except datasets.DatasetError as e:
-    raise data.DataError(str(e)) from e
-  except Exception as e:  # pylint: disable=broad-except  (TFDS: many types for "not prepared")
-    raise data.DataError(sources.tfds_error(spec, shown, e)) from e
+  shown = data.split_name(spec, role)
+  dataset = data.open_split(spec, role, limit, download)
   path = os.path.join(scratch_dir(), f"{role}_images_{len(os.listdir(scratch_dir()))}.npy")
   writer = _NpyWriter(path, (count, *spec.image_shape), np.uint8)
   labels = []
