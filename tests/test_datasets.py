@@ -169,3 +169,10 @@ def test_resize_keeps_the_aspect_by_centre_crop():
   out = sources.resizer(spec)(tf.constant(image)).numpy()
   assert out.dtype == np.uint8 and out.shape == (4, 4, 1)
   np.testing.assert_array_equal(out, np.full((4, 4, 1), 200, np.uint8))
+
+
+@pytest.mark.parametrize("name,expected", [
+    ("mnist", "mnist"), ("emnist/balanced", "emnist-balanced"), ("cifar100:3.0.2", "cifar100-3.0.2"),
+    ("folder:/data/my photos/", "folder-my-photos")])
+def test_dataset_slug_for_default_run_directories(name, expected):
+  assert datasets.slug(name) == expected

@@ -14,6 +14,8 @@ splits resolve from the table alone, and the other sources import theirs lazily.
 
 import dataclasses
 import functools
+import os
+import re
 from typing import Optional, Tuple
 
 from tf_srkd import registry
@@ -106,6 +108,14 @@ def get_dataset_spec(name: str) -> DatasetSpec:
     KeyError: if `name` is not registered; the message lists the known names.
   """
   return registry.lookup(DATASETS, name, "dataset")
+
+
+def slug(name: str) -> str:
+  """`--dataset` as one file-name component (default run directories): `folder:/a/photos`
+  -> `folder-photos`, `emnist/balanced` -> `emnist-balanced`."""
+  if name.startswith(FOLDER_PREFIX):
+    name = "folder-" + os.path.basename(os.path.normpath(name[len(FOLDER_PREFIX):]))
+  return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "dataset"
 
 
 def parse_image_size(text: str) -> Optional[Tuple[int, int]]:
