@@ -84,13 +84,37 @@ def test_an_image_folder_runs_reruns_identically_and_exports(tmp_path):
   assert sidecar["input"]["shape"] == [1, 16, 16, 3]
 
 
+def _truncated_folder(tmp_path):
+  root = tmp_path / "trunc"
+  helpers.make_folder(root, per_class=2, sizes=((16, 16),))
+  victim = root / "dog" / "img_01.png"
+  victim.write_bytes(victim.read_bytes()[:60])
+  return [f"--dataset=folder:{root}", "--validation_fraction=0.5", "--train_examples=0"], str(victim)
+
+
 @pytest.mark.slow
-def test_cli_refuses_a_bad_folder_with_exit_2(tmp_path):
+@pytest.mark.parametrize("case", ["sizes", "one_class", "truncated", "unknown", "no_image",
+                                  "varying", "split", "image_size", "stream_truncated"])
+def test_cli_refuses_bad_data_with_one_line_exit_2_writing_nothing(tmp_path, case):
   photos = helpers.make_folder(tmp_path / "photos", per_class=2)
+  one = helpers.make_folder(tmp_path / "one", classes=("only",), per_class=2)
+  args, expected = {
+      "sizes": ([f"--dataset=folder:{photos}", "--validation_fraction=0.5"], "--image_size=H,W"),
+      "one_class": ([f"--dataset=folder:{one}", "--validation_fraction=0.5", "--image_size=8"],
+                    "expected at least 2"),
+      "unknown": (["--dataset=fashion_mnst"], "closest known: fashion_mnist"),
+      "no_image": (["--dataset=imdb_reviews"], "no 'image' feature"),
+      "varying": (["--dataset=tf_flowers"], "--image_size=H,W"),
+      "split": (["--train_split=train[:50%]", "--test_split=tests"], "--test_split=tests"),
+      "image_size": (["--image_size=0,3"], "--image_size=0,3"),
+  }.get(case, (None, None))
+  if case in ("truncated", "stream_truncated"):
+    args, expected = _truncated_folder(tmp_path)
+    args += ["--max_in_memory_mb=0"] if case == "stream_truncated" else []
   out = tmp_path / "out"
-  result = _cli("--flagfile=flags/smoke.flags", f"--dataset=folder:{photos}",
-                "--validation_fraction=0.5", f"--output_dir={out}")
-  assert result.returncode == 2
+  result = _cli("--flagfile=flags/smoke.flags", *args, f"--output_dir={out}")
+  assert result.returncode == 2, result.stderr[-2000:]
   lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-  assert len(lines) == 1 and "--image_size=H,W" in lines[0], result.stderr[-2000:]
+  assert len(lines) == 1 and expected in lines[0], result.stderr[-2000:]
+  assert "Traceback" not in result.stderr
   assert not out.exists()
