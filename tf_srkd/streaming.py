@@ -20,6 +20,7 @@ when the process ends; nothing is written to the run's directory.
 
 import atexit
 import functools
+import itertools
 import os
 import shutil
 import tempfile
@@ -98,6 +99,14 @@ def scratch_dir() -> str:
   return path
 
 
+_FILE_NUMBERS = itertools.count()
+
+
+def _scratch_path(stem: str) -> str:
+  """A new file in `scratch_dir()`: never one a live `StoredArray` still reads."""
+  return os.path.join(scratch_dir(), f"{stem}_{next(_FILE_NUMBERS)}.npy")
+
+
 class _NpyWriter:
   """Appends rows to a `.npy` file whose shape is known up front (no memory map)."""
 
@@ -154,7 +163,7 @@ def _store(spec, role, limit, download) -> data.SplitArrays:
   count = min(limit, size) if limit else size
   shown = data.split_name(spec, role)
   dataset = data.open_split(spec, role, limit, download)
-  path = os.path.join(scratch_dir(), f"{role}_images_{len(os.listdir(scratch_dir()))}.npy")
+  path = _scratch_path(f"{role}_images")
   writer = _NpyWriter(path, (count, *spec.image_shape), np.uint8)
   labels = []
   try:
@@ -182,7 +191,7 @@ def predict_to_disk(network, images, batch_size: int, name: str) -> StoredArray:
   """
   n = len(images)
   classes = int(network.outputs[0].shape[-1])
-  writer = _NpyWriter(os.path.join(scratch_dir(), f"{name}.npy"), (n, classes), np.float32)
+  writer = _NpyWriter(_scratch_path(name), (n, classes), np.float32)
   step = batch_size * 64
   try:
     for start in range(0, n, step):
