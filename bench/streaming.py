@@ -6,7 +6,7 @@ throughput of the on-disk path relative to the in-memory path (in-memory epoch
 seconds / on-disk epoch seconds; goal >= 0.9).
 
 Table 2 (one subprocess per cell, so each has its own peak): the peak resident
-memory (`ru_maxrss`) of loading the split and training one teacher epoch, at
+memory (VmHWM) of loading the split and training one teacher epoch, at
 two split sizes (goal: the on-disk path stays flat as the split grows).
 
   python bench/streaming.py [--examples=0] [--sizes=10000,50000] [--rounds=5]
@@ -88,6 +88,18 @@ def epoch_runner(model, split, args):
 
 
 def _peak_rss_mib():
+  """This process' peak resident memory in MiB: Linux's VmHWM of the current address space.
+
+  Not `ru_maxrss`: Linux carries it over a fork + exec, so a child started by a big
+  parent would report the parent's peak.
+  """
+  try:
+    with open("/proc/self/status", encoding="ascii") as f:
+      for line in f:
+        if line.startswith("VmHWM:"):
+          return int(line.split()[1]) / 1024  # kB.
+  except OSError:
+    pass
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux.
 
 
@@ -152,7 +164,7 @@ def main():
        "on-disk peak RSS, MiB (rise over imports)"], rows2)
   notes = [f"Teacher {args.model}, batch {args.batch_size}, masked backward, alpha 0.02; both "
            "paths gather the same batches by sample id (the on-disk one with os.pread).",
-           "Peak RSS: one subprocess per cell (load the split + one epoch), ru_maxrss; in "
+           "Peak RSS: one subprocess per cell (load the split + one epoch), VmHWM; in "
            "brackets its rise over the peak after importing TensorFlow, Keras and TFDS."]
   common.publish("streaming", "Streaming (split on disk) vs in memory, CIFAR-10", machine,
                  notes, table, write=not args.no_write)
