@@ -22,12 +22,12 @@ def train_dataset(split: data.SplitArrays, batch_size: int, seed: int, start_epo
   """Batches for epochs [start_epoch, end_epoch), as `data.train_dataset` makes them.
 
   Args:
-    split: the training split in memory.
+    split: the training split, in memory (not `data.is_stored`).
     batch_size: global batch size.
     seed: shuffling seed.
     start_epoch: first epoch to produce (a resumed run starts later).
     end_epoch: one past the last epoch.
-    extras: optional dict name -> array of leading dimension N.
+    extras: optional dict name -> array of leading dimension N, in memory.
     augment_fn: optional `fn(float_images, ids, epoch) -> float_images`.
 
   Returns:

@@ -123,9 +123,12 @@ def fit_stage(model, split, config, *, stage_dir, epochs, alpha, extras=None, ca
   began = time.time()
   epoch = start
   while epoch < epochs:
-    # Distillation batches carry per-sample extras: cut them from one gather per
-    # epoch instead of gathering every batch by id (the same batches, bit for bit).
-    make_dataset = epoch_batches.train_dataset if extras else data.train_dataset
+    # Distillation batches carry per-sample extras: when all of it is in memory, cut
+    # them from one gather per epoch instead of gathering every batch by id (the same
+    # batches, bit for bit); arrays on disk (`streaming`) are read by id.
+    in_memory = not any(data.is_stored(v) for v in (split.images, *(extras or {}).values()))
+    make_dataset = (epoch_batches.train_dataset if extras and in_memory
+                    else data.train_dataset)
     dataset = make_dataset(split, config.batch_size, config.seed, epoch, epochs, extras,
                            augment_fn)
     # shuffle=False: the dataset is already shuffled per epoch (Keras warns otherwise).
