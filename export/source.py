@@ -180,6 +180,8 @@ def load_student(model_ref: str, dataset: Optional[str] = None,
   except KeyError as e:
     raise ExportError(f"--dataset={name}: unknown; expected one of "
                       f"{', '.join(sorted(datasets.DATASETS))}") from e
+  from tf_srkd import app_preprocessing  # pylint: disable=import-outside-toplevel,unused-import  (registers its layer)
+
   try:
     model = keras.models.load_model(path, compile=False)
   except Exception as e:  # Keras raises many types for a bad file.

@@ -21,7 +21,7 @@ from tf_srkd import data
 from tf_srkd import distillation
 from tf_srkd import io_utils
 from tf_srkd import layout
-from tf_srkd import models
+from tf_srkd import model_sources
 from tf_srkd import modes as modes_lib
 from tf_srkd import stages
 from tf_srkd import tracking
@@ -33,7 +33,8 @@ from tf_srkd import validation
 
 
 def prepare_output_dir(config: config_lib.Config, is_chief: bool = True,
-                       teacher_digest: Optional[str] = None):
+                       teacher_digest: Optional[str] = None,
+                       model_files_digest: Optional[str] = None):
   """Checks that `output_dir` is new or was written by the same settings.
 
   A restart with the same result-determining settings (and, with
@@ -48,7 +49,7 @@ def prepare_output_dir(config: config_lib.Config, is_chief: bool = True,
   out = config.output_dir
   run_dir = layout.RunDir(out)
   marker = run_dir.run_config
-  current = config_lib.identity(config, teacher_digest)
+  current = config_lib.identity(config, teacher_digest, model_files_digest)
   problem = None
   if os.path.exists(marker):
     previous = validation.read_json(marker)
@@ -95,6 +96,31 @@ def load_teacher(config, strategy, train_size) -> Tuple[Optional[stages.StageRes
   return None, None
 
 
+def check_models(config, build_teacher: bool) -> Optional[str]:
+  """Builds (or loads) the run's models once, so a bad source stops the run before
+  anything is written; returns the content hash of the model files they read.
+
+  Args:
+    config: the run's configuration.
+    build_teacher: False when the teacher is read back from a run (`load_teacher`).
+
+  Returns:
+    The digest of the `.keras` and weights files of the sources (None: no such file).
+
+  Raises:
+    config_lib.ConfigError: one line naming the model flag and the problem.
+  """
+  spec = config.dataset_spec
+  sources = [("student_model", config.student_model, config.student_weights)]
+  if build_teacher:
+    sources.append(("teacher_model", config.teacher_model, config.teacher_weights))
+  files = []
+  for flag, name, weights in sources:
+    model_sources.build(name, spec.image_shape, spec.num_classes, weights, flag=flag)
+    files += model_sources.files_of(name, weights)
+  return validation.digest(files) if files else None
+
+
 # -- teacher and students -------------------------------------------------------------
 
 
@@ -103,13 +129,18 @@ def train_teacher(config, strategy, train, test, tracker, is_chief=True) -> stag
   spec = config.dataset_spec
 
   def build():
-    network = models.build_model(config.teacher_model, spec.image_shape, spec.num_classes)
-    return training.SelfRegulatedModel(network, train.size, regulate=True,
-                                       backward=config.backward, name="teacher")
+    network = model_sources.build(config.teacher_model, spec.image_shape, spec.num_classes,
+                                  config.teacher_weights, flag="teacher_model")
+    return training.SelfRegulatedModel(
+        network, train.size, regulate=True,
+        backward=model_sources.backward_for(config.backward, network), name="teacher")
 
+  # A pre-trained teacher trains only its fine-tuning epochs (0: used as is).
+  pretrained = model_sources.is_pretrained(config.teacher_model, config.teacher_weights)
   stage = stages.StageSpec(name="teacher", role="teacher", model_name=config.teacher_model,
                            stage_dir=layout.RunDir(config.output_dir).teacher,
-                           epochs=config.epochs, alpha=config.alpha,
+                           epochs=config.teacher_finetune_epochs if pretrained else config.epochs,
+                           alpha=config.alpha,
                            learning_rate=config.teacher_lr)
   return stages.run_stage(stage, config, strategy, train, test, tracker, build,
                           is_chief=is_chief)
@@ -141,12 +172,14 @@ def distill_students(config, strategy, train, test, teacher: stages.StageResult,
       return extras
 
     def build(mode=mode):
-      student = models.build_model(config.student_model, spec.image_shape, spec.num_classes)
+      student = model_sources.build(config.student_model, spec.image_shape, spec.num_classes,
+                                    config.student_weights, flag="student_model")
       return distillation.Distiller(
           student, train.size, mode, temperature=config.temperature, kd_lambda=config.kd_lambda,
           scale_temperature_squared=config.kd_scale_temperature_squared,
           gate_temperature=config.gate_temperature,
-          backward=config.backward if mode.regulate else "masked",
+          backward=model_sources.backward_for(config.backward, student) if mode.regulate
+          else "masked",
           normaliser=config.distill_loss_normaliser,
           teacher=teacher.network if config.augment else None, name=f"student_{mode.name}")
 
@@ -217,7 +250,7 @@ def run(config: config_lib.Config, strategy=None, tracker=None, is_chief=True) -
   train = data.load_split(spec, "train", config.train_examples, config.download)
   test = data.load_split(spec, "test", 0, config.download)
   teacher, teacher_digest = load_teacher(config, strategy, train.size)
-  prepare_output_dir(config, is_chief, teacher_digest)
+  prepare_output_dir(config, is_chief, teacher_digest, check_models(config, teacher is None))
   with tracker.run(config, config_lib.to_flagfile(config)):
     if not config.teacher_dir and config.stage != "distill":
       # The run's own teacher: trained, or (finished) checked, reused and tracked.
