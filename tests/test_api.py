@@ -95,7 +95,7 @@ def test_distiller_fits_in_every_mode(mode):
   if mode in ("regulated", "hybrid"):
     assert counts.max() <= 2
   else:
-    np.testing.assert_array_equal(counts, np.zeros(N))  # No self-regulation: nothing counted.
+    np.testing.assert_array_equal(counts, np.full(N, 2))  # No self-regulation: all take part.
 
 
 def test_significance_modes_need_significance():
