@@ -13,7 +13,9 @@ import tensorflow as tf
 import tf_srkd
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+# The examples import the installed package; here, the checkout's.
+ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3",
+           PYTHONPATH=os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p))
 N = 96
 
 
