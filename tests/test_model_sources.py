@@ -181,3 +181,21 @@ def test_keras_teacher_factory_and_application_students_end_to_end(tmp_path):
   summary = json.loads((second / "summary.json").read_text())
   assert summary["students"]["regulated"]["params"] > 1_000_000
   assert list((second / "students" / "regulated" / "tflite").glob("*.tflite"))
+
+
+@pytest.mark.slow
+def test_pretrained_teacher_used_as_is_has_no_significance(tmp_path):
+  teacher = str(tmp_path / "teacher.keras")
+  model_sources.build("lenet5", MNIST, 10).save(teacher)
+  out = tmp_path / "run"
+  result = _cli("--train_examples=128", "--batch_size=64", f"--teacher_model={teacher}",
+                "--distill_epochs=1", "--modes=conventional,regulated", f"--output_dir={out}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  metrics = json.loads((out / "teacher" / "metrics.json").read_text())
+  assert metrics["epochs"] == 0 and metrics["zeta"] is None and metrics["history"] == []
+  assert not (out / "teacher" / "significance.npy").exists()
+  assert not (out / "teacher" / "participation.npy").exists()
+  summary = json.loads((out / "summary.json").read_text())
+  assert summary["students"]["regulated"]["zeta"] is not None
+  # The pre-trained weights are the teacher's: its accuracy is the loaded model's (untrained).
+  assert summary["teacher"]["test_accuracy"] < 0.5
