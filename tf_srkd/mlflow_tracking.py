@@ -6,7 +6,7 @@ lands where:
 
   parent run    params: every resolved flag; artifacts: flags.txt, summary.json
   child runs    tags: role (teacher|student), mode (students), dataset, model,
-                alpha; params: every resolved flag + stage_epochs, stage_alpha;
+                alpha, gate (the gate policy of a self-regulating stage); params: every resolved flag + stage_epochs, stage_alpha;
                 per-epoch metrics (step = 0-based epoch): loss, accuracy,
                 participation_fraction, eta, cumulative_zeta, compact_backward,
                 ce_loss, kd_loss (students); final metrics: test_accuracy, zeta,
@@ -246,8 +246,19 @@ class MlflowTracker:
           yield self
       finally:
         if self.pending is not None:
-          logging.warning("MLflow: %d logging calls were not made; upload them with: %s",
-                          len(self.pending), self.pending.upload_command())
+          self._upload_pending()
+
+  def _upload_pending(self):
+    """Replays what the store missed if it answers again; else prints the upload command."""
+    uploaded = mlflow_pending.replay_if_reachable(self.pending)
+    if uploaded is None:
+      logging.warning("MLflow: %d logging calls were not made; upload them with: %s",
+                      len(self.pending), self.pending.upload_command())
+      return
+    lost = f"; not replayable (on disk only): {', '.join(self.pending.skipped)}" \
+        if self.pending.skipped else ""
+    logging.warning("MLflow answers again: uploaded the %d logging calls it missed%s",
+                    uploaded, lost)
 
   @contextlib.contextmanager
   def _parent_run(self, config, flags_text):
@@ -278,7 +289,7 @@ class MlflowTracker:
       self._end(self.parent_run_id, error)
 
   @contextlib.contextmanager
-  def stage(self, name, *, role, model_name, mode=None, alpha=None):
+  def stage(self, name, *, role, model_name, mode=None, alpha=None, gate=None):
     """A child run of the parent for one trained model."""
     if self.config is None:
       raise RuntimeError("MlflowTracker.stage() must be called inside MlflowTracker.run()")
@@ -291,6 +302,8 @@ class MlflowTracker:
       tags["mode"] = mode
     if alpha is not None:
       tags["alpha"] = format_alpha(alpha)
+    if gate is not None:
+      tags["gate"] = gate
     active = self._start(name, run_name=stage_run_name(name, model_name, alpha), tags=tags,
                          nested=True)
     if active is None:

@@ -19,6 +19,7 @@ import tensorflow as tf
 from tf_srkd import config as config_lib
 from tf_srkd import data
 from tf_srkd import distillation
+from tf_srkd import gates
 from tf_srkd import io_utils
 from tf_srkd import layout
 from tf_srkd import model_sources
@@ -127,21 +128,24 @@ def check_models(config, build_teacher: bool) -> Optional[str]:
 def train_teacher(config, strategy, train, test, tracker, is_chief=True) -> stages.StageResult:
   """Algorithm 1 (self-regulated teacher) then Algorithm 2 (significance)."""
   spec = config.dataset_spec
+  # A pre-trained teacher trains only its fine-tuning epochs (0: used as is).
+  pretrained = model_sources.is_pretrained(config.teacher_model, config.teacher_weights)
+  epochs = config.teacher_finetune_epochs if pretrained else config.epochs
 
   def build():
     network = model_sources.build(config.teacher_model, spec.image_shape, spec.num_classes,
                                   config.teacher_weights, flag="teacher_model")
+    policy = gates.make_policy(config.gate, train.size, epochs, config.seed,
+                               gates.GateSettings.of(config))
     return training.SelfRegulatedModel(
         network, train.size, regulate=True,
-        backward=model_sources.backward_for(config.backward, network), name="teacher")
+        backward=model_sources.backward_for(config.backward, network), policy=policy,
+        name="teacher")
 
-  # A pre-trained teacher trains only its fine-tuning epochs (0: used as is).
-  pretrained = model_sources.is_pretrained(config.teacher_model, config.teacher_weights)
   stage = stages.StageSpec(name="teacher", role="teacher", model_name=config.teacher_model,
                            stage_dir=layout.RunDir(config.output_dir).teacher,
-                           epochs=config.teacher_finetune_epochs if pretrained else config.epochs,
-                           alpha=config.alpha,
-                           learning_rate=config.teacher_lr)
+                           epochs=epochs, alpha=config.alpha,
+                           learning_rate=config.teacher_lr, gate=config.gate)
   return stages.run_stage(stage, config, strategy, train, test, tracker, build,
                           is_chief=is_chief)
 
@@ -174,6 +178,9 @@ def distill_students(config, strategy, train, test, teacher: stages.StageResult,
     def build(mode=mode):
       student = model_sources.build(config.student_model, spec.image_shape, spec.num_classes,
                                     config.student_weights, flag="student_model")
+      policy = (gates.make_policy(config.distill_gate, train.size, config.resolved_distill_epochs,
+                                  config.seed, gates.GateSettings.of(config))
+                if mode.regulate else None)
       return distillation.Distiller(
           student, train.size, mode, temperature=config.temperature, kd_lambda=config.kd_lambda,
           scale_temperature_squared=config.kd_scale_temperature_squared,
@@ -181,13 +188,15 @@ def distill_students(config, strategy, train, test, teacher: stages.StageResult,
           backward=model_sources.backward_for(config.backward, student) if mode.regulate
           else "masked",
           normaliser=config.distill_loss_normaliser,
-          teacher=teacher.network if config.augment else None, name=f"student_{mode.name}")
+          teacher=teacher.network if config.augment else None, policy=policy,
+          name=f"student_{mode.name}")
 
     stage = stages.StageSpec(
         name=f"student-{mode_name}", role="student", model_name=config.student_model,
         stage_dir=run_dir.student(mode_name), epochs=config.resolved_distill_epochs,
         alpha=config.distill_alpha if mode.regulate else float("inf"),
-        learning_rate=config.distill_lr, mode=mode_name)
+        learning_rate=config.distill_lr, mode=mode_name,
+        gate=config.distill_gate if mode.regulate else None)
     results[mode_name] = stages.run_stage(stage, config, strategy, train, test, tracker, build,
                                           make_extras, is_chief=is_chief).metrics
   return results
