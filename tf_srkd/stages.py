@@ -22,6 +22,7 @@ from tf_srkd import epoch_batches
 from tf_srkd import io_utils
 from tf_srkd import layout
 from tf_srkd import margin_cache
+from tf_srkd import model_sources
 from tf_srkd import regulation
 from tf_srkd import resume
 from tf_srkd import validation
@@ -44,7 +45,7 @@ class StageSpec:
   Attributes:
     name: the tracker's stage name ("teacher", "student-<mode>").
     role: "teacher" (also computes the significance) or "student".
-    model_name: the registry architecture.
+    model_name: the model's source (`model_sources`: a registry name, an application, ...).
     stage_dir: its directory in the run's layout.
     epochs: epochs to train.
     alpha: its self-regulation rate (inf: everyone takes part).
@@ -112,9 +113,13 @@ def fit_stage(model, split, config, *, stage_dir, epochs, alpha, extras=None, ca
                                            seed=config.seed)
   schedule = callbacks_lib.RegulationSchedule(alpha, split.size, start, previous)
   skipper = rollover = None
-  model.reuse_margins = config.reuse_margins  # Before `fit` traces the step.
-  # Only Algorithm 1's compact gate records margins (another policy decides without them).
-  if model.regulate and model.backward != "masked" and model.policy.idle_epochs:
+  model.reuse_margins = False  # Read when `fit` traces the step.
+  # Only Algorithm 1's compact gate records margins (another policy decides without
+  # them), and a margin stays exact only while the network changes with the optimizer's
+  # updates alone: BatchNorm's moving statistics move in every training forward.
+  if (model.regulate and model.backward != "masked" and model.policy.idle_epochs
+      and not model_sources.has_batch_norm(model.network)):
+    model.reuse_margins = config.reuse_margins
     if config.skip_idle_epochs or config.reuse_margins:
       rollover = margin_cache.MarginCacheRollover(config.reuse_margins)
     if config.skip_idle_epochs:
@@ -244,12 +249,14 @@ def _trained_result(spec, model, train, test, config, history, wall) -> StageRes
   network = model.network
   counts = model.participation_counts()
   significance = None
-  if spec.role == "teacher":
+  trained = spec.epochs > 0  # 0: a pre-trained teacher used as is, without counts.
+  if spec.role == "teacher" and trained:
     significance = regulation.significance(counts, train.labels, config.dataset_spec.num_classes)
   metrics = {
       "test_accuracy": evaluate_accuracy(network, test, config.eval_batch_size),
-      "zeta": regulation.sample_efficiency(counts, spec.epochs) if model.regulate else None,
-      "participations": int(counts.sum()) if model.regulate else None,
+      "zeta": (regulation.sample_efficiency(counts, spec.epochs)
+               if model.regulate and trained else None),
+      "participations": int(counts.sum()) if model.regulate and trained else None,
       "params": int(network.count_params()),
       "model": spec.model_name,
       "alpha": spec.alpha if np.isfinite(spec.alpha) else "inf",
@@ -262,7 +269,8 @@ def _trained_result(spec, model, train, test, config, history, wall) -> StageRes
     metrics["mode"] = spec.mode
   if spec.gate not in (None, "self_regulated"):
     metrics["gate"] = spec.gate
-  return StageResult(network, metrics, counts if model.regulate else None, significance)
+  return StageResult(network, metrics, counts if model.regulate and trained else None,
+                     significance)
 
 
 def _write_result(stage: layout.StageDir, result: StageResult):
