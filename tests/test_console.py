@@ -36,7 +36,7 @@ def test_stage_lines_say_what_trains_and_what_it_gave(capsys):
   console.stage_finished("student-conventional", {"test_accuracy": 0.5, "zeta": None}, 2.0)
   assert capsys.readouterr().out.splitlines() == [
       "== teacher lenet5 (self-regulated, alpha=0.02): 60,000 samples, 200 epochs",
-      "== teacher done: test accuracy 0.9877, zeta 1.23%; 61.2 s",
+      "== teacher done: test accuracy 0.9877, zeta 0.0123 (1.23%); 61.2 s",
       "== student-conventional done: test accuracy 0.5000; 2.0 s",
   ]
 

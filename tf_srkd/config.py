@@ -109,6 +109,10 @@ class Config:
   verbose: int = _flag(2, "Keras fit verbosity: 0 silent, 1 a progress bar with ETA, 2 one line "
                        "per epoch (default: 1 when stdout is a terminal, else 2).",
                        flag_default=None)
+  # -- issue 16 (MLflow Model Registry) --
+  register_model: Optional[str] = _flag(
+      None, "Register each student's MLflow model in the Model Registry as <NAME>-<mode>, "
+      "with its TFLite files (--export) attached (needs --mlflow).")
 
   @property
   def resolved_distill_epochs(self) -> int:
@@ -195,7 +199,18 @@ def validate(config: Config) -> Config:
              f"--stage=distill: needs --teacher_dir, or a finished teacher at {teacher_model}")
   if config.teacher_dir:
     _validate_teacher_dir(config)
+  _validate_register_model(config)  # issue 16
   return config
+
+
+def _validate_register_model(config: Config):
+  if config.register_model is None:
+    return
+  _require(config.mlflow, f"--register_model={config.register_model}: needs MLflow tracking; "
+           "drop --nomlflow")
+  _require(bool(config.register_model.strip()) and "/" not in config.register_model
+           and ":" not in config.register_model,
+           f"--register_model={config.register_model}: expected a model name without '/' or ':'")
 
 
 def validate_tf_config(text: Optional[str]):
@@ -238,6 +253,7 @@ _NON_IDENTITY_FIELDS = frozenset({
     "export", "output_dir", "eval_batch_size", "download", "strategy", "cpu_replicas",
     "jit_compile", "teacher_dir", "modes", "deterministic",
 })
+_NON_IDENTITY_FIELDS |= {"register_model"}  # issue 16
 
 
 def _json_value(value):

@@ -55,7 +55,8 @@ def stage_finished(name, metrics, wall_s):
   """A stage's result: test accuracy, zeta (self-regulating stages) and wall time."""
   parts = [f"test accuracy {metrics['test_accuracy']:.4f}"]
   if metrics.get("zeta") is not None:
-    parts.append(f"zeta {100 * metrics['zeta']:.2f}%")
+    # ζ is a fraction everywhere (MLflow, JSON, the Keras epoch lines); the percent is a gloss.
+    parts.append(f"zeta {metrics['zeta']:.4f} ({100 * metrics['zeta']:.2f}%)")
   say(f"== {name} done: {', '.join(parts)}; {wall_s:.1f} s")
 
 
