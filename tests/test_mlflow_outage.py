@@ -18,6 +18,7 @@ import pytest
 
 from tests.mlflow_server import Server
 from tf_srkd import config as config_lib
+from tf_srkd import mlflow_stage
 from tf_srkd import mlflow_tracking
 from tf_srkd import pipeline
 
@@ -39,7 +40,7 @@ def test_a_server_killed_mid_run_costs_no_training_time_and_loses_nothing(
                                mlflow_tracking_uri=server.uri)
     tracker = mlflow_tracking.connect(config)
     killed = {}
-    log_epoch = mlflow_tracking.MlflowStage.log_epoch
+    log_epoch = mlflow_stage.MlflowStage.log_epoch
 
     def kill_then_log(stage, epoch, logs):
       if epoch == KILL_AT_EPOCH and not killed:
@@ -47,7 +48,7 @@ def test_a_server_killed_mid_run_costs_no_training_time_and_loses_nothing(
         killed["at"] = time.monotonic()
       log_epoch(stage, epoch, logs)
 
-    monkeypatch.setattr(mlflow_tracking.MlflowStage, "log_epoch", kill_then_log)
+    monkeypatch.setattr(mlflow_stage.MlflowStage, "log_epoch", kill_then_log)
     with caplog.at_level(logging.WARNING):
       summary = pipeline.run(config, tracker=tracker)
     after_kill = time.monotonic() - killed["at"]
