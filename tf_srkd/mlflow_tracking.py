@@ -245,8 +245,8 @@ class MlflowTracker:
       tags["mode"] = mode
     if alpha is not None:
       tags["alpha"] = format_alpha(alpha)
-    active = self._start(name, run_name=mlflow_schema.stage_run_name(name, model_name, alpha), tags=tags,
-                         nested=True)
+    active = self._start(name, run_name=mlflow_schema.stage_run_name(name, model_name, alpha),
+                         tags=tags, nested=True)
     if active is None:
       yield tracking.NullStage()
       return

@@ -35,12 +35,14 @@ from absl import flags
 
 from tf_srkd import mlflow_store
 # The report's library API, from the modules that implement it.
-from tf_srkd.report_markdown import (MISSING, cells_used, figure_data,  # pylint: disable=unused-import
-                                     format_accuracy, format_zeta, mixed_lines, render_markdown)
-from tf_srkd.report_records import (ReportError, RunRecord, Selection,  # pylint: disable=unused-import
-                                    fetch_records, open_client, record_from_run)
-from tf_srkd.report_tables import (Tables, alpha_sort_key, build_tables,  # pylint: disable=unused-import
-                                   mixed_runs, pick_latest)
+# pylint: disable=unused-import
+from tf_srkd.report_markdown import (MISSING, cells_used, figure_data, format_accuracy,
+                                     format_zeta, mixed_lines, render_markdown)
+from tf_srkd.report_records import (ReportError, RunRecord, Selection, fetch_records,
+                                    open_client, record_from_run)
+from tf_srkd.report_tables import (Tables, alpha_sort_key, build_tables, mixed_runs,
+                                   pick_latest)
+# pylint: enable=unused-import
 
 MIXED_POLICIES = ("warn", "refuse")
 
