@@ -28,6 +28,7 @@ from export.calibration import check_calibration
 from export.convert import QUANTIZATIONS
 from export.convert import check_quantizations
 from export.errors import ExportError
+from tf_srkd import disk_errors
 from export.sidecar import sidecar_path
 from export.source import Student
 from export.source import load_student
@@ -121,6 +122,12 @@ def main(argv):
     rows = _export(flags.FLAGS)
   except ExportError as e:
     print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  except Exception as e:  # pylint: disable=broad-except
+    message = disk_errors.disk_full_message(e)
+    if message is None:
+      raise
+    print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
   print(format_results(rows))
   for _, r in rows:

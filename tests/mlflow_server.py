@@ -23,11 +23,12 @@ def free_port():
 class Server:
   """`mlflow server` on 127.0.0.1:<free port>, sqlite backend, in its own process group.
 
-  A second `Server` on the same `tmp` serves the same store (on another port).
+  A second `Server` on the same `tmp` serves the same store (on another port, or
+  on `port`: the first one's, once it is stopped).
   """
 
-  def __init__(self, tmp):
-    self.port = free_port()
+  def __init__(self, tmp, port=None):
+    self.port = port or free_port()
     self.uri = f"http://127.0.0.1:{self.port}"
     self.log_path = os.path.join(tmp, "server.log")
     env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")

@@ -82,7 +82,7 @@ def test_console_has_a_line_per_stage_and_no_warnings_from_our_own_calls(smoke_r
 
 @pytest.mark.slow
 def test_other_console_scripts_are_installed(installed):
-  for script in ("tf-srkd-export", "tf-srkd-report"):
+  for script in ("tf-srkd-export", "tf-srkd-report", "tf-srkd-subset"):
     result = subprocess.run([str(installed["bin"] / script), "--helpshort"],
                             capture_output=True, text=True, timeout=300)
     assert f"USAGE: {installed['bin'] / script}" in result.stdout, result.stderr[-2000:]

@@ -4,10 +4,13 @@ The damaged-file fuzz test is tests/test_fuzz_inputs.py.
 """
 
 import dataclasses
+import errno
 import json
 import math
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -15,6 +18,7 @@ import tensorflow_datasets as tfds
 
 from tf_srkd import callbacks
 from tf_srkd import config as config_lib
+from tf_srkd import disk_errors
 from tf_srkd import pipeline
 
 N = 96
@@ -135,3 +139,59 @@ def test_a_damaged_resume_state_is_refused_in_one_line(interrupted_teacher, dama
 def test_an_intact_resume_state_resumes(interrupted_teacher):
   run(smoke_config(interrupted_teacher, stage="teacher"))
   assert (interrupted_teacher / "teacher/metrics.json").exists()
+
+
+def test_disk_full_message_recognises_oserror_tf_errors_and_chains():
+  full = OSError(errno.ENOSPC, "No space left on device", "/r/teacher/metrics.json")
+  message = disk_errors.disk_full_message(full)
+  assert message.startswith("No space left on device writing /r/teacher/metrics.json; free")
+  assert "\n" not in message
+  quota = OSError(errno.EDQUOT, "Disk quota exceeded")
+  assert disk_errors.disk_full_message(quota).startswith("Disk quota exceeded; free")
+  try:  # TensorFlow's C++ file system quotes strerror in an OpError, re-raised by Keras.
+    try:
+      raise RuntimeError("/r/backup/ckpt-3.data: No space left on device")
+    except RuntimeError as inner:
+      raise ValueError("could not save the checkpoint") from inner
+  except ValueError as outer:
+    assert disk_errors.disk_full_message(outer).startswith(
+        "No space left on device (RuntimeError: /r/backup/ckpt-3.data")
+  assert disk_errors.disk_full_message(OSError(errno.EACCES, "Permission denied", "/r")) is None
+  assert disk_errors.disk_full_message(ValueError("shapes differ")) is None
+
+
+# Runs the entry point with every JSON write of `metrics.json` failing as on a full disk.
+_FULL_DISK_MAIN = """
+import errno, sys
+from tf_srkd import io_utils, main
+real = io_utils.write_json
+def write_json(path, value):
+  if path.endswith("metrics.json"):
+    raise OSError(errno.ENOSPC, "No space left on device", path)
+  real(path, value)
+io_utils.write_json = write_json
+sys.argv = ["tf_srkd.main"] + sys.argv[1:]
+main.run_main()
+"""
+
+
+@pytest.mark.slow
+def test_a_full_disk_is_one_line_exit_2_and_the_rerun_finishes(tmp_path):
+  out = tmp_path / "out"
+  args = ["--flagfile=flags/smoke.flags", "--stage=teacher", f"--output_dir={out}"]
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  full = subprocess.run([sys.executable, "-c", _FULL_DISK_MAIN, *args], cwd=root,
+                        capture_output=True, text=True, check=False)
+  lines = full.stderr.strip().splitlines()
+  assert full.returncode == 2, full.stderr[-2000:]
+  assert "Traceback" not in full.stderr
+  assert lines[-1].startswith("error: No space left on device writing ")
+  assert lines[-1].endswith("no file was left half-written)")
+  assert "metrics.json" in lines[-1]
+  leftovers = [p for p in out.rglob("*") if ".tmp" in p.name]
+  assert not leftovers
+  assert not (out / "teacher" / "metrics.json").exists()
+  rerun = subprocess.run([sys.executable, "-m", "tf_srkd.main", *args], cwd=root,
+                         capture_output=True, text=True, check=False)
+  assert rerun.returncode == 0, rerun.stderr[-2000:]
+  assert json.loads((out / "teacher" / "metrics.json").read_text())

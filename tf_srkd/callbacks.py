@@ -1,6 +1,7 @@
 """The Keras callbacks of a training stage.
 
-  RegulationSchedule   eta(n) at each epoch start, `auto` backward, eta/zeta in the logs
+  RegulationSchedule   eta(n) at each epoch start, `auto` backward, eta/zeta in the logs,
+                       the gate policy's epoch hooks
   IdleEpochSkipper     finds epochs in which provably no sample takes part
   FiniteLogsGuard      stops the stage at the first epoch whose logs hold a NaN or inf
   EpochHistory         every epoch's logs in `<stage>/history.json`; the one path by
@@ -48,10 +49,12 @@ class RegulationSchedule(keras.callbacks.Callback):
     model = self.model
     self._eta = regulation.threshold(self.alpha, epoch)
     model.eta.assign(self._eta)
+    model.policy.on_epoch_begin(epoch)
     if model.backward == "auto" and self.previous_fraction is not None:
       model.set_backward("compact" if self.previous_fraction < COMPACT_BREAK_EVEN else "masked")
 
   def on_epoch_end(self, epoch, logs=None):
+    self.model.policy.on_epoch_end(epoch)
     if logs is None:
       return
     self.previous_fraction = float(logs.get("participation_fraction", 1.0))

@@ -16,6 +16,7 @@ import os
 from typing import Optional, Tuple
 
 from tf_srkd import datasets
+from tf_srkd import gates
 from tf_srkd import layout
 from tf_srkd import models
 from tf_srkd import modes as modes_lib
@@ -109,6 +110,20 @@ class Config:
   verbose: int = _flag(2, "Keras fit verbosity: 0 silent, 1 a progress bar with ETA, 2 one line "
                        "per epoch (default: 1 when stdout is a terminal, else 2).",
                        flag_default=None)
+  # -- issue 13: gate policies (tf_srkd.gates) ---------------------------------------
+  gate: str = _flag(gates.DEFAULT, "The teacher's gate policy: "
+                    + "; ".join(f"{p.name}: {p.summary}" for p in gates.POLICIES.values()) + ".",
+                    choices=tuple(gates.POLICIES))
+  distill_gate: str = _flag(gates.DEFAULT, "The gate policy of the self-regulating students "
+                            "(regulated, hybrid); names as for --gate.",
+                            choices=tuple(gates.POLICIES))
+  infobatch_ratio: float = _flag(0.5, "InfoBatch's r: the fraction of below-mean-loss samples "
+                                 "pruned each epoch, in [0, 1).")
+  infobatch_delta: float = _flag(0.875, "InfoBatch's delta: prune in the first delta * epochs "
+                                 "epochs, use all data after, in (0, 1].")
+  sb_beta: float = _flag(1.0, "Selective Backprop's beta: keep probability = "
+                         "percentile(loss)^beta, > 0.")
+  keep_fraction: float = _flag(0.5, "The random gate's keep probability p, in (0, 1].")
   # -- issue 16 (MLflow Model Registry) --
   register_model: Optional[str] = _flag(
       None, "Register each student's MLflow model in the Model Registry as <NAME>-<mode>, "
@@ -199,8 +214,27 @@ def validate(config: Config) -> Config:
              f"--stage=distill: needs --teacher_dir, or a finished teacher at {teacher_model}")
   if config.teacher_dir:
     _validate_teacher_dir(config)
+  _validate_gates(config)
   _validate_register_model(config)  # issue 16
   return config
+
+
+# -- issue 13: gate policies --------------------------------------------------------
+
+
+def _validate_gates(config: Config):
+  for flag in ("gate", "distill_gate"):
+    _check_name(flag, getattr(config, flag), gates.POLICIES)
+  checks = (("infobatch_ratio", lambda v: 0 <= v < 1, "a number in [0, 1)"),
+            ("infobatch_delta", lambda v: 0 < v <= 1, "a number in (0, 1]"),
+            ("sb_beta", lambda v: 0 < v < math.inf, "a number > 0"),
+            ("keep_fraction", lambda v: 0 < v <= 1, "a number in (0, 1]"))
+  for flag, good, expected in checks:
+    value = getattr(config, flag)
+    _require(not math.isnan(value) and good(value), f"--{flag}={value}: expected {expected}")
+
+
+# -- issue 16: MLflow Model Registry ------------------------------------------------
 
 
 def _validate_register_model(config: Config):
@@ -269,6 +303,9 @@ def _json_value(value):
 #: value those runs used: a field at that value is left out of the identity, so
 #: the older runs' `run_config.json` still matches (and resumes).
 _ADDED_IDENTITY_FIELDS = {"distill_loss_normaliser": "participants"}
+# issue 13: gate policies (the defaults are the behaviour before them).
+_ADDED_IDENTITY_FIELDS.update(gate=gates.DEFAULT, distill_gate=gates.DEFAULT, infobatch_ratio=0.5,
+                              infobatch_delta=0.875, sb_beta=1.0, keep_fraction=0.5)
 
 
 def identity(config: Config, teacher_digest: Optional[str] = None) -> dict:

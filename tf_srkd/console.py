@@ -34,11 +34,13 @@ def _regulation(alpha) -> str:
   return f"self-regulated, alpha={alpha:g}" if math.isfinite(alpha) else "every sample"
 
 
-def describe_stage(name, role, model_name, mode, alpha) -> str:
+def describe_stage(name, role, model_name, mode, alpha, gate=None) -> str:
   """E.g. "teacher lenet5 (self-regulated, alpha=0.02)", "student-hybrid lenet5_half
-  (hybrid distillation, self-regulated, alpha=0.02)"."""
+  (hybrid distillation, self-regulated, alpha=0.02)", "teacher lenet5 (infobatch gate)"."""
   what = "" if role == "teacher" else f"{mode} distillation, "
-  return f"{name} {model_name} ({what}{_regulation(alpha)})"
+  regulation = (_regulation(alpha) if gate in (None, "self_regulated")
+                else f"{gate} gate")
+  return f"{name} {model_name} ({what}{regulation})"
 
 
 def stage_started(description, samples, epochs):

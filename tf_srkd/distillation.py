@@ -33,6 +33,7 @@ class Distiller(training.SelfRegulatedModel):
     normaliser: participants | batch | weights (see `config.LOSS_NORMALISERS`).
     teacher: optional live teacher network; when given, its logits are computed
       in the step (needed with augmentation) instead of read from features.
+    **kwargs: also `policy`, the gate policy of a regulating mode (`tf_srkd.gates`).
   """
 
   def __init__(self, student, num_examples, mode: modes_lib.Mode, *, temperature, kd_lambda,

@@ -20,6 +20,7 @@ cli.quiet_environment()  # Before anything imports TensorFlow or MLflow.
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from tf_srkd import config as config_lib
 from tf_srkd import console
+from tf_srkd import disk_errors
 
 FLAGS = flags.FLAGS
 
@@ -177,6 +178,11 @@ def main(argv):
     summary = run(config, strategy, tracker=tracker, is_chief=chief)
   except (config_lib.ConfigError, data.DataError, ExportError) as e:
     _fail(e)
+  except Exception as e:  # pylint: disable=broad-except
+    message = disk_errors.disk_full_message(e)
+    if message is None:
+      raise
+    _fail(message)
   if chief:
     print(pipeline.format_summary(summary))
     console.run_finished(config.output_dir, time.time() - started, tracker)

@@ -9,7 +9,9 @@ a crash loses nothing already kept; artifacts are copied next to it (some are
 temporary files). What cannot be replayed (figures, the Keras model, runs that
 could not be started) is listed as skipped: every result is on disk anyway.
 
-Upload later, once the store answers again:
+At the end of the run the tracker tries once to upload the kept calls itself
+(`replay_if_reachable`): if the store answers again by then, nothing is left to
+do. Otherwise, upload later, once the store answers again:
 
   python -m tf_srkd.mlflow_pending <output_dir>/mlflow_pending [--tracking_uri=URI]
 """
@@ -88,7 +90,9 @@ def replay(directory: str, tracking_uri: Optional[str] = None) -> int:
   """Makes the kept calls against the store; returns how many were made.
 
   On success `calls.json` is renamed `calls.uploaded.json`, so a second upload
-  does not log everything twice.
+  does not log everything twice. If a call fails, `calls.json` is rewritten
+  with the calls not yet made (so a later upload neither repeats nor loses
+  one) and the error is raised.
   """
   import mlflow  # pylint: disable=import-outside-toplevel
 
@@ -96,7 +100,7 @@ def replay(directory: str, tracking_uri: Optional[str] = None) -> int:
   with open(path, encoding="utf-8") as f:
     kept = json.load(f)
   client = mlflow.MlflowClient(tracking_uri=tracking_uri or kept["tracking_uri"])
-  for call in kept["calls"]:
+  for done, call in enumerate(kept["calls"]):
     args, kwargs = list(call["args"]), dict(call["kwargs"])
     if call["method"] == "log_artifact":
       args[1] = os.path.join(directory, args[1])
@@ -104,9 +108,31 @@ def replay(directory: str, tracking_uri: Optional[str] = None) -> int:
       kwargs["metrics"] = [mlflow.entities.Metric(**m) for m in kwargs["metrics"]]
     if "params" in kwargs:
       kwargs["params"] = [mlflow.entities.Param(**p) for p in kwargs["params"]]
-    getattr(client, call["method"])(*args, **kwargs)
+    try:
+      getattr(client, call["method"])(*args, **kwargs)
+    except Exception:
+      io_utils.write_json(path, dict(kept, calls=kept["calls"][done:]))
+      raise
   os.replace(path, os.path.join(directory, "calls.uploaded.json"))
   return len(kept["calls"])
+
+
+def replay_if_reachable(pending: PendingLog):
+  """Uploads `pending` now if its store answers; the number of calls made, else None.
+
+  Meant for the end of a run, under `mlflow_store.fail_fast_http`: a store that
+  is still away costs one fast failure, and the kept calls stay on disk for
+  the printed upload command.
+  """
+  import mlflow  # pylint: disable=import-outside-toplevel
+
+  if not pending.calls:
+    return 0
+  try:
+    mlflow.MlflowClient(tracking_uri=pending.tracking_uri).search_experiments(max_results=1)
+    return replay(pending.directory, pending.tracking_uri)
+  except Exception:  # pylint: disable=broad-except
+    return None
 
 
 def main(argv):

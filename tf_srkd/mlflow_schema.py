@@ -124,15 +124,20 @@ def summary_metrics(summary: dict) -> dict:
   Stages are `teacher` and `student_<mode>`; a missing ζ (a stage that does
   not regulate itself) is 1.0, as on its child run.
   """
-  rows = [("teacher", summary.get("teacher") or {})] + [
-      (f"student_{mode}", m) for mode, m in (summary.get("students") or {}).items()]
+  rows = []
+  if isinstance(summary.get("teacher"), dict):
+    rows.append(("teacher", summary["teacher"]))
+  if isinstance(summary.get("students"), dict):  # Other entry points write other summaries.
+    rows += [(f"student_{mode}", m) for mode, m in summary["students"].items()
+             if isinstance(m, dict)]
   out = {}
   for stage, m in rows:
     values = {"test_accuracy": m.get("test_accuracy"),
               "zeta": 1.0 if m.get("zeta") is None and m.get("test_accuracy") is not None
                       else m.get("zeta"),
               "num_parameters": m.get("params")}
-    out.update({f"{stage}_{k}": float(v) for k, v in values.items() if v is not None})
+    out.update({f"{stage}_{k}": float(v) for k, v in values.items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool)})
   return out
 
 

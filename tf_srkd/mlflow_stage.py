@@ -67,15 +67,18 @@ class MlflowStage:
     name: the stage ("teacher", "student-hybrid"), also the logged model's name.
     tags: the run's tags, also set on the logged model.
     alpha: the stage's self-regulation rate (inf or None: it does not regulate).
+    gate: the stage's gate policy (`tf_srkd.gates`; one other than self-regulation
+      gates the stage whatever its α).
   """
 
-  def __init__(self, tracker, run_id, title="", name="model", tags=None, alpha=None):
+  def __init__(self, tracker, run_id, title="", name="model", tags=None, alpha=None,
+               gate=None):
     self.tracker = tracker
     self.run_id = run_id
     self.title = title
     self.name = name
     self.tags = dict(tags or {})
-    self.regulate = mlflow_schema.regulates(alpha)
+    self.regulate = mlflow_schema.regulates(alpha) or gate not in (None, "self_regulated")
     self.logged_epochs = set()
     self.held_back = {}  # {key: {epoch: value}}: diagnostics logged at the end if they vary.
     self.final_step = 0

@@ -7,8 +7,9 @@ lands where:
   parent run    params: every resolved flag; artifacts: flags.txt, summary.json;
                 metrics: the summary (`teacher_test_accuracy`, `student_<mode>_zeta`, ...)
   child runs    tags: role (teacher|student), mode (students), dataset, model,
-                alpha, stage; params: every resolved flag + stage_epochs,
-                stage_alpha, optimizer_*; inputs: the train and test splits
+                alpha, stage, gate (the gate policy of a self-regulating stage);
+                params: every resolved flag + stage_epochs, stage_alpha,
+                optimizer_*; inputs: the train and test splits
                 (`mlflow.log_input`); per-epoch and final metrics
                 (`mlflow_schema`); artifacts (`mlflow_stage`); the Keras network as
                 an MLflow model named after the stage ("teacher", "student-hybrid"),
@@ -189,8 +190,19 @@ class MlflowTracker:
           yield self
       finally:
         if self.pending is not None:
-          logging.warning("MLflow: %d logging calls were not made; upload them with: %s",
-                          len(self.pending), self.pending.upload_command())
+          self._upload_pending()
+
+  def _upload_pending(self):
+    """Replays what the store missed if it answers again; else prints the upload command."""
+    uploaded = mlflow_pending.replay_if_reachable(self.pending)
+    if uploaded is None:
+      logging.warning("MLflow: %d logging calls were not made; upload them with: %s",
+                      len(self.pending), self.pending.upload_command())
+      return
+    lost = f"; not replayable (on disk only): {', '.join(self.pending.skipped)}" \
+        if self.pending.skipped else ""
+    logging.warning("MLflow answers again: uploaded the %d logging calls it missed%s",
+                    uploaded, lost)
 
   @contextlib.contextmanager
   def _parent_run(self, config, flags_text):
@@ -232,7 +244,7 @@ class MlflowTracker:
                  synchronous=True)
 
   @contextlib.contextmanager
-  def stage(self, name, *, role, model_name, mode=None, alpha=None):
+  def stage(self, name, *, role, model_name, mode=None, alpha=None, gate=None):
     """A child run of the parent for one trained model."""
     if self.config is None:
       raise RuntimeError("MlflowTracker.stage() must be called inside MlflowTracker.run()")
@@ -245,6 +257,8 @@ class MlflowTracker:
       tags["mode"] = mode
     if alpha is not None:
       tags["alpha"] = format_alpha(alpha)
+    if gate is not None:
+      tags["gate"] = gate
     active = self._start(name, run_name=mlflow_schema.stage_run_name(name, model_name, alpha),
                          tags=tags, nested=True)
     if active is None:
@@ -261,7 +275,7 @@ class MlflowTracker:
     try:
       yield mlflow_stage.MlflowStage(
           self, run_id, title=f"{config.dataset} {name} ({model_name}, α={format_alpha(alpha)})",
-          name=name, tags=tags, alpha=alpha)
+          name=name, tags=tags, alpha=alpha, gate=gate)
     except BaseException as e:
       error = e
       raise

@@ -19,6 +19,7 @@ import tensorflow as tf
 from tf_srkd import config as config_lib
 from tf_srkd import data
 from tf_srkd import distillation
+from tf_srkd import gates
 from tf_srkd import io_utils
 from tf_srkd import layout
 from tf_srkd import models
@@ -104,13 +105,15 @@ def train_teacher(config, strategy, train, test, tracker, is_chief=True) -> stag
 
   def build():
     network = models.build_model(config.teacher_model, spec.image_shape, spec.num_classes)
+    policy = gates.make_policy(config.gate, train.size, config.epochs, config.seed,
+                               gates.GateSettings.of(config))
     return training.SelfRegulatedModel(network, train.size, regulate=True,
-                                       backward=config.backward, name="teacher")
+                                       backward=config.backward, policy=policy, name="teacher")
 
   stage = stages.StageSpec(name="teacher", role="teacher", model_name=config.teacher_model,
                            stage_dir=layout.RunDir(config.output_dir).teacher,
                            epochs=config.epochs, alpha=config.alpha,
-                           learning_rate=config.teacher_lr)
+                           learning_rate=config.teacher_lr, gate=config.gate)
   return stages.run_stage(stage, config, strategy, train, test, tracker, build,
                           is_chief=is_chief)
 
@@ -142,19 +145,24 @@ def distill_students(config, strategy, train, test, teacher: stages.StageResult,
 
     def build(mode=mode):
       student = models.build_model(config.student_model, spec.image_shape, spec.num_classes)
+      policy = (gates.make_policy(config.distill_gate, train.size, config.resolved_distill_epochs,
+                                  config.seed, gates.GateSettings.of(config))
+                if mode.regulate else None)
       return distillation.Distiller(
           student, train.size, mode, temperature=config.temperature, kd_lambda=config.kd_lambda,
           scale_temperature_squared=config.kd_scale_temperature_squared,
           gate_temperature=config.gate_temperature,
           backward=config.backward if mode.regulate else "masked",
           normaliser=config.distill_loss_normaliser,
-          teacher=teacher.network if config.augment else None, name=f"student_{mode.name}")
+          teacher=teacher.network if config.augment else None, policy=policy,
+          name=f"student_{mode.name}")
 
     stage = stages.StageSpec(
         name=f"student-{mode_name}", role="student", model_name=config.student_model,
         stage_dir=run_dir.student(mode_name), epochs=config.resolved_distill_epochs,
         alpha=config.distill_alpha if mode.regulate else float("inf"),
-        learning_rate=config.distill_lr, mode=mode_name)
+        learning_rate=config.distill_lr, mode=mode_name,
+        gate=config.distill_gate if mode.regulate else None)
     results[mode_name] = stages.run_stage(stage, config, strategy, train, test, tracker, build,
                                           make_extras, is_chief=is_chief).metrics
   return results

@@ -12,7 +12,10 @@ the resumed run is identical to an uninterrupted one.
 Participation lives in an on-read variable whose cross-replica restore would
 divide the counts by the replica count, so the checkpoint holds an ordinary
 snapshot variable and the restore writes it back exactly
-(`SelfRegulatedModel.set_participation`).
+(`SelfRegulatedModel.set_participation`). A gate policy's per-sample state
+(`GatePolicy.state()`: InfoBatch's scores, Selective Backprop's loss history)
+is saved the same way, as `policy_<name>` snapshots; Algorithm 1 has none, so
+its checkpoints are unchanged.
 """
 
 from typing import Optional
@@ -40,9 +43,12 @@ class StageCheckpoint:
     with tf.init_scope():
       self._epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
       self._participation = tf.Variable(np.zeros([n], np.int32), trainable=False)
+      self._policy_state = {name: tf.Variable(value, trainable=False)
+                            for name, value in model.policy.state().items()}
     self._checkpoint = tf.train.Checkpoint(
         network=model.network, optimizer=model.optimizer, epoch=self._epoch,
-        participation=self._participation)
+        participation=self._participation,
+        **{f"policy_{name}": v for name, v in self._policy_state.items()})
     self._manager = tf.train.CheckpointManager(self._checkpoint, directory, max_to_keep=1)
 
   def restore(self, epochs: Optional[int] = None) -> int:
@@ -69,6 +75,7 @@ class StageCheckpoint:
     if counts.size and (counts.min() < 0 or counts.max() > epoch):
       raise self._damaged(latest, f"participation counts outside [0, {epoch}]")
     self.model.set_participation(counts)
+    self.model.policy.load_state({k: v.numpy() for k, v in self._policy_state.items()})
     return epoch
 
   def _damaged(self, latest, problem):
@@ -87,5 +94,7 @@ class StageCheckpoint:
       return
     self._epoch.assign(next_epoch)
     self._participation.assign(counts)
+    for name, value in self.model.policy.state().items():
+      self._policy_state[name].assign(value)
     self._manager.save(checkpoint_number=next_epoch)
 

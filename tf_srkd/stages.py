@@ -48,6 +48,7 @@ class StageSpec:
     alpha: its self-regulation rate (inf: everyone takes part).
     learning_rate: Adam's learning rate.
     mode: the distillation mode of a student.
+    gate: the gate policy of a self-regulating stage (`tf_srkd.gates`), else None.
   """
 
   name: str
@@ -58,6 +59,7 @@ class StageSpec:
   alpha: float
   learning_rate: float
   mode: Optional[str] = None
+  gate: Optional[str] = None
 
 
 def compile_model(model, learning_rate, config):
@@ -106,7 +108,8 @@ def fit_stage(model, split, config, *, stage_dir, epochs, alpha, extras=None, ca
                                            seed=config.seed)
   schedule = callbacks_lib.RegulationSchedule(alpha, split.size, start, previous)
   skipper = None
-  if config.skip_idle_epochs and model.regulate and model.backward != "masked":
+  if (config.skip_idle_epochs and model.regulate and model.backward != "masked"
+      and model.policy.idle_epochs):
     skipper = callbacks_lib.IdleEpochSkipper(split.labels, alpha, epochs)
   guard = callbacks_lib.FiniteLogsGuard(name or stage_dir, stage.backup)
   began = time.time()
@@ -193,7 +196,8 @@ def run_stage(spec: StageSpec, config, strategy, train, test, tracker, build: Ca
   Returns:
     The stage's network, metrics and arrays.
   """
-  tracked = dict(role=spec.role, model_name=spec.model_name, mode=spec.mode, alpha=spec.alpha)
+  tracked = dict(role=spec.role, model_name=spec.model_name, mode=spec.mode, alpha=spec.alpha,
+                 gate=spec.gate)
   description = console.describe_stage(spec.name, **tracked)
   if spec.stage_dir.finished:
     console.stage_reused(description, spec.stage_dir.path)
@@ -242,6 +246,8 @@ def _trained_result(spec, model, train, test, config, history, wall) -> StageRes
   }
   if spec.mode is not None:
     metrics["mode"] = spec.mode
+  if spec.gate not in (None, "self_regulated"):
+    metrics["gate"] = spec.gate
   return StageResult(network, metrics, counts if model.regulate else None, significance)
 
 
@@ -261,6 +267,8 @@ def _log_result(stage, result: StageResult, train, test, config):
   epoch's step, the model at that step (so it carries them), significance."""
   metrics = result.metrics
   train_split = f"train[:{config.train_examples}]" if config.train_examples else "train"
+  if train.size != config.num_train_examples:  # A subset of it (`tf_srkd.subset`).
+    train_split = f"{train_split}-subset-{train.size}"
   stage.log_datasets(config.dataset, [(train_split, train, "training"), ("test", test, "testing")])
   stage.log_history(metrics.get("history"))
   if result.participation is not None:

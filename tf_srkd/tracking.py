@@ -83,7 +83,7 @@ class NullTracker:
     yield self
 
   @contextlib.contextmanager
-  def stage(self, name, *, role, model_name, mode=None, alpha=None):
+  def stage(self, name, *, role, model_name, mode=None, alpha=None, gate=None):
     """A child run for one trained model; yields the stage object that logs into it."""
-    del name, role, model_name, mode, alpha
+    del name, role, model_name, mode, alpha, gate
     yield NullStage()

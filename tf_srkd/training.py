@@ -18,6 +18,11 @@ Two backward strategies compute the same update:
 participation fraction (`callbacks.RegulationSchedule`). The two steps share
 their second half (`_finish_step`): the update, the counts and the metrics.
 
+Another gate policy (`tf_srkd.gates`: InfoBatch, Selective Backprop, random)
+replaces Algorithm 1's gate in a self-regulating model: `_policy_step` lets the
+policy decide the gate and a per-row loss factor, then runs forward and backward
+on the kept rows only (compact), with the same counts, normalisation and update.
+
 The callbacks that drive training live in `callbacks`; the exact
 per-replica operations the step relies on in `distributed`.
 """
@@ -30,6 +35,7 @@ import tensorflow as tf
 
 from tf_srkd import config as config_lib
 from tf_srkd import distributed
+from tf_srkd import gates
 from tf_srkd import losses
 from tf_srkd import regulation
 
@@ -70,10 +76,13 @@ class SelfRegulatedModel(keras.Model):
     participation: int32 [N] participation counts v, exact under any strategy
       (on-read synchronised, summed over replicas when read).
     eta: the current threshold; set at each epoch start by `RegulationSchedule`.
+    policy: the gate policy (`tf_srkd.gates`); Algorithm 1 unless another one
+      is given to a regulating model. Other policies always run compact.
   """
 
   def __init__(self, network, num_examples, *, regulate=True, weight_by_significance=False,
-               gate_temperature=1.0, backward="masked", normaliser="participants", **kwargs):
+               gate_temperature=1.0, backward="masked", normaliser="participants", policy=None,
+               **kwargs):
     super().__init__(**kwargs)
     if backward not in config_lib.BACKWARDS:
       raise ValueError(f"backward must be one of {config_lib.BACKWARDS}, got {backward!r}")
@@ -87,8 +96,14 @@ class SelfRegulatedModel(keras.Model):
     self.weight_by_significance = bool(weight_by_significance)
     self.gate_temperature = float(gate_temperature)
     self.backward = backward
+    if policy is None or not self.regulate:
+      policy = gates.make_policy(gates.DEFAULT, self.num_examples, 0, 0)
+    self.policy = policy
+    if policy.name != gates.DEFAULT:  # Its gate needs no training-mode forward.
+      self.backward = "compact"
+    policy.build()
     # `auto` starts masked: early epochs have most samples taking part.
-    self.active_backward = "compact" if backward == "compact" else "masked"
+    self.active_backward = "compact" if self.backward == "compact" else "masked"
     self.participation = keras.Variable(
         np.zeros([self.num_examples], np.int32), dtype="int32", trainable=False,
         synchronization="on_read", aggregation="sum", name="participation")
@@ -216,6 +231,9 @@ class SelfRegulatedModel(keras.Model):
     """One step with the `masked` or the `compact` backward; see the module doc."""
     features, labels = data[0], data[1]
     padded, padded_labels, valid = _pad_if_empty(features, labels)
+    if self.policy.name != gates.DEFAULT:
+      step = self._policy_step(features["id"], padded, padded_labels, valid)
+      return self._finish_step(step, features["id"], labels, "policy")
     if backward == "compact":
       step = self._compact_step(features["id"], padded, padded_labels, valid)
     else:
@@ -275,6 +293,39 @@ class SelfRegulatedModel(keras.Model):
                  loss_gate=chosen_valid, total=total, parts=parts, predicted=predicted,
                  use_cache=use_cache)
 
+  def _policy_step(self, ids, padded, labels, valid) -> "_Step":
+    """The policy's gate and loss factors, then forward and backward on the kept rows.
+
+    A policy that decides without a forward pass (`Decision.predicted` None)
+    leaves only the kept rows' predictions known: accuracy covers those.
+    """
+    variables = self.network.trainable_variables
+    decision = self.policy.decide(self, ids, padded, labels)
+    gate = decision.gate * valid
+    count = distributed.global_sum(tf.reduce_sum(gate))
+    rows = tf.reshape(tf.where(gate > 0), [-1])
+    kept = tf.shape(rows)[0]
+    (chosen, scale), chosen_labels, chosen_valid = _pad_if_empty(
+        tf.nest.map_structure(lambda t: tf.gather(t, rows), (padded, decision.scale)),
+        tf.gather(labels, rows))
+    with tf.GradientTape() as tape:
+      logits = self.network(chosen["image"], training=True)
+      total, parts = self.per_sample_loss(chosen, chosen_labels, logits)
+      weights = self._sample_weights(chosen, chosen_valid) * scale
+      loss = losses.normalised_loss(total, weights,
+                                    *self._divisor(count, valid, tf.stop_gradient(weights)))
+    self.policy.observe(chosen["id"][:kept], tf.stop_gradient(total)[:kept])
+    predicted, seen = decision.predicted, None
+    if predicted is None:
+      trained = tf.argmax(logits, -1, output_type=tf.int32)[:kept]
+      predicted = tf.scatter_nd(tf.expand_dims(rows, 1), trained,
+                                tf.shape(gate, out_type=tf.int64))
+      seen = gate
+    return _Step(grads=tape.gradient(loss, variables), count=count,
+                 update=self._has_weight(count, weights), gate=gate, rows=chosen,
+                 loss_gate=chosen_valid, total=total, parts=parts, predicted=predicted,
+                 use_cache=tf.constant(False), seen=seen)
+
   def _has_weight(self, count, weights):
     """Whether the global batch carries any loss weight: some participant, and
     with significance weighting some participant of significance > 0."""
@@ -299,7 +350,7 @@ class SelfRegulatedModel(keras.Model):
     real_gate = step.gate[:n]
     distributed.scatter_add_by_id(self.participation, ids, tf.cast(real_gate > 0, tf.int32))
     self._update_metrics(step.rows, step.loss_gate, step.total, step.parts, step.predicted[:n],
-                         labels, real_gate)
+                         labels, real_gate, None if step.seen is None else step.seen[:n])
     self._trackers["gate_from_cache"].update_state(tf.cast(step.use_cache, tf.float32))
     results = {name: t.result() for name, t in self._trackers.items()}
     if isinstance(self.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy):
@@ -309,16 +360,20 @@ class SelfRegulatedModel(keras.Model):
       results = {name: tf.reshape(v, [1]) for name, v in results.items()}
     return results
 
-  def _update_metrics(self, chosen, loss_gate, total, parts, predicted, labels, gate):
+  def _update_metrics(self, chosen, loss_gate, total, parts, predicted, labels, gate,
+                      seen=None):
     """Loss metrics: sum(g s L) / sum(g) over the epoch; accuracy and participation
-    fraction over every real sample."""
+    fraction over every real sample (accuracy over the `seen` ones when given)."""
     scale = (tf.cast(chosen["significance"], tf.float32)
              if self.weight_by_significance else tf.ones_like(total))
     self._trackers["loss"].update_state(scale * total, sample_weight=loss_gate)
     for name, values in parts.items():
       self._trackers[name].update_state(scale * values, sample_weight=loss_gate)
     correct = tf.cast(tf.equal(predicted, tf.cast(labels, tf.int32)), tf.float32)
-    self._trackers["accuracy"].update_state(correct)
+    if seen is None:
+      self._trackers["accuracy"].update_state(correct)
+    else:
+      self._trackers["accuracy"].update_state(correct, sample_weight=seen)
     self._trackers["participation_fraction"].update_state(gate)
 
   # -- state helpers ---------------------------------------------------------
@@ -365,6 +420,7 @@ class _Step(NamedTuple):
     total, parts: their per-sample loss and its named parts.
     predicted: [padded batch] predicted class of every row.
     use_cache: whether the gate came from the idle-epoch cache.
+    seen: [padded batch] weight of each row in the accuracy, or None (every row).
   """
 
   grads: list
@@ -377,3 +433,4 @@ class _Step(NamedTuple):
   parts: dict
   predicted: tf.Tensor
   use_cache: tf.Tensor
+  seen: tf.Tensor = None

@@ -1,0 +1,68 @@
+"""Significance-ranked subsets into bench/RESULTS.md: `python -m tf_srkd.subset` on a
+teacher run, its table published as section `subsets_<dataset>`.
+
+Trains (or reuses) a self-regulated teacher with the dataset's paper flagfile at
+`--epochs`, then runs the subset tool on it (students at the same epochs, KD and
+supervised, top / random / bottom per class) and publishes `table.md` with the
+run's settings; the curve stays in `<run>/subsets/curve.png` (and MLflow).
+
+  python bench/subsets.py --dataset=mnist --epochs=20
+  python bench/subsets.py --quick --no_write          # a check that it runs
+"""
+
+import argparse
+import os
+import subprocess
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # pylint: disable=wrong-import-position
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("--dataset", default="mnist", choices=["mnist", "fashion_mnist", "cifar10"])
+  p.add_argument("--epochs", type=int, default=20, help="teacher and student epochs (paper: 200)")
+  p.add_argument("--fractions", default="0.01,0.02,0.05,0.1,0.25,0.5,1.0")
+  p.add_argument("--train_examples", type=int, default=0)
+  p.add_argument("--root", default=os.path.join(common.REPO_ROOT, "runs", "bench_subsets"))
+  p.add_argument("--mlflow", action="store_true")
+  p.add_argument("--quick", action="store_true", help="512 examples, 1 epoch, f = 0.25, 1")
+  p.add_argument("--no_write", action="store_true")
+  args = p.parse_args(argv)
+  if args.quick:
+    args.epochs, args.train_examples, args.fractions = 1, 512, "0.25,1"
+  return args
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  machine = common.machine_description()
+  run = os.path.join(args.root, f"{args.dataset}-e{args.epochs}-n{args.train_examples}")
+  mlflow = [] if args.mlflow else ["--nomlflow"]
+  if not os.path.exists(os.path.join(run, "teacher", "metrics.json")):
+    subprocess.run([sys.executable, "-m", "tf_srkd.main", f"--flagfile={args.dataset}",
+                    "--stage=teacher", f"--epochs={args.epochs}", f"--output_dir={run}",
+                    f"--train_examples={args.train_examples}", *mlflow],
+                   cwd=common.REPO_ROOT, check=True)
+  subprocess.run([sys.executable, "-m", "tf_srkd.subset", f"--teacher_dir={run}",
+                  f"--fractions={args.fractions}", f"--epochs={args.epochs}", *mlflow],
+                 cwd=common.REPO_ROOT, check=True)
+  with open(os.path.join(run, "subsets", "table.md"), encoding="utf-8") as f:
+    table = f.read()
+  notes = [
+      f"Teacher: `flags/{args.dataset}.flags` at {args.epochs} epochs (the paper: 200 for "
+      "MNIST/Fashion-MNIST, 1000 for CIFAR-10), self-regulated; every student trains "
+      f"{args.epochs} epochs on its subset (`--schedule=epochs`: a smaller subset costs less).",
+      "Subsets per class (tf_srkd/subsets.py): k_c = max(1, ⌊f·n_c⌋); ties in significance "
+      "(most samples are exactly 0) broken by a seeded hash of the sample id; kd = conventional "
+      "KD from the teacher, supervised = cross-entropy only. Cells: test accuracy.",
+      f"Run directory: `{os.path.relpath(run, common.REPO_ROOT)}` (ids/*.npy, curve.png).",
+  ]
+  common.publish(f"subsets_{args.dataset}" + ("_quick" if args.quick else ""),
+                 f"Significance-ranked subsets: {args.dataset}", machine, notes, table,
+                 write=not args.no_write)
+
+
+if __name__ == "__main__":
+  main()
