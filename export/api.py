@@ -36,20 +36,23 @@ from tf_srkd import layout
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def load_split(dataset: str, split: str, limit: int = 0):
-  """`tf_srkd.data.load_split` of a dataset by name, with ExportError for a missing one."""
+def load_split(dataset, split: str, limit: int = 0):
+  """`tf_srkd.data.load_split` of a dataset (a registered name or a resolved
+  `DatasetSpec`), with ExportError for a missing one."""
   from tf_srkd import data  # pylint: disable=import-outside-toplevel
 
+  spec = dataset if isinstance(dataset, datasets.DatasetSpec) else datasets.get_dataset_spec(dataset)
   try:
-    return data.load_split(datasets.get_dataset_spec(dataset), split, int(limit))
+    return data.load_split(spec, split, int(limit))
   except data.DataError as e:
     raise ExportError(str(e)) from e
 
 
 class ExportData:
-  """The splits of one dataset that a call's exports share, each loaded on first use."""
+  """The splits of one dataset (a name or a `DatasetSpec`) that a call's exports share,
+  each loaded on first use."""
 
-  def __init__(self, dataset: str):
+  def __init__(self, dataset):
     self.dataset = dataset
     self._splits = {}
 
@@ -75,8 +78,8 @@ class ModelContext:
 def model_context(student: source.Student, test_examples: int = 0,
                   data: Optional[ExportData] = None) -> ModelContext:
   """The test split (its first `test_examples`; 0: all) and the Keras model's outputs on it."""
-  data = data if data is not None and data.dataset == student.spec.name else ExportData(
-      student.spec.name)
+  data = data if data is not None and data.dataset == student.spec else ExportData(
+      student.spec)
   test = data.split("test", test_examples)
   return ModelContext(student, test.images, test.labels,
                       verify_lib.keras_logits(student.model, test.images), data)
@@ -252,7 +255,7 @@ def export_run(run_dir: str, quantizations=convert_lib.QUANTIZATIONS, calibratio
   for mode in found:
     stage = run.student(mode)
     student = source.load_student(stage.model, kwargs.get("dataset"), tracking_uri)
-    data = data or ExportData(student.spec.name)  # One load of each split for every student.
+    data = data or ExportData(student.spec)  # One load of each split for every student.
     results[mode] = export_all(student, stage.tflite, quantizations, calibration=calibration,
                                qat_epochs=qat_epochs, data=data, tracking_uri=tracking_uri,
                                mlflow_run_id=(mlflow_run_ids or {}).get(mode), **kwargs)

@@ -66,6 +66,16 @@ def _tensor(detail: dict, name: str) -> dict:
           "dtype": detail["dtype"], "quantization": detail["quantization"]}
 
 
+def _resize(spec) -> Optional[dict]:
+  """How the run resized its images (`--image_size`), which a caller must repeat; None: not."""
+  size = getattr(spec, "image_size", None)
+  if not size:
+    return None
+  from tf_srkd import sources  # pylint: disable=import-outside-toplevel
+
+  return {"height": size[0], "width": size[1], "method": sources.RESIZE_METHOD}
+
+
 def build_sidecar(student, output: str, tflite_bytes: bytes, quantization: str,
                   details: dict, verification: dict, calibration: Optional[dict] = None,
                   qat: Optional[dict] = None) -> dict:
@@ -89,7 +99,7 @@ def build_sidecar(student, output: str, tflite_bytes: bytes, quantization: str,
       "input": dict(
           _tensor(details["input"], convert_lib.INPUT_NAME), layout="NHWC", height=h, width=w,
           channels=c, value_range=[0, 255], description="raw image pixels, batch 1",
-          preprocessing=scaling),
+          preprocessing=scaling, resize=_resize(student.spec)),
       "output": dict(
           _tensor(details["output"], convert_lib.OUTPUT_NAME),
           description="class probabilities (softmax); index i is line i of labels.txt",

@@ -22,7 +22,10 @@ from tf_srkd import validation
 
 #: Run settings an MLflow run's params provide in place of run_config.json.
 _RUN_PARAMS = ("dataset", "train_examples", "student_model", "teacher_model", "temperature",
-               "kd_lambda")
+               "kd_lambda",
+               # issue 11: the data settings that shape the dataset's spec.
+               "train_split", "test_split", "image_size", "channels", "test_folder",
+               "validation_fraction", "seed")
 
 
 @dataclasses.dataclass
@@ -176,10 +179,11 @@ def load_student(model_ref: str, dataset: Optional[str] = None,
                       f"run_config.json next to it); pass --dataset, one of "
                       f"{', '.join(sorted(datasets.DATASETS))}")
   try:
-    spec = datasets.get_dataset_spec(name)
-  except KeyError as e:
-    raise ExportError(f"--dataset={name}: unknown; expected one of "
-                      f"{', '.join(sorted(datasets.DATASETS))}") from e
+    # The run's data settings (splits, --image_size, folder options) shape the spec.
+    spec = datasets.resolve_settings(run_config, name)
+  except (datasets.DatasetError, KeyError) as e:
+    raise ExportError(str(e) if isinstance(e, datasets.DatasetError) else
+                      f"--dataset={name}: unknown") from e
   try:
     model = keras.models.load_model(path, compile=False)
   except Exception as e:  # Keras raises many types for a bad file.

@@ -3,7 +3,6 @@
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -11,6 +10,8 @@ import time
 import keras
 import numpy as np
 import pytest
+
+from tests import cluster
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
@@ -49,40 +50,10 @@ def test_batch_not_divisible_by_replicas_is_refused(tmp_path):
   assert not (tmp_path / "x").exists()
 
 
-def _free_port():
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
-def _run_two_workers(command_for, timeout=420):
-  """Runs `command_for(index)` as the two workers of a 127.0.0.1 TF_CONFIG cluster.
-
-  Both are killed if anything fails; each must exit 0. Returns their outputs.
-  """
-  cluster = {"worker": [f"127.0.0.1:{_free_port()}" for _ in range(2)]}
-  procs = []
-  try:
-    for index in range(2):
-      env = dict(ENV, TF_CONFIG=json.dumps({"cluster": cluster,
-                                            "task": {"type": "worker", "index": index}}))
-      procs.append(subprocess.Popen(command_for(index), cwd=ROOT, env=env,
-                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    outputs = [p.communicate(timeout=timeout)[0] for p in procs]
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
-        p.wait()
-  for p, out in zip(procs, outputs):
-    assert p.returncode == 0, out[-3000:]
-  return outputs
-
-
 @pytest.mark.slow
 def test_two_worker_multiworker_counts_match_brute_force(tmp_path):
   started = time.time()
-  _run_two_workers(lambda index: [sys.executable, "tests/multiworker_worker.py",
+  cluster.run_two_workers(lambda index: [sys.executable, "tests/multiworker_worker.py",
                                   str(tmp_path / f"worker{index}.npz")])
   wall = time.time() - started
   assert not (tmp_path / "worker1.npz").exists(), "only the chief writes"
@@ -101,7 +72,7 @@ def test_two_worker_cli_equals_one_process(tmp_path):
   args = ["--modes=regulated", "--epochs=2", "--train_examples=256", "--alpha=0.5",
           "--distill_alpha=0.5"]
   cli(*args, f"--output_dir={tmp_path / 'single'}")
-  outputs = _run_two_workers(lambda index: [
+  outputs = cluster.run_two_workers(lambda index: [
       sys.executable, "-m", "tf_srkd.main", "--flagfile=flags/smoke.flags", *args,
       "--strategy=multi_worker", f"--output_dir={tmp_path / 'multi'}"])
   assert "student/regulated" in outputs[0] and "student/regulated" not in outputs[1]

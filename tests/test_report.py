@@ -216,6 +216,19 @@ def test_significance_histograms_one_panel_per_class_named():
   assert [ax.get_title() for ax in mnist.axes] == [str(d) for d in range(10)]
 
 
+def test_significance_histograms_lay_out_100_named_classes():
+  names = tuple(f"class_{i}" for i in range(99)) + ("a_very_long_class_name_for_a_panel",)
+  labels = np.repeat(np.arange(100), 3)
+  figure = plots.significance_histograms(np.linspace(0, 1, 300), labels, names)
+  visible = [ax for ax in figure.axes if ax.get_visible()]
+  assert len(visible) == 100
+  width, height = figure.get_size_inches()
+  assert width <= 20 and height <= 20  # A 10 x 10 grid, not 20 rows of 5.
+  assert visible[7].get_title() == "7: class_7"
+  assert visible[99].get_title().startswith("99: a_very") and len(visible[99].get_title()) <= 18
+  assert [sum(p.get_height() for p in ax.patches) for ax in visible] == [3] * 100
+
+
 def test_participation_plot_draws_the_history():
   history = [{"epoch": 1, "participation_fraction": 0.5, "eta": 0.1},
              {"epoch": 0, "participation_fraction": 0.9, "eta": 0.0}]

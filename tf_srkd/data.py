@@ -1,7 +1,8 @@
-"""TFDS -> in-memory arrays with sample ids -> per-epoch shuffled batches.
+"""A split -> in-memory arrays with sample ids -> per-epoch shuffled batches.
 
-Sample id i is the i-th example of the TFDS split read in file order
-(`shuffle_files=False`), attached before any shuffling. Images stay uint8 in
+Sample id i is the i-th example of the resolved train split read in file order
+(TFDS with `shuffle_files=False`, a folder in sorted order; `tf_srkd.sources`),
+attached before any shuffling. Images stay uint8 in
 memory; `preprocess` (scaling to [0, 1]) runs when a batch is gathered, so the
 models themselves see floats and exported models can wrap the same function to
 take raw pixels.
@@ -11,12 +12,12 @@ run resumed at epoch k sees exactly the batches an uninterrupted run would.
 """
 
 import dataclasses
-import os
 
 import numpy as np
 import tensorflow as tf
 
 from tf_srkd import datasets
+from tf_srkd import sources
 
 
 class DataError(RuntimeError):
@@ -47,11 +48,11 @@ def preprocess(images):
 
 def load_split(spec: datasets.DatasetSpec, split: str, limit: int = 0,
                download: bool = False) -> SplitArrays:
-  """Loads a TFDS split into memory in file order.
+  """Loads a split into memory in file order (sample id i = row i).
 
   Args:
-    spec: the dataset's registry entry.
-    split: "train" or "test".
+    spec: the resolved dataset (`datasets.resolve`).
+    split: "train" (the spec's `train_split`) or "test" (its `test_split`).
     limit: if > 0, keep only the first `limit` examples.
     download: let TFDS download and prepare a dataset that is missing.
 
@@ -59,37 +60,57 @@ def load_split(spec: datasets.DatasetSpec, split: str, limit: int = 0,
     The split as arrays.
 
   Raises:
-    DataError: if the dataset is not available (offline and not prepared) or
-      has fewer than `limit` examples.
+    DataError: if the dataset is not available (offline and not prepared), a
+      file cannot be decoded (named), or it has fewer than `limit` examples.
   """
-  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
-
-  split_arg = f"{split}[:{limit}]" if limit else split
+  shown = split_name(spec, split)
+  dataset = open_split(spec, split, limit, download)
   try:
-    dataset = tfds.load(spec.name, split=split_arg, shuffle_files=False, as_supervised=True,
-                        download=download)
-  except Exception as e:  # TFDS raises a variety of types for "not prepared".
-    where = os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets")
-    raise DataError(
-        f"--dataset={spec.name}: could not load split {split_arg!r} from the TFDS data_dir "
-        f"{where!r} (set TFDS_DATA_DIR to a prepared data_dir, or pass --download on a "
-        f"machine with internet): {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-    ) from e
-  # Large batches rather than `batch_size=-1`, which aborts under tfds.testing.mock_data.
-  chunks = list(tfds.as_numpy(dataset.batch(8192)))
+    # Large batches rather than `batch_size=-1`, which aborts under tfds.testing.mock_data.
+    chunks = list(dataset.batch(8192).as_numpy_iterator())
+  except tf.errors.OpError as e:
+    raise DataError(decode_failure(spec, split, limit, e)) from e
   if not chunks:
-    raise DataError(f"--dataset={spec.name}: split {split_arg!r} is empty")
+    raise DataError(f"--dataset={spec.name}: split {shown!r} is empty")
   images = np.concatenate([c[0] for c in chunks]).astype(np.uint8, copy=False)
   labels = np.concatenate([c[1] for c in chunks])
   if images.ndim == 3:
     images = images[..., None]
   labels = np.asarray(labels, dtype=np.int32)
   if limit and labels.shape[0] < limit:
-    raise DataError(f"--train_examples={limit}: the {split!r} split of {spec.name} has only "
+    raise DataError(f"--train_examples={limit}: the {shown!r} split of {spec.name} has only "
                     f"{labels.shape[0]} examples")
-  if limit:  # TFDS honours `split[:limit]`; mock data does not.
+  if limit:  # TFDS honours `take(limit)`; mock data may not.
     images, labels = images[:limit], labels[:limit]
   return SplitArrays(images=images, labels=labels)
+
+
+def split_name(spec: datasets.DatasetSpec, role: str) -> str:
+  """The split string a role ("train", "test") stands for, for messages."""
+  return {"train": spec.train_split, "test": spec.test_split}.get(role, role)
+
+
+def open_split(spec: datasets.DatasetSpec, role: str, limit: int = 0,
+               download: bool = False) -> tf.data.Dataset:
+  """`sources.split_dataset`, with every failure to open it as one `DataError` line."""
+  try:
+    return sources.split_dataset(spec, role, limit, download)
+  except datasets.DatasetError as e:
+    raise DataError(str(e)) from e
+  except Exception as e:  # TFDS raises a variety of types for "not prepared".
+    raise DataError(sources.tfds_error(spec, split_name(spec, role), e)) from e
+
+
+def decode_failure(spec, split, limit, error) -> str:
+  """The message for a split that failed to decode: the first bad file when it is a folder."""
+  if spec.source == "folder":
+    for path in sources.folder_files(spec, split, limit)[0]:
+      try:
+        sources.decode_file(path, spec.image_shape[-1])
+      except tf.errors.OpError:
+        return f"{path}: cannot be decoded as an image (corrupt or truncated)"
+  text = " ".join(str(error).split())[:200]
+  return f"--dataset={spec.name}: reading the {split!r} split failed: {text}"
 
 
 def steps_per_epoch(num_examples: int, batch_size: int) -> int:
@@ -126,16 +147,16 @@ def train_dataset(split: SplitArrays, batch_size: int, seed: int, start_epoch: i
     A dataset of `steps_per_epoch(N, batch_size) * (end_epoch - start_epoch)` batches.
   """
   n = split.size
-  images = tf.constant(split.images)
+  images = _gatherer(split.images)
   labels = tf.constant(split.labels)
-  extras = {k: tf.constant(v) for k, v in (extras or {}).items()}
+  extras = {k: _gatherer(v) for k, v in (extras or {}).items()}
 
   def gather(epoch, ids):
-    features = {"image": preprocess(tf.gather(images, ids)), "id": ids}
+    features = {"image": preprocess(images(ids)), "id": ids}
     if augment_fn is not None:
       features["image"] = augment_fn(features["image"], ids, epoch)
     for name, values in extras.items():
-      features[name] = tf.gather(values, ids)
+      features[name] = values(ids)
     return features, tf.gather(labels, ids)
 
   epochs = tf.data.Dataset.range(start_epoch, end_epoch)
@@ -148,6 +169,40 @@ def train_dataset(split: SplitArrays, batch_size: int, seed: int, start_epoch: i
   options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
   return (ids.map(gather, num_parallel_calls=tf.data.AUTOTUNE)
           .prefetch(tf.data.AUTOTUNE).with_options(options))
+
+
+def is_stored(values) -> bool:
+  """Whether `values` lives on disk (`streaming.StoredArray`) rather than in memory."""
+  return hasattr(values, "read_rows")
+
+
+def _gatherer(values):
+  """`fn(ids) -> rows of values`: a gather from a constant in memory, or reads by id from
+  an array on disk (`streaming.StoredArray`)."""
+  if not is_stored(values):
+    constant = tf.constant(values)
+    return lambda ids: tf.gather(constant, ids)
+  dtype = tf.as_dtype(values.dtype)
+
+  def read(ids):
+    rows = tf.numpy_function(values.read_rows, [ids], dtype, stateful=False)
+    return tf.ensure_shape(rows, [None, *values.row_shape])
+
+  return read
+
+
+def _in_order(images, batch_size: int) -> tf.data.Dataset:
+  """Batches of raw images in order, from memory or from disk."""
+  if not is_stored(images):
+    return tf.data.Dataset.from_tensor_slices(images).batch(batch_size)
+  n, dtype = len(images), tf.as_dtype(images.dtype)
+
+  def read(start):
+    rows = tf.numpy_function(images.read_range, [start, tf.minimum(start + batch_size, n)],
+                             dtype, stateful=False)
+    return tf.ensure_shape(rows, [None, *images.row_shape])
+
+  return tf.data.Dataset.range(0, n, batch_size).map(read)
 
 
 def image_batches(images: np.ndarray, batch_size: int) -> tf.data.Dataset:
@@ -169,7 +224,7 @@ def predict_logits(network, images: np.ndarray, batch_size: int) -> np.ndarray:
   def pad(batch):
     return tf.pad(batch, [[0, batch_size - tf.shape(batch)[0]]] + [[0, 0]] * (rank - 1))
 
-  batches = (tf.data.Dataset.from_tensor_slices(images).batch(batch_size).map(pad)
+  batches = (_in_order(images, batch_size).map(pad)
              .map(preprocess, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE))
   return np.asarray(network.predict(batches, verbose=0), dtype=np.float32)[:len(images)]
 

@@ -20,6 +20,7 @@ cli.quiet_environment()  # Before anything imports TensorFlow or MLflow.
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from tf_srkd import config as config_lib
 from tf_srkd import console
+from tf_srkd import datasets
 from tf_srkd import disk_errors
 
 FLAGS = flags.FLAGS
@@ -51,7 +52,8 @@ def config_from_flags(flag_values=FLAGS) -> config_lib.Config:
   values = {spec.name: flag_values[spec.name].value for spec in config_lib.flag_specs()}
   if values["output_dir"] is None:
     values["output_dir"] = os.path.join(
-        "runs", f"{values['dataset']}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
+        "runs", f"{datasets.slug(values['dataset'])}-"
+        f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
   if values["verbose"] is None:
     values["verbose"] = console.default_fit_verbosity()
   return config_lib.from_flag_values(values)

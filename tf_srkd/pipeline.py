@@ -25,6 +25,7 @@ from tf_srkd import layout
 from tf_srkd import models
 from tf_srkd import modes as modes_lib
 from tf_srkd import stages
+from tf_srkd import streaming
 from tf_srkd import tracking
 from tf_srkd import training
 from tf_srkd import validation
@@ -126,6 +127,9 @@ def distill_students(config, strategy, train, test, teacher: stages.StageResult,
   cached = {}
 
   def teacher_logits():  # One inference pass over the transfer set per run.
+    if "logits" not in cached and data.is_stored(train.images):  # On disk too.
+      cached["logits"] = streaming.predict_to_disk(teacher.network, train.images,
+                                                   config.eval_batch_size, "teacher_logits")
     if "logits" not in cached:
       cached["logits"] = stages.predict_logits(teacher.network, train.images,
                                                config.eval_batch_size)
@@ -225,8 +229,10 @@ def run(config: config_lib.Config, strategy=None, tracker=None, is_chief=True) -
         f"{replicas} replicas of the {type(strategy).__name__}")
   tracker = tracker or tracking.NullTracker()
   spec = config.dataset_spec
-  train = data.load_split(spec, "train", config.train_examples, config.download)
-  test = data.load_split(spec, "test", 0, config.download)
+  # In memory, or on disk above --max_in_memory_mb (`streaming`); the same batches either way.
+  train = streaming.load(spec, "train", config.train_examples, config.download,
+                         config.max_in_memory_mb)
+  test = streaming.load(spec, "test", 0, config.download, config.max_in_memory_mb)
   teacher, teacher_digest = load_teacher(config, strategy, train.size)
   prepare_output_dir(config, is_chief, teacher_digest)
   with tracker.run(config, config_lib.to_flagfile(config)):

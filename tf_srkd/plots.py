@@ -28,10 +28,26 @@ def _new_figure(**kwargs) -> Figure:
   return figure
 
 
+#: Above this many classes the histograms switch to the compact layout.
+_FEW_CLASSES = 10
+
+
 def _grid(count):
-  """(rows, cols) for `count` panels: at most 5 per row (10 classes -> 2 x 5)."""
-  cols = min(count, 5) if count else 1
+  """(rows, cols) for `count` panels: at most 5 per row up to 10 classes (10 -> 2 x 5),
+  then a near-square grid of at most 10 per row (100 classes -> 10 x 10)."""
+  if count <= _FEW_CLASSES:
+    cols = min(count, 5) if count else 1
+  else:
+    cols = min(10, math.ceil(math.sqrt(count)))
   return max(1, math.ceil(count / cols)), cols
+
+
+def _panel_title(index, name, compact):
+  """"<label>: <name>" (just the name where it is the label); long names shortened."""
+  name = str(name)
+  text = name if name == str(index) else f"{index}: {name}"
+  limit = 18 if compact else 40
+  return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 def significance_histograms(significance, labels, class_names, bins=20, title=None) -> Figure:
@@ -53,7 +69,10 @@ def significance_histograms(significance, labels, class_names, bins=20, title=No
   if significance.shape != labels.shape:
     raise ValueError(f"significance {significance.shape} and labels {labels.shape} differ in shape")
   rows, cols = _grid(len(class_names))
-  fig = _new_figure(figsize=(3.0 * cols, 2.6 * rows))
+  compact = len(class_names) > _FEW_CLASSES
+  # Many classes: smaller panels, so 100 classes fit a 10 x 10 grid of ~18 x 16 inches.
+  width, height = (1.8, 1.6) if compact else (3.0, 2.6)
+  fig = _new_figure(figsize=(width * cols, height * rows))
   axes = fig.subplots(rows, cols, squeeze=False, sharex=True)
   edges = np.linspace(0.0, 1.0, bins + 1)
   for index, ax in enumerate(axes.flat):
@@ -62,13 +81,14 @@ def significance_histograms(significance, labels, class_names, bins=20, title=No
       continue
     values = significance[labels == index]
     ax.hist(values, bins=edges, color=_OURS)
-    name = str(class_names[index])
-    ax.set_title(name if name == str(index) else f"{index}: {name}", fontsize=10)
+    ax.set_title(_panel_title(index, class_names[index], compact), fontsize=6 if compact else 10)
     ax.set_xlim(0.0, 1.0)
+    if compact:
+      ax.tick_params(labelsize=5)
     if index % cols == 0:
-      ax.set_ylabel("frequency")
-    if index >= (rows - 1) * cols:
-      ax.set_xlabel("sample significance")
+      ax.set_ylabel("frequency", fontsize=6 if compact else None)
+    if index >= len(class_names) - cols:  # The lowest panel of each column.
+      ax.set_xlabel("sample significance", fontsize=6 if compact else None)
   if title:
     fig.suptitle(title)
   return fig

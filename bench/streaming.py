@@ -1,0 +1,174 @@
+"""Streaming vs in-memory: a self-regulated teacher epoch on CIFAR-10 from a split on disk
+(`--max_in_memory_mb` exceeded, `tf_srkd.streaming`) against the same epoch from memory.
+
+Table 1 (one process, interleaved epochs, same initial weights and batches):
+throughput of the on-disk path relative to the in-memory path (in-memory epoch
+seconds / on-disk epoch seconds; goal >= 0.9).
+
+Table 2 (one subprocess per cell, so each has its own peak): the peak resident
+memory (VmHWM) of loading the split and training one teacher epoch, at
+two split sizes (goal: the on-disk path stays flat as the split grows).
+
+  python bench/streaming.py [--examples=0] [--sizes=10000,50000] [--rounds=5]
+  python bench/streaming.py --quick     # seconds-long smoke run; never writes RESULTS.md
+"""
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # pylint: disable=wrong-import-position
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("--examples", type=int, default=0, help="CIFAR-10 examples, table 1 (0: 50000)")
+  p.add_argument("--sizes", default="10000,50000", help="two split sizes for table 2")
+  p.add_argument("--model", default="lenet5", help="teacher architecture")
+  p.add_argument("--batch_size", type=int, default=512)
+  p.add_argument("--rounds", type=int, default=5, help="measured epochs per path, table 1")
+  p.add_argument("--warmup", type=int, default=1)
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--quick", action="store_true",
+                 help="tiny smoke run (512 examples, 1 round, sizes 256,512); implies --no_write")
+  p.add_argument("--no_write", action="store_true", help="do not touch bench/RESULTS.md")
+  p.add_argument("--rss_child", choices=("memory", "disk"), help=argparse.SUPPRESS)
+  args = p.parse_args(argv)
+  if args.quick:
+    args.examples, args.sizes, args.rounds, args.warmup, args.no_write = 512, "256,512", 1, 0, True
+  return args
+
+
+def load(examples, path):
+  """CIFAR-10's train split, in memory or on disk."""
+  from tf_srkd import datasets  # pylint: disable=import-outside-toplevel
+  from tf_srkd import streaming  # pylint: disable=import-outside-toplevel
+
+  spec = datasets.get_dataset_spec("cifar10")
+  limit = examples if examples and examples < spec.train_size else 0
+  split = streaming.load(spec, "train", limit,
+                         max_in_memory_mb=0 if path == "disk" else float("inf"))
+  return spec, split
+
+
+def teacher(spec, n, model_name, seed, weights=None):
+  import keras  # pylint: disable=import-outside-toplevel
+
+  from tf_srkd import models  # pylint: disable=import-outside-toplevel
+  from tf_srkd import stages  # pylint: disable=import-outside-toplevel
+  from tf_srkd import training  # pylint: disable=import-outside-toplevel
+
+  keras.utils.set_random_seed(seed)
+  network = models.build_model(model_name, spec.image_shape, spec.num_classes)
+  if weights is not None:
+    network.set_weights(weights)
+  model = training.SelfRegulatedModel(network, n, regulate=True, backward="masked")
+  stages.compile_model(model, 1e-3, common.NoJit)
+  return model
+
+
+def epoch_runner(model, split, args):
+  from tf_srkd import callbacks  # pylint: disable=import-outside-toplevel
+  from tf_srkd import data  # pylint: disable=import-outside-toplevel
+
+  dataset = data.train_dataset(split, args.batch_size, args.seed, 0, 1)
+  steps = data.steps_per_epoch(split.size, args.batch_size)
+  schedule = callbacks.RegulationSchedule(0.02, split.size)
+
+  def run(r):
+    seconds, logs = common.fit_one_epoch(model, dataset, r, [schedule], steps)
+    return seconds, {"cpu_s": logs["cpu_s"],
+                     "participation": float(logs["participation_fraction"])}
+
+  return run
+
+
+def _peak_rss_mib():
+  """This process' peak resident memory in MiB: Linux's VmHWM of the current address space.
+
+  Not `ru_maxrss`: Linux carries it over a fork + exec, so a child started by a big
+  parent would report the parent's peak.
+  """
+  try:
+    with open("/proc/self/status", encoding="ascii") as f:
+      for line in f:
+        if line.startswith("VmHWM:"):
+          return int(line.split()[1]) / 1024  # kB.
+  except OSError:
+    pass
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux.
+
+
+def rss_child(args):
+  """One cell of table 2: imports (the baseline), then load + one epoch; prints the peak
+  RSS and its rise over the baseline, in MiB, as JSON."""
+  import keras  # pylint: disable=import-outside-toplevel,unused-import
+  import tensorflow_datasets  # pylint: disable=import-outside-toplevel,unused-import
+
+  baseline = _peak_rss_mib()
+  spec, split = load(args.examples, args.rss_child)
+  model = teacher(spec, split.size, args.model, args.seed)
+  epoch_runner(model, split, args)(0)
+  peak = _peak_rss_mib()
+  print(json.dumps({"peak_rss_mib": peak, "rise_mib": peak - baseline,
+                    "examples": split.size}))
+
+
+def measure_rss(args, size, path):
+  command = [sys.executable, os.path.abspath(__file__), f"--rss_child={path}",
+             f"--examples={size}", f"--model={args.model}", f"--batch_size={args.batch_size}",
+             f"--seed={args.seed}"]
+  result = subprocess.run(command, capture_output=True, text=True, check=False,
+                          cwd=common.REPO_ROOT)
+  if result.returncode:
+    raise SystemExit(f"RSS child failed: {result.stderr[-2000:]}")
+  return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main():
+  args = parse_args()
+  if args.rss_child:
+    rss_child(args)
+    return
+  machine = common.machine_description()
+  memory_spec, memory = load(args.examples, "memory")
+  _, disk = load(args.examples, "disk")
+  first = teacher(memory_spec, memory.size, args.model, args.seed)
+  second = teacher(memory_spec, disk.size, args.model, args.seed, first.network.get_weights())
+  print(f"table 1: {args.model} teacher epoch on {memory.size} CIFAR-10 examples", flush=True)
+  results = common.interleave({"in memory": epoch_runner(first, memory, args),
+                               "on disk": epoch_runner(second, disk, args)},
+                              args.rounds, args.warmup)
+  ratio = common.ratio_summary(results["in memory"], results["on disk"])  # memory / disk
+  cpu = common.cpu_ratio_summary(results["in memory"], results["on disk"])
+  rows1 = [["on disk / in memory (throughput)", common.fmt_ratio(ratio), common.fmt_ratio(cpu),
+            f"{common.median(common.seconds_of(results['in memory'])):.2f}",
+            f"{common.median(common.seconds_of(results['on disk'])):.2f}",
+            common.verdict(ratio[0], 0.9, at_most=False)]]
+  table = common.markdown_table(
+      ["path", "throughput ratio (median, min–max)", "CPU-time ratio", "in-memory epoch s",
+       "on-disk epoch s", "goal ≥ 0.9"], rows1)
+  rows2 = []
+  for size in [int(s) for s in args.sizes.split(",")]:
+    cells = {path: measure_rss(args, size, path) for path in ("memory", "disk")}
+    rows2.append([cells["memory"]["examples"]] + [
+        f"{cells[path]['peak_rss_mib']:.0f} (+{cells[path]['rise_mib']:.0f})"
+        for path in ("memory", "disk")])
+    print(f"  peak RSS at {size}: {cells}", flush=True)
+  table += "\n\n" + common.markdown_table(
+      ["train examples", "in-memory peak RSS, MiB (rise over imports)",
+       "on-disk peak RSS, MiB (rise over imports)"], rows2)
+  notes = [f"Teacher {args.model}, batch {args.batch_size}, masked backward, alpha 0.02; both "
+           "paths gather the same batches by sample id (the on-disk one with os.pread).",
+           "Peak RSS: one subprocess per cell (load the split + one epoch), VmHWM; in "
+           "brackets its rise over the peak after importing TensorFlow, Keras and TFDS."]
+  common.publish("streaming", "Streaming (split on disk) vs in memory, CIFAR-10", machine,
+                 notes, table, write=not args.no_write)
+
+
+if __name__ == "__main__":
+  main()
