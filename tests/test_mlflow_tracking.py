@@ -6,6 +6,7 @@ this module starts on 127.0.0.1 (sqlite backend) and stops by process group.
 The server starts when the module does, so it boots while the sqlite run trains.
 """
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -160,6 +161,35 @@ def test_optimizer_params_name_the_class():
     params = mlflow_schema.optimizer_params(keras.optimizers.Adam(0.01))
     assert params["optimizer_name"] == "Adam"
     assert float(params["optimizer_learning_rate"]) == pytest.approx(0.01)
+
+
+def test_inputs_and_input_example_of_a_split_kept_on_disk(tmp_path):
+  """A split above --max_in_memory_mb (`streaming.StoredArray`) is never read whole."""
+  from tf_srkd import data  # pylint: disable=import-outside-toplevel
+  from tf_srkd import streaming  # pylint: disable=import-outside-toplevel
+
+  images = np.arange(5 * 28 * 28, dtype=np.uint8).reshape((5, 28, 28, 1))
+  np.save(tmp_path / "images.npy", images)
+  stored = streaming.StoredArray(str(tmp_path / "images.npy"))
+  np.testing.assert_array_equal(mlflow_stage.input_example(stored),
+                                images[:2].astype(np.float32) / 255.0)
+  calls = []
+
+  class Tracker:  # Runs the stage's calls and records the fluent one.
+    stage_model_ids = {}
+
+    def guard(self, what, fn, *args, **kwargs):
+      del what
+      return fn(*args, **kwargs)
+
+  stage = mlflow_stage.MlflowStage(Tracker(), "run-id")
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(mlflow, "log_inputs", lambda datasets, **kwargs: calls.append(datasets))
+    patch.setattr(mlflow_stage.MlflowStage, "_active", lambda self: contextlib.nullcontext())
+    split = data.SplitArrays(images=stored, labels=np.arange(5, dtype=np.int32))
+    stage.log_datasets("mnist", [("train", split, "training")])
+  [[dataset]] = calls
+  assert dataset.name == "mnist-train" and dataset.profile["features_shape"] == (5,)
 
 
 def test_model_metadata_states_the_preprocessing():

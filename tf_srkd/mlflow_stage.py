@@ -178,8 +178,12 @@ class MlflowStage:
   def _log_datasets(self, dataset_name, splits):  # pylint: disable=missing-function-docstring
     datasets, contexts = [], []
     for split_name, split, context in splits:
+      in_memory = isinstance(split.images, np.ndarray)
+      # A split kept on disk (`streaming`) is described by its labels: hashing its images
+      # would read them all.
       datasets.append(mlflow.data.from_numpy(
-          split.images, targets=split.labels, name=f"{dataset_name}-{split_name}",
+          split.images if in_memory else split.labels,
+          targets=split.labels if in_memory else None, name=f"{dataset_name}-{split_name}",
           source=f"{TFDS_CATALOG}/{dataset_name}"))
       contexts.append(context)
     with self._active():
@@ -272,8 +276,13 @@ def model_metadata(dataset_spec, role, mode=None) -> dict:
 
 
 def input_example(images) -> np.ndarray:
-  """The first `INPUT_EXAMPLE_SIZE` uint8 images as the model takes them (float32 / 255)."""
-  return np.asarray(images[:INPUT_EXAMPLE_SIZE], np.float32) / 255.0
+  """The first `INPUT_EXAMPLE_SIZE` uint8 images as the model takes them (float32 / 255).
+
+  `images`: an array, or a split kept on disk (`streaming.StoredArray`, read by range).
+  """
+  n = min(INPUT_EXAMPLE_SIZE, len(images))
+  head = images.read_range(0, n) if hasattr(images, "read_range") else images[:n]
+  return np.asarray(head, np.float32) / 255.0
 
 
 def _signature(network):
