@@ -329,3 +329,33 @@ class NoJit:
   """The only config field `stages.compile_model` reads."""
 
   jit_compile = False
+
+
+# -- whole runs (issue 12) -------------------------------------------------------
+
+
+def run_main(flags, output_dir, log_path, reuse=True):
+  """Runs `python -m tf_srkd.main FLAGS --output_dir=OUTPUT_DIR` (output to `log_path`)
+  unless `reuse` and its summary.json exists; returns the process seconds (None: reused)."""
+  import subprocess  # pylint: disable=import-outside-toplevel
+
+  if reuse and os.path.exists(os.path.join(output_dir, "summary.json")):
+    return None
+  os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)
+  began = time.time()
+  with open(log_path, "a") as f:
+    subprocess.run([sys.executable, "-m", "tf_srkd.main", *flags, f"--output_dir={output_dir}"],
+                   cwd=REPO_ROOT, check=True, stdout=f, stderr=subprocess.STDOUT,
+                   env=dict(os.environ))
+  return time.time() - began
+
+
+def read_metrics(stage_dir):
+  """A finished stage's metrics.json, and its mean seconds per trained epoch (None: none)."""
+  import json  # pylint: disable=import-outside-toplevel
+
+  with open(os.path.join(stage_dir, "metrics.json")) as f:
+    metrics = json.load(f)
+  ran = [h for h in metrics.get("history", []) if not h.get("skipped_epoch")]
+  metrics["epoch_s"] = metrics["wall_time_s"] / len(ran) if ran else None
+  return metrics

@@ -184,6 +184,8 @@ def load_student(model_ref: str, dataset: Optional[str] = None,
   except (datasets.DatasetError, KeyError) as e:
     raise ExportError(str(e) if isinstance(e, datasets.DatasetError) else
                       f"--dataset={name}: unknown") from e
+  from tf_srkd import app_preprocessing  # pylint: disable=import-outside-toplevel,unused-import  (registers its layer)
+
   try:
     model = keras.models.load_model(path, compile=False)
   except Exception as e:  # Keras raises many types for a bad file.

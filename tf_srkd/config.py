@@ -55,8 +55,11 @@ class Config:
   dataset: str = _flag("mnist", "A TFDS image-classification builder, optionally with config "
                        "and version (mnist, cifar100, emnist/balanced, cifar100:3.0.2), or "
                        "folder:PATH (one sub-folder per class); README, Your own data.")
-  teacher_model: str = _flag("lenet5", f"One of {sorted(models.MODELS)}.")
-  student_model: str = _flag("lenet5_half", f"One of {sorted(models.MODELS)}.")
+  teacher_model: str = _flag("lenet5", f"One of {sorted(models.MODELS)}, a keras.applications "
+                             "name, a package.module:function factory or a .keras file.")
+  student_model: str = _flag("lenet5_half", f"One of {sorted(models.MODELS)}, a "
+                             "keras.applications name, a package.module:function factory or a "
+                             ".keras file.")
   epochs: int = _flag(200, "Teacher epochs (and distillation epochs by default).")
   distill_epochs: Optional[int] = _flag(None, "Distillation epochs (default: --epochs).")
   batch_size: int = _flag(512, "Global batch size.")
@@ -126,6 +129,16 @@ class Config:
   sb_beta: float = _flag(1.0, "Selective Backprop's beta: keep probability = "
                          "percentile(loss)^beta, > 0.")
   keep_fraction: float = _flag(0.5, "The random gate's keep probability p, in (0, 1].")
+  # -- issue 12: models from any source ------------------------------------------
+  teacher_weights: Optional[str] = _flag(None, "Weights file (model.load_weights) loaded into "
+                                         "the teacher after building it: a pre-trained teacher.")
+  student_weights: Optional[str] = _flag(None, "Weights file loaded into every student after "
+                                         "building it.")
+  teacher_finetune_epochs: int = _flag(
+      0, "A pre-trained teacher (--teacher_model=<file>.keras or --teacher_weights) trains this "
+      "many self-regulated epochs from its weights; their participation counts give the "
+      "significance. 0: used as is, without significance (modes significance and hybrid are "
+      "then refused).")
   # -- issue 16 (MLflow Model Registry) --
   register_model: Optional[str] = _flag(
       None, "Register each student's MLflow model in the Model Registry as <NAME>-<mode>, "
@@ -197,8 +210,6 @@ def validate(config: Config) -> Config:
     spec = config.dataset_spec
   except datasets.DatasetError as e:
     raise ConfigError(str(e)) from e
-  _check_name("teacher_model", config.teacher_model, models.MODELS)
-  _check_name("student_model", config.student_model, models.MODELS)
   _require(config.modes, "--modes: expected at least one of " + ", ".join(modes_lib.MODES))
   for mode in config.modes:
     _check_name("modes", mode, modes_lib.MODES)
@@ -244,6 +255,7 @@ def validate(config: Config) -> Config:
     teacher_model = layout.RunDir(config.output_dir).teacher.model
     _require(os.path.exists(teacher_model),
              f"--stage=distill: needs --teacher_dir, or a finished teacher at {teacher_model}")
+  _validate_model_sources(config)
   if config.teacher_dir:
     _validate_teacher_dir(config)
   _validate_gates(config)
@@ -298,6 +310,32 @@ def validate_tf_config(text: Optional[str]):
            "TF_CONFIG: expected a JSON object with 'cluster' and 'task' objects")
 
 
+def _validate_model_sources(config: Config):
+  """Issue 12: the model flags' syntax and files, and a pre-trained teacher's significance."""
+  from tf_srkd import model_sources  # pylint: disable=import-outside-toplevel  (imports config)
+
+  model_sources.check_name("teacher_model", config.teacher_model)
+  model_sources.check_name("student_model", config.student_model)
+  for flag in ("teacher_weights", "student_weights"):
+    path = getattr(config, flag)
+    _require(path is None or os.path.isfile(path), f"--{flag}={path}: no such file")
+  k = config.teacher_finetune_epochs
+  _require(k >= 0, f"--teacher_finetune_epochs={k}: expected an integer >= 0")
+  if config.teacher_dir or config.stage == "distill":
+    return  # The teacher is read back from a run, with its own significance.
+  pretrained = model_sources.is_pretrained(config.teacher_model, config.teacher_weights)
+  _require(pretrained or k == 0,
+           f"--teacher_finetune_epochs={k}: only for a pre-trained teacher (--teacher_model="
+           "<file>.keras or --teacher_weights); a teacher trained here takes --epochs")
+  if pretrained and k == 0:
+    needing = [m for m in config.modes if modes_lib.get_mode(m).weight_by_significance]
+    _require(not needing,
+             f"--modes={','.join(config.modes)}: {', '.join(needing)} needs the teacher's "
+             "significance, and a pre-trained teacher has no participation history; pass "
+             "--teacher_finetune_epochs=K (K self-regulated epochs from its weights) or drop "
+             "those modes")
+
+
 def _validate_teacher_dir(config: Config):
   _require(os.path.isdir(config.teacher_dir),
            f"--teacher_dir={config.teacher_dir}: not a directory")
@@ -342,9 +380,13 @@ _ADDED_IDENTITY_FIELDS.update(gate=gates.DEFAULT, distill_gate=gates.DEFAULT, in
 # issue 11: data settings (the defaults are the behaviour before them).
 _ADDED_IDENTITY_FIELDS.update(train_split="train", test_split="test", image_size="", channels=0,
                               test_folder=None, validation_fraction=0.0)
+# issue 12: models from any source.
+_ADDED_IDENTITY_FIELDS.update(teacher_weights=None, student_weights=None,
+                              teacher_finetune_epochs=0)
 
 
-def identity(config: Config, teacher_digest: Optional[str] = None) -> dict:
+def identity(config: Config, teacher_digest: Optional[str] = None,
+             model_files_digest: Optional[str] = None) -> dict:
   """The settings that determine a run's results, as strict-JSON values, for
   restart-compatibility checks.
 
@@ -354,6 +396,8 @@ def identity(config: Config, teacher_digest: Optional[str] = None) -> dict:
       (`validation.digest`): the path alone would let another teacher at the same
       place, or at another one, reuse students distilled from the first. Absent
       (None) without `--teacher_dir`, so such runs keep their earlier identity.
+    model_files_digest: the content hash of the `.keras` and weights files the
+      model flags name (None without such files), for the same reason.
   """
   fields = {k: _json_value(v)
             for k, v in dataclasses.asdict(config).items()
@@ -361,6 +405,8 @@ def identity(config: Config, teacher_digest: Optional[str] = None) -> dict:
             and not (k in _ADDED_IDENTITY_FIELDS and v == _ADDED_IDENTITY_FIELDS[k])}
   if teacher_digest is not None:
     fields["teacher_sha256"] = teacher_digest
+  if model_files_digest is not None:  # issue 12: .keras / weights files of the model flags.
+    fields["model_files_sha256"] = model_files_digest
   return fields
 
 

@@ -22,7 +22,7 @@ from tf_srkd import distillation
 from tf_srkd import gates
 from tf_srkd import io_utils
 from tf_srkd import layout
-from tf_srkd import models
+from tf_srkd import model_sources
 from tf_srkd import modes as modes_lib
 from tf_srkd import stages
 from tf_srkd import streaming
@@ -35,7 +35,8 @@ from tf_srkd import validation
 
 
 def prepare_output_dir(config: config_lib.Config, is_chief: bool = True,
-                       teacher_digest: Optional[str] = None):
+                       teacher_digest: Optional[str] = None,
+                       model_files_digest: Optional[str] = None):
   """Checks that `output_dir` is new or was written by the same settings.
 
   A restart with the same result-determining settings (and, with
@@ -50,7 +51,7 @@ def prepare_output_dir(config: config_lib.Config, is_chief: bool = True,
   out = config.output_dir
   run_dir = layout.RunDir(out)
   marker = run_dir.run_config
-  current = config_lib.identity(config, teacher_digest)
+  current = config_lib.identity(config, teacher_digest, model_files_digest)
   problem = None
   if os.path.exists(marker):
     previous = validation.read_json(marker)
@@ -97,23 +98,54 @@ def load_teacher(config, strategy, train_size) -> Tuple[Optional[stages.StageRes
   return None, None
 
 
+def check_models(config, build_teacher: bool) -> Optional[str]:
+  """Builds (or loads) the run's models once, so a bad source stops the run before
+  anything is written; returns the content hash of the model files they read.
+
+  Args:
+    config: the run's configuration.
+    build_teacher: False when the teacher is read back from a run (`load_teacher`).
+
+  Returns:
+    The digest of the `.keras` and weights files of the sources (None: no such file).
+
+  Raises:
+    config_lib.ConfigError: one line naming the model flag and the problem.
+  """
+  spec = config.dataset_spec
+  sources = [("student_model", config.student_model, config.student_weights)]
+  if build_teacher:
+    sources.append(("teacher_model", config.teacher_model, config.teacher_weights))
+  files = []
+  for flag, name, weights in sources:
+    model_sources.build(name, spec.image_shape, spec.num_classes, weights, flag=flag)
+    files += model_sources.files_of(name, weights)
+  return validation.digest(files) if files else None
+
+
 # -- teacher and students -------------------------------------------------------------
 
 
 def train_teacher(config, strategy, train, test, tracker, is_chief=True) -> stages.StageResult:
   """Algorithm 1 (self-regulated teacher) then Algorithm 2 (significance)."""
   spec = config.dataset_spec
+  # A pre-trained teacher trains only its fine-tuning epochs (0: used as is).
+  pretrained = model_sources.is_pretrained(config.teacher_model, config.teacher_weights)
+  epochs = config.teacher_finetune_epochs if pretrained else config.epochs
 
   def build():
-    network = models.build_model(config.teacher_model, spec.image_shape, spec.num_classes)
-    policy = gates.make_policy(config.gate, train.size, config.epochs, config.seed,
+    network = model_sources.build(config.teacher_model, spec.image_shape, spec.num_classes,
+                                  config.teacher_weights, flag="teacher_model")
+    policy = gates.make_policy(config.gate, train.size, epochs, config.seed,
                                gates.GateSettings.of(config))
-    return training.SelfRegulatedModel(network, train.size, regulate=True,
-                                       backward=config.backward, policy=policy, name="teacher")
+    return training.SelfRegulatedModel(
+        network, train.size, regulate=True,
+        backward=model_sources.backward_for(config.backward, network), policy=policy,
+        name="teacher")
 
   stage = stages.StageSpec(name="teacher", role="teacher", model_name=config.teacher_model,
                            stage_dir=layout.RunDir(config.output_dir).teacher,
-                           epochs=config.epochs, alpha=config.alpha,
+                           epochs=epochs, alpha=config.alpha,
                            learning_rate=config.teacher_lr, gate=config.gate)
   return stages.run_stage(stage, config, strategy, train, test, tracker, build,
                           is_chief=is_chief)
@@ -148,7 +180,8 @@ def distill_students(config, strategy, train, test, teacher: stages.StageResult,
       return extras
 
     def build(mode=mode):
-      student = models.build_model(config.student_model, spec.image_shape, spec.num_classes)
+      student = model_sources.build(config.student_model, spec.image_shape, spec.num_classes,
+                                    config.student_weights, flag="student_model")
       policy = (gates.make_policy(config.distill_gate, train.size, config.resolved_distill_epochs,
                                   config.seed, gates.GateSettings.of(config))
                 if mode.regulate else None)
@@ -156,7 +189,8 @@ def distill_students(config, strategy, train, test, teacher: stages.StageResult,
           student, train.size, mode, temperature=config.temperature, kd_lambda=config.kd_lambda,
           scale_temperature_squared=config.kd_scale_temperature_squared,
           gate_temperature=config.gate_temperature,
-          backward=config.backward if mode.regulate else "masked",
+          backward=model_sources.backward_for(config.backward, student) if mode.regulate
+          else "masked",
           normaliser=config.distill_loss_normaliser,
           teacher=teacher.network if config.augment else None, policy=policy,
           name=f"student_{mode.name}")
@@ -234,7 +268,7 @@ def run(config: config_lib.Config, strategy=None, tracker=None, is_chief=True) -
                          config.max_in_memory_mb)
   test = streaming.load(spec, "test", 0, config.download, config.max_in_memory_mb)
   teacher, teacher_digest = load_teacher(config, strategy, train.size)
-  prepare_output_dir(config, is_chief, teacher_digest)
+  prepare_output_dir(config, is_chief, teacher_digest, check_models(config, teacher is None))
   with tracker.run(config, config_lib.to_flagfile(config)):
     if not config.teacher_dir and config.stage != "distill":
       # The run's own teacher: trained, or (finished) checked, reused and tracked.

@@ -42,7 +42,7 @@ class StageSpec:
   Attributes:
     name: the tracker's stage name ("teacher", "student-<mode>").
     role: "teacher" (also computes the significance) or "student".
-    model_name: the registry architecture.
+    model_name: the model's source (`model_sources`: a registry name, an application, ...).
     stage_dir: its directory in the run's layout.
     epochs: epochs to train.
     alpha: its self-regulation rate (inf: everyone takes part).
@@ -230,12 +230,14 @@ def _trained_result(spec, model, train, test, config, history, wall) -> StageRes
   network = model.network
   counts = model.participation_counts()
   significance = None
-  if spec.role == "teacher":
+  trained = spec.epochs > 0  # 0: a pre-trained teacher used as is, without counts.
+  if spec.role == "teacher" and trained:
     significance = regulation.significance(counts, train.labels, config.dataset_spec.num_classes)
   metrics = {
       "test_accuracy": evaluate_accuracy(network, test, config.eval_batch_size),
-      "zeta": regulation.sample_efficiency(counts, spec.epochs) if model.regulate else None,
-      "participations": int(counts.sum()) if model.regulate else None,
+      "zeta": (regulation.sample_efficiency(counts, spec.epochs)
+               if model.regulate and trained else None),
+      "participations": int(counts.sum()) if model.regulate and trained else None,
       "params": int(network.count_params()),
       "model": spec.model_name,
       "alpha": spec.alpha if np.isfinite(spec.alpha) else "inf",
@@ -248,7 +250,8 @@ def _trained_result(spec, model, train, test, config, history, wall) -> StageRes
     metrics["mode"] = spec.mode
   if spec.gate not in (None, "self_regulated"):
     metrics["gate"] = spec.gate
-  return StageResult(network, metrics, counts if model.regulate else None, significance)
+  return StageResult(network, metrics, counts if model.regulate and trained else None,
+                     significance)
 
 
 def _write_result(stage: layout.StageDir, result: StageResult):

@@ -123,6 +123,9 @@ def load_model(path: str, image_shape, num_classes: int):
   """
   import keras  # pylint: disable=import-outside-toplevel  (config checks stay TF-free)
 
+  # Registers the layer that folds a keras.applications model's preprocessing in.
+  from tf_srkd import app_preprocessing  # pylint: disable=import-outside-toplevel,unused-import
+
   if not os.path.isfile(path):
     raise ConfigError(f"{path}: missing")
   if not zipfile.is_zipfile(path):

@@ -1,0 +1,28 @@
+"""Model factories for the `package.module:function` model source (tests only)."""
+
+import keras
+
+
+def tiny_cnn(input_shape, num_classes):
+  """A small logits classifier with BatchNorm and hard-swish (a MobileNetV3 block in miniature)."""
+  inputs = keras.Input(shape=input_shape, name="image")
+  x = keras.layers.Conv2D(8, 3, strides=2, padding="same", use_bias=False)(inputs)
+  x = keras.layers.BatchNormalization()(x)
+  x = keras.layers.Activation("hard_swish")(x)
+  # Squeeze-excite, as MobileNetV3 builds it.
+  s = keras.layers.GlobalAveragePooling2D(keepdims=True)(x)
+  s = keras.layers.Conv2D(4, 1, activation="relu")(s)
+  s = keras.layers.Conv2D(8, 1, activation="hard_sigmoid")(s)
+  x = keras.layers.Multiply()([x, s])
+  x = keras.layers.GlobalAveragePooling2D()(x)
+  return keras.Model(inputs, keras.layers.Dense(num_classes, name="logits")(x), name="tiny_cnn")
+
+
+def wrong_classes(input_shape, num_classes):
+  """Ignores the class count (for the error test)."""
+  return tiny_cnn(input_shape, num_classes + 1)
+
+
+def not_a_model(input_shape, num_classes):
+  del input_shape, num_classes
+  return "not a model"
