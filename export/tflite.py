@@ -2,7 +2,7 @@
 
     python -m export.tflite --model=<run>/students/<mode>/model.keras \
         --quantization=int8 --output=student_int8.tflite
-    python -m export.tflite --model=runs:/<run_id>/model --all --output=<dir>
+    python -m export.tflite --model=runs:/<run_id>/student-hybrid --all --output=<dir>
     python -m export.tflite --run_dir=<run> --quantization=int8,float32 [--qat_epochs=1]
 
 What a `.tflite` written here is: docs/export.md. The work is done by the

@@ -40,6 +40,9 @@ def make(tmp_path, **overrides):
     ({"backward": "sparse"}, "--backward"),
     ({"export": ("int4",)}, "--export"),
     ({"stage": "distill"}, "--stage=distill"),
+    ({"register_model": "srkd", "mlflow": False}, "--register_model=srkd"),  # issue 16
+    ({"register_model": "a/b"}, "--register_model=a/b"),
+    ({"register_model": " "}, "--register_model= "),
 ])
 def test_each_bad_value_names_its_flag(tmp_path, overrides, flag):
   with pytest.raises(config_lib.ConfigError) as e:

@@ -36,7 +36,7 @@ def test_stage_lines_say_what_trains_and_what_it_gave(capsys):
   console.stage_finished("student-conventional", {"test_accuracy": 0.5, "zeta": None}, 2.0)
   assert capsys.readouterr().out.splitlines() == [
       "== teacher lenet5 (self-regulated, alpha=0.02): 60,000 samples, 200 epochs",
-      "== teacher done: test accuracy 0.9877, zeta 1.23%; 61.2 s",
+      "== teacher done: test accuracy 0.9877, zeta 0.0123 (1.23%); 61.2 s",
       "== student-conventional done: test accuracy 0.5000; 2.0 s",
   ]
 
@@ -52,6 +52,11 @@ def test_the_run_ends_with_outputs_parent_run_and_how_to_open_it(capsys):
   console.run_finished("runs/x", 12.34, _Tracker("sqlite:///mlflow.db"))
   console.run_finished("runs/y", 1.0, _Tracker("http://127.0.0.1:5000"))
   console.run_finished("runs/z", 1.0, None)  # --nomlflow
+  with_experiment = _Tracker("http://127.0.0.1:5000/")
+  with_experiment.experiment_id = "7"
+  console.run_finished("runs/w", 1.0, with_experiment)
+  with_experiment.tracking_uri = "sqlite:///mlflow.db"
+  console.run_finished("runs/v", 1.0, with_experiment)
   assert capsys.readouterr().out.splitlines() == [
       "wall time 12.3 s; outputs in runs/x",
       "MLflow parent run abc123 in sqlite:///mlflow.db; "
@@ -60,6 +65,13 @@ def test_the_run_ends_with_outputs_parent_run_and_how_to_open_it(capsys):
       "MLflow parent run abc123 in http://127.0.0.1:5000; "
       "see it with: open http://127.0.0.1:5000 in a browser",
       "wall time 1.0 s; outputs in runs/z",
+      "wall time 1.0 s; outputs in runs/w",
+      "MLflow parent run abc123 in http://127.0.0.1:5000/; see it with: open "
+      "http://127.0.0.1:5000/#/experiments/7/runs?workflowType=machine_learning in a browser",
+      "wall time 1.0 s; outputs in runs/v",
+      "MLflow parent run abc123 in sqlite:///mlflow.db; see it with: mlflow ui "
+      "--backend-store-uri sqlite:///mlflow.db, then open "
+      "http://127.0.0.1:5000/#/experiments/7/runs?workflowType=machine_learning",
   ]
 
 

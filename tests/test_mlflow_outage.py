@@ -20,6 +20,7 @@ import pytest
 from tests.mlflow_server import Server
 from tf_srkd import config as config_lib
 from tf_srkd import mlflow_pending
+from tf_srkd import mlflow_stage
 from tf_srkd import mlflow_tracking
 from tf_srkd import pipeline
 
@@ -41,7 +42,7 @@ def test_a_server_killed_mid_run_costs_no_training_time_and_loses_nothing(
                                mlflow_tracking_uri=server.uri)
     tracker = mlflow_tracking.connect(config)
     killed = {}
-    log_epoch = mlflow_tracking.MlflowStage.log_epoch
+    log_epoch = mlflow_stage.MlflowStage.log_epoch
 
     def kill_then_log(stage, epoch, logs):
       if epoch == KILL_AT_EPOCH and not killed:
@@ -49,7 +50,7 @@ def test_a_server_killed_mid_run_costs_no_training_time_and_loses_nothing(
         killed["at"] = time.monotonic()
       log_epoch(stage, epoch, logs)
 
-    monkeypatch.setattr(mlflow_tracking.MlflowStage, "log_epoch", kill_then_log)
+    monkeypatch.setattr(mlflow_stage.MlflowStage, "log_epoch", kill_then_log)
     with caplog.at_level(logging.WARNING):
       summary = pipeline.run(config, tracker=tracker)
     after_kill = time.monotonic() - killed["at"]
@@ -99,7 +100,7 @@ def test_a_store_back_before_the_run_ends_gets_everything_without_a_command(
                                output_dir=str(tmp_path / "run"), verbose=0, mlflow=True,
                                mlflow_experiment="outage", mlflow_tracking_uri=servers[0].uri)
     tracker = mlflow_tracking.connect(config)
-    log_epoch = mlflow_tracking.MlflowStage.log_epoch
+    log_epoch = mlflow_stage.MlflowStage.log_epoch
 
     def kill_then_restart(stage, epoch, logs):
       if epoch == KILL_AT_EPOCH and len(servers) == 1:
@@ -115,7 +116,7 @@ def test_a_store_back_before_the_run_ends_gets_everything_without_a_command(
       servers[-1].wait_ready()
       return replay_if_reachable(pending)
 
-    monkeypatch.setattr(mlflow_tracking.MlflowStage, "log_epoch", kill_then_restart)
+    monkeypatch.setattr(mlflow_stage.MlflowStage, "log_epoch", kill_then_restart)
     monkeypatch.setattr(mlflow_pending, "replay_if_reachable", when_ready)
     with caplog.at_level(logging.WARNING):
       pipeline.run(config, tracker=tracker)

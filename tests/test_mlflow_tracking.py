@@ -6,6 +6,7 @@ this module starts on 127.0.0.1 (sqlite backend) and stops by process group.
 The server starts when the module does, so it boots while the sqlite run trains.
 """
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -19,15 +20,16 @@ import pytest
 
 from tf_srkd import config as config_lib
 from tf_srkd import io_utils
+from tf_srkd import mlflow_schema
+from tf_srkd import mlflow_stage
 from tf_srkd import mlflow_store
 from tf_srkd import mlflow_tracking
 from tf_srkd import pipeline
 from tests.mlflow_server import Server, free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-EPOCH_KEYS = ("loss", "accuracy", "participation_fraction", "eta", "cumulative_zeta",
-              "compact_backward", "ce_loss")
-FINAL_KEYS = ("test_accuracy", "params", "wall_time_s")
+EPOCH_KEYS = ("loss", "accuracy", "ce_loss")
+REGULATION_KEYS = ("participation_fraction", "eta", "cumulative_zeta")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _ENV_URI_AT_IMPORT = os.environ.get("MLFLOW_TRACKING_URI")
 
@@ -46,6 +48,7 @@ class Tracked:
   uri: str
   parent_run_id: str
   stage_run_ids: dict
+  stage_model_ids: dict
 
 
 def _track(config):
@@ -53,7 +56,8 @@ def _track(config):
   summary = pipeline.run(config, tracker=tracker)
   stages = ["teacher"] + [f"student-{m}" for m in config.modes]
   return Tracked(config, summary, tracker.tracking_uri, tracker.parent_run_id,
-                 {name: tracker.stage_run_id(name) for name in stages})
+                 {name: tracker.stage_run_id(name) for name in stages},
+                 {name: tracker.stage_model_id(name) for name in stages})
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +80,7 @@ def sqlite_run(tmp_path_factory):
 def server_run(tmp_path_factory, mlflow_server):
   mlflow_server.wait_ready()
   tmp = tmp_path_factory.mktemp("server_run")
-  return _track(_tiny_config(tmp / "run", mlflow_server.uri, ("hybrid",)))
+  return _track(_tiny_config(tmp / "run", mlflow_server.uri, ("conventional", "hybrid")))
 
 
 @pytest.fixture(params=["sqlite", "server"])
@@ -110,8 +114,94 @@ def test_format_alpha():
 
 def test_epoch_metrics_renames_zeta_and_drops_epoch():
   logs = {"epoch": 3, "loss": np.float32(0.5), "zeta": 0.25, "eta": 1, "note": "x"}
-  assert mlflow_tracking.epoch_metrics(logs) == {"loss": 0.5, "cumulative_zeta": 0.25,
-                                                 "eta": 1.0}
+  assert mlflow_schema.epoch_metrics(logs) == {"loss": 0.5, "cumulative_zeta": 0.25,
+                                               "eta": 1.0}
+
+
+def test_split_epoch_metrics_keeps_back_diagnostics_and_constant_regulation():
+  metrics = {"loss": 0.5, "eta": 0.1, "cumulative_zeta": 0.3, "participation_fraction": 0.4,
+             "compact_backward": 0.0, "skipped_epoch": 0.0}
+  now, later = mlflow_schema.split_epoch_metrics(metrics, regulate=True)
+  assert now == {"loss": 0.5, "eta": 0.1, "cumulative_zeta": 0.3, "participation_fraction": 0.4}
+  assert later == {"compact_backward": 0.0, "skipped_epoch": 0.0}
+  now, later = mlflow_schema.split_epoch_metrics(metrics, regulate=False)
+  assert now == {"loss": 0.5}
+  series = {"compact_backward": {0: 0.0, 1: 1.0}, "skipped_epoch": {0: 0.0, 1: 0.0}}
+  assert mlflow_schema.varying_series(series) == {"compact_backward": {0: 0.0, 1: 1.0}}
+
+
+def test_final_metrics_give_every_stage_a_zeta():
+  regulated = {"test_accuracy": 0.9, "zeta": 0.25, "participations": 128, "params": 10,
+               "wall_time_s": 1.5, "epochs": 2, "train_examples": 256, "model": "lenet5"}
+  assert mlflow_schema.final_metrics(regulated, regulate=True) == {
+      "test_accuracy": 0.9, "zeta": 0.25, "participations": 128.0, "num_parameters": 10.0,
+      "wall_time_s": 1.5}
+  conventional = dict(regulated, zeta=None, participations=None)
+  assert mlflow_schema.final_metrics(conventional, regulate=False) == {
+      "test_accuracy": 0.9, "zeta": 1.0, "participations": 512.0, "num_parameters": 10.0,
+      "wall_time_s": 1.5}
+
+
+def test_summary_metrics():
+  summary = {"teacher": {"test_accuracy": 0.98, "zeta": 0.2, "params": 61706},
+             "students": {"conventional": {"test_accuracy": 0.9, "zeta": None, "params": 5},
+                          "hybrid": {"test_accuracy": 0.8, "zeta": 0.01, "params": 5}}}
+  assert mlflow_schema.summary_metrics(summary) == {
+      "teacher_test_accuracy": 0.98, "teacher_zeta": 0.2, "teacher_num_parameters": 61706.0,
+      "student_conventional_test_accuracy": 0.9, "student_conventional_zeta": 1.0,
+      "student_conventional_num_parameters": 5.0, "student_hybrid_test_accuracy": 0.8,
+      "student_hybrid_zeta": 0.01, "student_hybrid_num_parameters": 5.0}
+  assert mlflow_schema.summary_metrics({"teacher": {}, "students": {}}) == {}
+
+
+def test_optimizer_params_name_the_class():
+  import keras  # pylint: disable=import-outside-toplevel
+
+  for _ in range(2):  # Keras names the instances adam, adam_1, ...
+    params = mlflow_schema.optimizer_params(keras.optimizers.Adam(0.01))
+    assert params["optimizer_name"] == "Adam"
+    assert float(params["optimizer_learning_rate"]) == pytest.approx(0.01)
+
+
+def test_inputs_and_input_example_of_a_split_kept_on_disk(tmp_path):
+  """A split above --max_in_memory_mb (`streaming.StoredArray`) is never read whole."""
+  from tf_srkd import data  # pylint: disable=import-outside-toplevel
+  from tf_srkd import streaming  # pylint: disable=import-outside-toplevel
+
+  images = np.arange(5 * 28 * 28, dtype=np.uint8).reshape((5, 28, 28, 1))
+  np.save(tmp_path / "images.npy", images)
+  stored = streaming.StoredArray(str(tmp_path / "images.npy"))
+  np.testing.assert_array_equal(mlflow_stage.input_example(stored),
+                                images[:2].astype(np.float32) / 255.0)
+  calls = []
+
+  class Tracker:  # Runs the stage's calls and records the fluent one.
+    stage_model_ids = {}
+
+    def guard(self, what, fn, *args, **kwargs):
+      del what
+      return fn(*args, **kwargs)
+
+  stage = mlflow_stage.MlflowStage(Tracker(), "run-id")
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(mlflow, "log_inputs", lambda datasets, **kwargs: calls.append(datasets))
+    patch.setattr(mlflow_stage.MlflowStage, "_active", lambda self: contextlib.nullcontext())
+    split = data.SplitArrays(images=stored, labels=np.arange(5, dtype=np.int32))
+    stage.log_datasets("mnist", [("train", split, "training")])
+  [[dataset]] = calls
+  assert dataset.name == "mnist-train" and dataset.profile["features_shape"] == (5,)
+
+
+def test_model_metadata_states_the_preprocessing():
+  from tf_srkd import datasets  # pylint: disable=import-outside-toplevel
+
+  metadata = mlflow_stage.model_metadata(datasets.get_dataset_spec("mnist"), "student", "hybrid")
+  assert metadata["input_shape"] == [28, 28, 1] and metadata["input_dtype"] == "float32"
+  assert "/ 255" in metadata["preprocessing"] or "divided by 255" in metadata["preprocessing"]
+  assert (metadata["role"], metadata["mode"], metadata["dataset"]) == ("student", "hybrid", "mnist")
+  images = np.full((5, 28, 28, 1), 255, np.uint8)
+  example = mlflow_stage.input_example(images)
+  assert example.dtype == np.float32 and example.shape == (2, 28, 28, 1) and example.max() == 1.0
 
 
 def test_config_params_cover_every_flag():
@@ -172,7 +262,7 @@ def test_logging_failures_warn_unless_strict(caplog):
   for strict in (False, True):
     tracker = mlflow_tracking.MlflowTracker("http://127.0.0.1:1", "0", "x", strict=strict)
     tracker.client.log_dict = broken
-    stage = mlflow_tracking.MlflowStage(tracker, "run-id")
+    stage = mlflow_stage.MlflowStage(tracker, "run-id")
     if strict:
       with pytest.raises(RuntimeError, match="server gone"):
         stage.log_dict({"a": 1}, "a.json")
@@ -261,7 +351,9 @@ def test_params_and_flags_file(tracked, tmp_path):
     params = client.get_run(run_id).data.params
     assert {k: params[k] for k in expected} == expected
     assert params["stage_epochs"] == "2"
-    assert params["optimizer_name"].startswith("adam")  # From MLflow's Keras callback.
+    assert params["optimizer_name"] == "Adam"  # The class, not Keras' instance name.
+    assert float(params["optimizer_learning_rate"]) == pytest.approx(
+        config.teacher_lr if name == "teacher" else config.distill_lr)
 
 
 @pytest.mark.slow
@@ -271,23 +363,91 @@ def test_per_epoch_and_final_metrics(tracked):
     metrics = io_utils.read_json(os.path.join(_stage_dir(tracked.config, name), "metrics.json"))
     history = metrics["history"]
     assert [e["epoch"] for e in history] == [0, 1]
+    regulated = name not in ("student-conventional", "student-significance")
     keys = EPOCH_KEYS + (("kd_loss",) if name != "teacher" else ())
+    keys += REGULATION_KEYS if regulated else ()
     for key in keys:
       source = "zeta" if key == "cumulative_zeta" else key
       logged = client.get_metric_history(run_id, key)
       assert [(m.step, m.value) for m in sorted(logged, key=lambda m: m.step)] == [
           (e["epoch"], e[source]) for e in history], (name, key)
     final = client.get_run(run_id).data.metrics
-    for key in FINAL_KEYS:
-      assert final[key] == metrics[key], (name, key)
-    if metrics["zeta"] is None:
-      assert "zeta" not in final and "participations" not in final
-    else:
+    for key in mlflow_schema.DIAGNOSTIC_KEYS:  # Constant here: not logged.
+      assert len({e.get(key, 0.0) for e in history}) == 1 and key not in final, (name, key)
+    if not regulated:  # 1.0 every epoch: no per-epoch chart, ζ = 1.0 (every sample, every epoch).
+      assert not set(REGULATION_KEYS) & set(final), name
+    assert final["num_parameters"] == metrics["params"] and "params" not in final
+    assert final["wall_time_s"] == metrics["wall_time_s"]
+    assert final["test_accuracy"] == metrics["test_accuracy"]
+    if regulated:
       assert final["zeta"] == metrics["zeta"]
       assert final["participations"] == metrics["participations"]
+    else:
+      assert metrics["zeta"] is None
+      assert final["zeta"] == 1.0 and final["participations"] == 2 * 256
+    for key in mlflow_schema.FINAL_KEYS:  # At the last epoch's step: what the model shows.
+      assert [m.step for m in client.get_metric_history(run_id, key)] == [1], (name, key)
     summary = (tracked.summary["teacher"] if name == "teacher"
                else tracked.summary["students"][name.split("-", 1)[1]])
     assert final["test_accuracy"] == summary["test_accuracy"]
+
+
+@pytest.mark.slow
+def test_every_student_has_zeta(tracked):
+  client = _client(tracked)
+  for name, run_id in tracked.stage_run_ids.items():
+    zeta = client.get_run(run_id).data.metrics["zeta"]
+    assert 0.0 < zeta <= 1.0, name
+
+
+@pytest.mark.slow
+def test_parent_run_carries_the_summary(tracked):
+  metrics = _client(tracked).get_run(tracked.parent_run_id).data.metrics
+  summary = tracked.summary
+  expected = {"teacher_test_accuracy": summary["teacher"]["test_accuracy"],
+              "teacher_zeta": summary["teacher"]["zeta"],
+              "teacher_num_parameters": summary["teacher"]["params"]}
+  for mode, m in summary["students"].items():
+    expected.update({f"student_{mode}_test_accuracy": m["test_accuracy"],
+                     f"student_{mode}_zeta": 1.0 if m["zeta"] is None else m["zeta"],
+                     f"student_{mode}_num_parameters": m["params"]})
+  assert metrics == expected
+
+
+@pytest.mark.slow
+def test_logged_models_carry_the_final_metrics_tags_and_input_description(tracked):
+  client = _client(tracked)
+  for name, run_id in tracked.stage_run_ids.items():
+    run = client.get_run(run_id)
+    models = [m for m in client.search_logged_models(
+        experiment_ids=[run.info.experiment_id]) if m.source_run_id == run_id]
+    assert [m.name for m in models] == [name]
+    model = models[0]
+    assert {m.key: m.value for m in model.metrics} == run.data.metrics, name
+    assert {m.step for m in model.metrics} == {1}
+    for key in ("role", "mode", "dataset", "model", "alpha", "stage"):
+      assert model.tags.get(key) == run.data.tags.get(key), (name, key)
+    with mlflow_store.fluent_tracking_uri(tracked.uri):
+      info = mlflow.models.get_model_info(f"models:/{model.model_id}")
+    assert info.metadata["input_shape"] == [28, 28, 1]
+    assert "255" in info.metadata["preprocessing"]
+    assert info.saved_input_example_info is not None
+    assert list(info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == [-1, 28, 28, 1]
+
+
+@pytest.mark.slow
+def test_train_and_test_splits_are_logged_inputs(tracked):
+  client = _client(tracked)
+  for name, run_id in tracked.stage_run_ids.items():
+    inputs = client.get_run(run_id).inputs.dataset_inputs
+    by_context = {next(t.value for t in i.tags if t.key == "mlflow.data.context"): i.dataset
+                  for i in inputs}
+    assert set(by_context) == {"training", "testing"}, name
+    assert by_context["training"].name == "mnist-train[:256]"
+    assert by_context["testing"].name == "mnist-test"
+    assert json.loads(by_context["training"].profile)["features_shape"] == [256, 28, 28, 1]
+    assert json.loads(by_context["testing"].profile)["targets_shape"] == [10000]
+    assert by_context["training"].digest and by_context["testing"].digest
 
 
 @pytest.mark.slow
@@ -318,7 +478,7 @@ def test_models_load_back_with_mlflow_keras(tracked):
   images = np.random.default_rng(0).random((4, 28, 28, 1), dtype=np.float32)
   with mlflow_store.fluent_tracking_uri(tracked.uri):
     for name, run_id in tracked.stage_run_ids.items():
-      loaded = mlflow.keras.load_model(f"runs:/{run_id}/model")
+      loaded = mlflow.keras.load_model(f"runs:/{run_id}/{name}")
       on_disk = keras.models.load_model(
           os.path.join(_stage_dir(tracked.config, name), "model.keras"), compile=False)
       assert isinstance(loaded, keras.Sequential)
@@ -343,9 +503,10 @@ def test_tracking_leaves_global_mlflow_state_alone(sqlite_run):
 
 
 @pytest.mark.slow
-def test_export_after_the_run_logs_into_each_students_run(sqlite_run, tmp_path):
+def test_export_and_registration_after_the_run(sqlite_run, tmp_path):
   """`--export` runs after the pipeline (in tf_srkd.main) and logs into the student's
-  child run in the tracker's store, given by URI, not through MLflow's global state."""
+  child run in the tracker's store, given by URI, not through MLflow's global state;
+  `--register_model` then registers each student's model with its TFLite files."""
   from tf_srkd import main as main_lib  # pylint: disable=import-outside-toplevel
 
   class Tracker:  # What main's export needs from the tracker that ran the pipeline.
@@ -354,13 +515,33 @@ def test_export_after_the_run_logs_into_each_students_run(sqlite_run, tmp_path):
     def stage_run_id(self, name):
       return sqlite_run.stage_run_ids.get(name)
 
-  config = dataclasses.replace(sqlite_run.config, export=("float32",))
+    def stage_model_id(self, name):
+      return sqlite_run.stage_model_ids.get(name)
+
+  config = dataclasses.replace(sqlite_run.config, export=("float32",), register_model="srkd")
   assert mlflow.get_tracking_uri() != sqlite_run.uri
   results = main_lib.export_students(config, ["conventional"], Tracker())
   assert results["conventional"]["float32"]["mlflow_logged"]
-  run = _client(sqlite_run).get_run(sqlite_run.stage_run_ids["student-conventional"])
+  client = _client(sqlite_run)
+  run = client.get_run(sqlite_run.stage_run_ids["student-conventional"])
   assert run.data.metrics["tflite_float32_accuracy"] == (
       results["conventional"]["float32"]["verification"]["tflite_test_accuracy"])
+
+  versions = main_lib.register_students(config, ["conventional", "hybrid"], Tracker())
+  assert {m: (v.name, str(v.version)) for m, v in versions.items()} == {
+      "conventional": ("srkd-conventional", "1"), "hybrid": ("srkd-hybrid", "1")}
+  conventional = client.get_model_version("srkd-conventional", "1")
+  assert conventional.run_id == run.info.run_id
+  assert conventional.source == "models:/" + sqlite_run.stage_model_ids["student-conventional"]
+  assert conventional.tags["mode"] == "conventional"
+  with mlflow_store.fluent_tracking_uri(sqlite_run.uri):  # models:/ reads the global registry.
+    files = mlflow.artifacts.download_artifacts(
+        artifact_uri="models:/srkd-conventional/1", dst_path=str(tmp_path / "registered"))
+    hybrid = mlflow.artifacts.download_artifacts(
+        artifact_uri="models:/srkd-hybrid/1", dst_path=str(tmp_path / "hybrid"))
+  assert sorted(os.listdir(os.path.join(files, "tflite"))) == sorted(
+      os.listdir(os.path.join(_stage_dir(sqlite_run.config, "student-conventional"), "tflite")))
+  assert not os.path.exists(os.path.join(hybrid, "tflite"))  # Not exported: nothing attached.
 
 
 def test_a_failure_inside_a_run_goes_offline_and_keeps_the_calls(tmp_path, caplog):
@@ -373,7 +554,7 @@ def test_a_failure_inside_a_run_goes_offline_and_keeps_the_calls(tmp_path, caplo
   tracker = mlflow_tracking.MlflowTracker("http://127.0.0.1:1", "0", "x")
   tracker.config = _tiny_config(tmp_path / "run", tracker.tracking_uri, ("hybrid",))
   tracker.client.log_batch = log_batch
-  stage = mlflow_tracking.MlflowStage(tracker, "run-id")
+  stage = mlflow_stage.MlflowStage(tracker, "run-id")
   for epoch in range(3):
     stage.log_epoch(epoch, {"loss": 1.0 / (epoch + 1)})
   assert len(calls) == 1  # Offline after the first failure: no more waiting on the store.

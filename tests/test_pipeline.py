@@ -143,3 +143,15 @@ def test_export_flag_writes_verified_tflite_students(tmp_path):
   sidecar = json.loads((tflite_dir / "model_float32.json").read_text())
   assert sidecar["quantization"] == "float32"
   assert any("agreement" in k for k in json.dumps(sidecar).split('"'))
+
+
+def test_summary_table_states_zeta_as_a_fraction_for_every_model():
+  summary = {"dataset": "mnist", "train_examples": 256,
+             "teacher": {"test_accuracy": 0.98, "zeta": 0.2141, "params": 61706},
+             "students": {"conventional": {"test_accuracy": 0.9, "zeta": None, "params": 35820},
+                          "hybrid": {"test_accuracy": None, "zeta": None, "params": None}}}
+  lines = pipeline.format_summary(summary).splitlines()
+  assert "fraction" in lines[0]
+  assert lines[2].split() == ["teacher", "0.9800", "0.2141", "61,706"]
+  assert lines[3].split() == ["student/conventional", "0.9000", "1.0000", "35,820"]
+  assert lines[4].split() == ["student/hybrid", "-", "-", "-"]

@@ -1,9 +1,11 @@
 """The report: exact table logic on hand-made records, then on real tracked runs.
 
-The module fixture makes a small set of real runs in a temp sqlite store: one
-pipeline run (teacher at alpha=0.02 + conventional/regulated/hybrid students)
-and one teacher-only run at alpha=0.04 through flags/mnist_alpha_sweep.flags,
-and the report's numbers are checked against their summary.json files.
+The module fixture makes a small set of real runs on a live `mlflow server`
+(127.0.0.1, sqlite backend): one pipeline run (teacher at alpha=0.02 +
+conventional/regulated/hybrid students, 2 epochs) and, later, one teacher-only
+run at alpha=0.04 and 1 epoch through flags/mnist_alpha_sweep.flags: two
+invocations, so the report's choice of runs and its warnings on mixed settings
+are checked, and its numbers against their summary.json files.
 """
 
 import dataclasses
@@ -23,6 +25,8 @@ from tf_srkd import io_utils
 from tf_srkd import plots
 from tf_srkd import paper
 from tf_srkd import report
+from tf_srkd import report_tables
+from tests.mlflow_server import Server
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_PAPER_TABLES = os.path.join(os.path.dirname(ROOT), "shared", "paper", "paper_tables.json")
@@ -137,6 +141,47 @@ def test_tables_from_records_exact_markdown():
   assert "| I | MNIST | teacher α=0.02 | t1 | `t1` | — | 2 | 256 |" in lines
 
 
+def test_cells_from_runs_with_other_settings_are_marked_and_listed():
+  records = [
+      _record("t1", role="teacher", alpha="0.02", test_accuracy=0.98, epochs=6,
+              train_examples=256, start_time=1),
+      _record("t2", role="teacher", alpha="0.04", test_accuracy=0.97, epochs=3,
+              train_examples=4096, start_time=2),
+      _record("t3", role="teacher", alpha="0.08", test_accuracy=0.96, epochs=6,
+              train_examples=256, start_time=3),
+      _record("s1", mode="conventional", test_accuracy=0.9, epochs=6, train_examples=256,
+              teacher_alpha="0.02", distill_alpha="0.02", start_time=1),
+      _record("s2", mode="hybrid", test_accuracy=0.8, participations=128, epochs=6,
+              train_examples=256, teacher_alpha="0.02", distill_alpha="0.02", start_time=1),
+      _record("s3", mode="regulated", test_accuracy=0.7, participations=64, epochs=6,
+              train_examples=256, teacher_alpha="0.04", distill_alpha="0.04", start_time=2),
+  ]
+  tables = report.build_tables(records)
+  assert tables.mixed == {
+      "t2": "epochs 3 (the others: 6), train examples 4096 (the others: 256)",
+      "s3": "α 0.04 (the others: 0.02), distill α 0.04 (the others: 0.02)"}
+  lines = report.render_markdown(tables).splitlines()
+  assert "| 0.04 | 0.9700 ⚠ | 0.9902 |" in lines
+  assert "| 0.02 | 0.9800 | 0.9897 |" in lines
+  assert "| Regulated KD | 0.7000 ⚠ | 0.9859 |" in lines
+  assert "| Hybrid KD | 0.8000 | 0.9804 |" in lines
+  assert ("| MNIST | 64/1536 (4.17%) ⚠ | 85528/12000000 (0.71%) | 128/1536 (8.33%) | "
+          "250245/12000000 (2.09%) |") in lines
+  assert report.mixed_lines(tables) == [
+      "Table I (MNIST), teacher α=0.04: run `t2` (t2) differs: epochs 3 (the others: 6), "
+      "train examples 4096 (the others: 256)",
+      "Table III (MNIST), Regulated KD: run `s3` (s3) differs: α 0.04 (the others: 0.02), "
+      "distill α 0.04 (the others: 0.02)",
+      "Table VI (MNIST), ζ regulated: run `s3` (s3) differs: α 0.04 (the others: 0.02), "
+      "distill α 0.04 (the others: 0.02)"]
+  assert [f"- {line}" for line in report.mixed_lines(tables)] == [
+      line for line in lines if line.startswith("- Table")]
+  _, students, table6 = report.figure_data(tables)
+  assert [label for label, _, _ in students if "⚠" in label] == ["MNIST: Regulated KD ⚠"]
+  assert [label for label, _, _ in table6 if "⚠" in label] == ["MNIST: regulated ⚠"]
+  assert report.mixed_runs(records[:1], report_tables.TEACHER_SETTINGS) == {}
+
+
 def test_report_without_runs():
   tables = report.build_tables([])
   markdown = report.render_markdown(tables)
@@ -203,6 +248,8 @@ class Runs:
   tmp: str
   pipeline_dir: str
   sweep_dir: str
+  pipeline_parent: str
+  sweep_parent: str
 
 
 def _sweep_config(argv):
@@ -225,22 +272,31 @@ def runs(tmp_path_factory):
   from tf_srkd import pipeline  # pylint: disable=import-outside-toplevel
 
   tmp = tmp_path_factory.mktemp("report")
-  uri = f"sqlite:///{tmp}/mlflow.db"
-  config = config_lib.Config(
-      dataset="mnist", epochs=2, train_examples=256, batch_size=64, eval_batch_size=256,
-      modes=("conventional", "regulated", "hybrid"), output_dir=str(tmp / "pipeline"),
-      verbose=0, mlflow=True, mlflow_experiment=EXPERIMENT, mlflow_tracking_uri=uri)
-  pipeline.run(config, tracker=mlflow_tracking.connect(config, strict=True))
-  # One run of Table I's sweep (flags/mnist_alpha_sweep.flags), tiny.
-  sweep_dir = tmp / "sweep-0.04"
-  sweep = _sweep_config([
-      "--flagfile=flags/mnist_alpha_sweep.flags", "--epochs=2", "--train_examples=256",
-      "--batch_size=64", "--eval_batch_size=256", "--verbose=0", "--alpha=0.04",
-      f"--mlflow_experiment={EXPERIMENT}", f"--mlflow_tracking_uri={uri}",
-      f"--output_dir={sweep_dir}"])
-  assert (sweep.stage, sweep.mlflow, sweep.alpha) == ("teacher", True, 0.04)
-  pipeline.run(config_lib.validate(sweep), tracker=mlflow_tracking.connect(sweep, strict=True))
-  return Runs(uri, str(tmp), str(tmp / "pipeline"), str(sweep_dir))
+  server = Server(str(tmp_path_factory.mktemp("report_server")))
+  try:
+    server.wait_ready()
+    uri = server.uri
+    config = config_lib.Config(
+        dataset="mnist", epochs=2, train_examples=256, batch_size=64, eval_batch_size=256,
+        modes=("conventional", "regulated", "hybrid"), output_dir=str(tmp / "pipeline"),
+        verbose=0, mlflow=True, mlflow_experiment=EXPERIMENT, mlflow_tracking_uri=uri)
+    first = mlflow_tracking.connect(config, strict=True)
+    pipeline.run(config, tracker=first)
+    # A second invocation: one run of Table I's sweep (flags/mnist_alpha_sweep.flags), tiny,
+    # with another α and another epoch count.
+    sweep_dir = tmp / "sweep-0.04"
+    sweep = _sweep_config([
+        "--flagfile=flags/mnist_alpha_sweep.flags", "--epochs=1", "--train_examples=256",
+        "--batch_size=64", "--eval_batch_size=256", "--verbose=0", "--alpha=0.04",
+        f"--mlflow_experiment={EXPERIMENT}", f"--mlflow_tracking_uri={uri}",
+        f"--output_dir={sweep_dir}"])
+    assert (sweep.stage, sweep.mlflow, sweep.alpha) == ("teacher", True, 0.04)
+    second = mlflow_tracking.connect(sweep, strict=True)
+    pipeline.run(config_lib.validate(sweep), tracker=second)
+    yield Runs(uri, str(tmp), str(tmp / "pipeline"), str(sweep_dir), first.parent_run_id,
+               second.parent_run_id)
+  finally:
+    server.stop()
 
 
 def test_sweep_flagfile_defaults():
@@ -260,7 +316,9 @@ def test_sweep_run_is_teacher_only(runs):
 @pytest.mark.slow
 def test_report_numbers_match_summary_json(runs):
   client = mlflow.MlflowClient(tracking_uri=runs.uri)
-  tables = report.build_tables(report.fetch_records(client, [EXPERIMENT]))
+  selection = report.fetch_records(client, [EXPERIMENT],
+                                   parent_runs=[runs.pipeline_parent, runs.sweep_parent])
+  tables = report.build_tables(selection.records)
   summary = io_utils.read_json(os.path.join(runs.pipeline_dir, "summary.json"))
   sweep = io_utils.read_json(os.path.join(runs.sweep_dir, "summary.json"))
 
@@ -276,9 +334,11 @@ def test_report_numbers_match_summary_json(runs):
   for mode, label in labels.items():
     assert students[label].test_accuracy == summary["students"][mode]["test_accuracy"]
 
+  # The two teachers trained for 2 and 1 epochs: the older one's cell is marked.
+  assert tables.mixed == {table1["0.02"].run_id: "epochs 2 (the others: 1)"}
   markdown = report.render_markdown(tables)
   lines = markdown.splitlines()
-  assert f"| 0.02 | {summary['teacher']['test_accuracy']:.4f} | 0.9897 |" in lines
+  assert f"| 0.02 | {summary['teacher']['test_accuracy']:.4f} ⚠ | 0.9897 |" in lines
   assert f"| 0.04 | {sweep['teacher']['test_accuracy']:.4f} | 0.9902 |" in lines
   assert (f"| Conventional KD | {summary['students']['conventional']['test_accuracy']:.4f} "
           "| 0.9925 |") in lines
@@ -294,6 +354,46 @@ def test_report_numbers_match_summary_json(runs):
     cells.append(report.format_zeta(metrics["participations"], 512))
   assert (f"| MNIST | {cells[0]} | 85528/12000000 (0.71%) | {cells[1]} | "
           "250245/12000000 (2.09%) |") in lines
+  with pytest.raises(report.ReportError, match="--mixed=refuse.*epochs 2 \\(the others: 1\\)"):
+    report.write_report(client, [EXPERIMENT], parent_runs=[runs.pipeline_parent,
+                                                           runs.sweep_parent], mixed="refuse")
+
+
+@pytest.mark.slow
+def test_report_reads_one_invocation_and_says_which(runs, tmp_path):
+  """Two invocations (α 0.02 with students, then α 0.04 teacher-only): by default the
+  latest one, with --parent_run the one named; the Markdown and the figure say which."""
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+
+  client = mlflow.MlflowClient(tracking_uri=runs.uri)
+  summary = io_utils.read_json(os.path.join(runs.pipeline_dir, "summary.json"))
+  sweep = io_utils.read_json(os.path.join(runs.sweep_dir, "summary.json"))
+  latest = report.write_report(client, [EXPERIMENT])
+  assert f"latest parent run `{runs.sweep_parent}` (mnist teacher alpha=0.04)" in latest
+  lines = latest.splitlines()
+  assert f"| 0.04 | {sweep['teacher']['test_accuracy']:.4f} | 0.9902 |" in lines
+  assert "| 0.02 | — | 0.9897 |" in lines
+  assert "_No finished student runs._" in latest and "⚠" not in latest
+
+  figure = str(tmp_path / "chosen.png")
+  chosen = report.write_report(client, [EXPERIMENT], figure=figure,
+                               parent_runs=[runs.pipeline_parent])
+  assert f"parent run `{runs.pipeline_parent}` (mnist all alpha=0.02)" in chosen
+  lines = chosen.splitlines()
+  assert f"| 0.02 | {summary['teacher']['test_accuracy']:.4f} | 0.9897 |" in lines
+  assert "| 0.04 | — | 0.9902 |" in lines
+  assert runs.sweep_parent not in chosen
+  used = {r.run_id for r in report.fetch_records(client, [EXPERIMENT],
+                                                 parent_runs=[runs.pipeline_parent]).records}
+  assert len(used) == 4  # The teacher and three students.
+  footer = Image.open(figure).text["Description"]
+  assert runs.pipeline_parent in footer and all(run_id in footer.replace("\n", " ")
+                                                for run_id in used)
+  only_teachers = report.fetch_records(client, [EXPERIMENT], filter_string="tags.role = 'teacher'")
+  assert {r.alpha for r in only_teachers.records} == {"0.02", "0.04"}
+  assert "tags.role = 'teacher'" in only_teachers.description
+  with pytest.raises(report.ReportError, match="--parent_run=nope: no such MLflow run"):
+    report.fetch_records(client, [EXPERIMENT], parent_runs=["nope"])
 
 
 @pytest.mark.slow
@@ -302,7 +402,8 @@ def test_report_command_writes_markdown_and_figure(runs):
   env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
   result = subprocess.run(
       [sys.executable, "-m", "tf_srkd.report", f"--experiment={EXPERIMENT}",
-       f"--mlflow_tracking_uri={runs.uri}", f"--output={out}"],
+       f"--mlflow_tracking_uri={runs.uri}", f"--output={out}",
+       f"--parent_run={runs.pipeline_parent}"],
       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
   assert result.returncode == 0, result.stderr[-3000:]
   figure = os.path.join(runs.tmp, "out", "report.png")
@@ -311,12 +412,20 @@ def test_report_command_writes_markdown_and_figure(runs):
   with open(out, encoding="utf-8") as f:
     written = f.read()
   client = mlflow.MlflowClient(tracking_uri=runs.uri)
+  selection = report.fetch_records(client, [EXPERIMENT], parent_runs=[runs.pipeline_parent])
   expected = report.render_markdown(
-      report.build_tables(report.fetch_records(client, [EXPERIMENT])),
-      sources=(f"Experiments: {EXPERIMENT}; tracking URI: `{runs.uri}`; "
-               "5 finished teacher/student runs found."),
+      report.build_tables(selection.records),
+      sources=(f"{selection.description}\n\nExperiments: {EXPERIMENT}; tracking URI: "
+               f"`{runs.uri}`; 4 finished teacher/student runs selected."),
       figure="report.png")
   assert written == expected
+  refused = subprocess.run(
+      [sys.executable, "-m", "tf_srkd.report", f"--experiment={EXPERIMENT}",
+       f"--mlflow_tracking_uri={runs.uri}", "--filter=tags.role = 'teacher'", "--mixed=refuse"],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
+  assert refused.returncode == 2
+  assert [line for line in refused.stderr.splitlines() if line.startswith("error:")] == [
+      line for line in refused.stderr.splitlines() if "epochs 2 (the others: 1)" in line]
 
 
 @pytest.mark.slow

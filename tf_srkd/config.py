@@ -144,6 +144,11 @@ class Config:
                               "current weights skip the inference pass (bit-identical; "
                               "--noreuse_margins runs every row).")
 
+  # -- issue 16 (MLflow Model Registry) --
+  register_model: Optional[str] = _flag(
+      None, "Register each student's MLflow model in the Model Registry as <NAME>-<mode>, "
+      "with its TFLite files (--export) attached (needs --mlflow).")
+
   # -- issue 11: any TFDS dataset or an image folder ---------------------------------
   train_split: str = _flag("train", "TFDS split of the transfer set; slices and percentages "
                            "allowed ('train[:85%]'). Sample id i = its i-th example in file "
@@ -259,6 +264,7 @@ def validate(config: Config) -> Config:
   if config.teacher_dir:
     _validate_teacher_dir(config)
   _validate_gates(config)
+  _validate_register_model(config)  # issue 16
   return config
 
 
@@ -275,6 +281,19 @@ def _validate_gates(config: Config):
   for flag, good, expected in checks:
     value = getattr(config, flag)
     _require(not math.isnan(value) and good(value), f"--{flag}={value}: expected {expected}")
+
+
+# -- issue 16: MLflow Model Registry ------------------------------------------------
+
+
+def _validate_register_model(config: Config):
+  if config.register_model is None:
+    return
+  _require(config.mlflow, f"--register_model={config.register_model}: needs MLflow tracking; "
+           "drop --nomlflow")
+  _require(bool(config.register_model.strip()) and "/" not in config.register_model
+           and ":" not in config.register_model,
+           f"--register_model={config.register_model}: expected a model name without '/' or ':'")
 
 
 def validate_tf_config(text: Optional[str]):
@@ -346,6 +365,7 @@ _NON_IDENTITY_FIELDS = frozenset({
 })
 # issue 14: reusing exact margins changes how fast a stage runs, not what it computes.
 _NON_IDENTITY_FIELDS = _NON_IDENTITY_FIELDS | {"reuse_margins"}
+_NON_IDENTITY_FIELDS |= {"register_model"}  # issue 16
 
 
 def _json_value(value):

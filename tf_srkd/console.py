@@ -57,15 +57,30 @@ def stage_finished(name, metrics, wall_s):
   """A stage's result: test accuracy, zeta (self-regulating stages) and wall time."""
   parts = [f"test accuracy {metrics['test_accuracy']:.4f}"]
   if metrics.get("zeta") is not None:
-    parts.append(f"zeta {100 * metrics['zeta']:.2f}%")
+    # ζ is a fraction everywhere (MLflow, JSON, the Keras epoch lines); the percent is a gloss.
+    parts.append(f"zeta {metrics['zeta']:.4f} ({100 * metrics['zeta']:.2f}%)")
   say(f"== {name} done: {', '.join(parts)}; {wall_s:.1f} s")
 
 
-def mlflow_ui_command(tracking_uri) -> str:
+#: Where `mlflow ui` serves by default.
+MLFLOW_UI_ADDRESS = "http://127.0.0.1:5000"
+
+
+def training_runs_url(address, experiment_id) -> str:
+  """The UI page of an experiment's training runs (MLflow 3 opens on its GenAI view)."""
+  return f"{address.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
+def mlflow_ui_command(tracking_uri, experiment_id=None) -> str:
   """The command (or address) that shows runs tracked at `tracking_uri`."""
   if tracking_uri.startswith(("http://", "https://")):
-    return f"open {tracking_uri} in a browser"
-  return f"mlflow ui --backend-store-uri {tracking_uri}"
+    where = tracking_uri if experiment_id is None else training_runs_url(tracking_uri,
+                                                                         experiment_id)
+    return f"open {where} in a browser"
+  command = f"mlflow ui --backend-store-uri {tracking_uri}"
+  if experiment_id is not None:
+    command += f", then open {training_runs_url(MLFLOW_UI_ADDRESS, experiment_id)}"
+  return command
 
 
 def run_finished(output_dir, wall_s, tracker=None):
@@ -74,4 +89,5 @@ def run_finished(output_dir, wall_s, tracker=None):
   run_id = getattr(tracker, "parent_run_id", None)
   if run_id and tracker.tracking_uri:
     say(f"MLflow parent run {run_id} in {tracker.tracking_uri}; "
-        f"see it with: {mlflow_ui_command(tracker.tracking_uri)}")
+        "see it with: "
+        + mlflow_ui_command(tracker.tracking_uri, getattr(tracker, "experiment_id", None)))

@@ -98,7 +98,35 @@ def run(config, strategy=None, tracker=None, is_chief=True) -> dict:
   summary = pipeline.run(config, strategy, tracker=tracker, is_chief=is_chief)
   if config.export and summary["students"] and is_chief:
     export_students(config, list(summary["students"]), tracker)
+  if config.register_model and summary["students"] and is_chief:
+    register_students(config, list(summary["students"]), tracker)
   return summary
+
+
+def register_students(config, modes, tracker):
+  """`--register_model`: each student's MLflow model (TFLite files attached) in the
+  Model Registry as `<NAME>-<mode>` (see `tf_srkd.mlflow_registry`).
+
+  Returns:
+    {mode: the registered `ModelVersion`} of the students that were registered.
+  """
+  from tf_srkd import layout  # pylint: disable=import-outside-toplevel
+  from tf_srkd import mlflow_registry  # pylint: disable=import-outside-toplevel
+
+  versions = {}
+  for mode in modes:
+    model_id = getattr(tracker, "stage_model_id", lambda _: None)(f"student-{mode}")
+    if model_id is None or getattr(tracker, "pending", None) is not None:
+      console.say(f"register {mode}: no MLflow model of this run to register")
+      continue
+    version = mlflow_registry.register_student(
+        tracker.tracking_uri, config.register_model, mode, model_id,
+        layout.RunDir(config.output_dir).student(mode).tflite,
+        tags={"mode": mode, "dataset": config.dataset, "model": config.student_model})
+    if version is not None:
+      versions[mode] = version
+      console.say(f"registered {mode} as {version.name} version {version.version}")
+  return versions
 
 
 def _fail(message):

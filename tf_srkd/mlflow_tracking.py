@@ -4,21 +4,17 @@ One `python -m tf_srkd.main` invocation is one parent MLflow run; the teacher
 and every student are child runs nested under it (`mlflow.parentRunId`). What
 lands where:
 
-  parent run    params: every resolved flag; artifacts: flags.txt, summary.json
+  parent run    params: every resolved flag; artifacts: flags.txt, summary.json;
+                metrics: the summary (`teacher_test_accuracy`, `student_<mode>_zeta`, ...)
   child runs    tags: role (teacher|student), mode (students), dataset, model,
-                alpha, gate (the gate policy of a self-regulating stage); params: every resolved flag + stage_epochs, stage_alpha;
-                per-epoch metrics (step = 0-based epoch): loss, accuracy,
-                participation_fraction, eta, cumulative_zeta, compact_backward,
-                ce_loss, kd_loss (students); final metrics: test_accuracy, zeta,
-                participations, params, wall_time_s; artifacts:
-                participation.npy, significance.npy (teacher),
-                significance_histograms.png (teacher), participation_fraction.png
-                and history.json (self-regulating runs), model_summary.txt; the
-                Keras network as an MLflow model named "model"
-                (`mlflow.keras.load_model("runs:/<run_id>/model")`).
-
-The per-epoch cumulative zeta is logged as `cumulative_zeta` so that it does
-not collide with the final `zeta` metric.
+                alpha, stage, gate (the gate policy of a self-regulating stage);
+                params: every resolved flag + stage_epochs, stage_alpha,
+                optimizer_*; inputs: the train and test splits
+                (`mlflow.log_input`); per-epoch and final metrics
+                (`mlflow_schema`); artifacts (`mlflow_stage`); the Keras network as
+                an MLflow model named after the stage ("teacher", "student-hybrid"),
+                logged at the final step so it carries the final metrics
+                (`mlflow.keras.load_model("runs:/<run_id>/student-hybrid")`).
 
 `connect(config)` resolves the tracking URI (`--mlflow_tracking_uri`, else
 `$MLFLOW_TRACKING_URI`, else MLflow's default: `sqlite:///mlflow.db` in the
@@ -35,81 +31,24 @@ it later (`tf_srkd.mlflow_pending`). Every result is on disk anyway.
 """
 
 import contextlib
-import dataclasses
+import json
 import logging
-import math
 import os
-import tempfile
-import time
 
 import mlflow
-import mlflow.keras
-import numpy as np
 
 from tf_srkd import layout
 from tf_srkd import mlflow_pending
+from tf_srkd import mlflow_schema
+from tf_srkd import mlflow_stage
 from tf_srkd import mlflow_store
-from tf_srkd import plots
 from tf_srkd import tracking
 
-#: Keras epoch-log names whose MLflow metric name differs.
-EPOCH_METRIC_NAMES = {"zeta": "cumulative_zeta"}
-
+format_alpha = mlflow_schema.format_alpha
+config_params = mlflow_schema.config_params
 
 class TrackingError(RuntimeError):
   """MLflow cannot be used as configured; raised by `connect` before any training."""
-
-
-# -- pure helpers -----------------------------------------------------------------
-
-
-def format_alpha(alpha) -> str:
-  """'0.02', '0.006', 'inf' (the paper's Table I labels); None -> None."""
-  if alpha is None:
-    return None
-  if isinstance(alpha, str):
-    return alpha
-  alpha = float(alpha)
-  return "inf" if math.isinf(alpha) else f"{alpha:g}"
-
-
-def _param_value(value) -> str:
-  if isinstance(value, tuple):
-    return ",".join(str(v) for v in value)
-  return str(value)
-
-
-def config_params(config) -> dict:
-  """Every field of the resolved `Config` as MLflow params (strings).
-
-  Also `resolved_distill_epochs` and `num_train_examples`, the values the
-  flags resolve to.
-  """
-  params = {f.name: _param_value(getattr(config, f.name)) for f in dataclasses.fields(config)}
-  params["resolved_distill_epochs"] = str(config.resolved_distill_epochs)
-  params["num_train_examples"] = str(config.num_train_examples)
-  return params
-
-
-def epoch_metrics(logs) -> dict:
-  """A Keras epoch-logs dict as MLflow metrics: floats, `zeta` -> `cumulative_zeta`."""
-  metrics = {}
-  for key, value in (logs or {}).items():
-    if key == "epoch":
-      continue
-    try:
-      metrics[EPOCH_METRIC_NAMES.get(key, key)] = float(value)
-    except (TypeError, ValueError):
-      continue
-  return metrics
-
-
-def parent_run_name(config) -> str:
-  return f"{config.dataset} {config.stage} alpha={format_alpha(config.alpha)}"
-
-
-def stage_run_name(name, model_name, alpha) -> str:
-  return f"{name} {model_name} alpha={format_alpha(alpha)}"
 
 
 # -- connecting -------------------------------------------------------------------
@@ -178,11 +117,16 @@ class MlflowTracker:
     self.disabled = False
     self.parent_run_id = None
     self.stage_run_ids = {}
+    self.stage_model_ids = {}  # Stage name -> the id of its logged MLflow model.
     self.pending = None  # A `mlflow_pending.PendingLog` once the store stopped answering.
 
   def stage_run_id(self, name):
     """The child run id of stage `name` ("teacher", "student-<mode>"), or None."""
     return self.stage_run_ids.get(name)
+
+  def stage_model_id(self, name):
+    """The id of the MLflow model logged by stage `name`, or None."""
+    return self.stage_model_ids.get(name)
 
   def guard(self, what, fn, *args, **kwargs):
     """Calls `fn`; a failure raises when strict, else takes the tracker offline.
@@ -266,7 +210,7 @@ class MlflowTracker:
     tags = dict(self._base_tags(config), model=config.teacher_model,
                 student_model=config.student_model, alpha=format_alpha(config.alpha),
                 stage=config.stage, modes=",".join(config.modes))
-    active = self._start("parent", run_name=parent_run_name(config), tags=tags,
+    active = self._start("parent", run_name=mlflow_schema.parent_run_name(config), tags=tags,
                          nested=mlflow.active_run() is not None)
     if active is None:
       self.disabled = True  # Could not start: the stages log nothing either.
@@ -281,12 +225,23 @@ class MlflowTracker:
       yield self
       summary = layout.RunDir(config.output_dir).summary
       if os.path.exists(summary):
-        self.guard("log summary.json", self.client.log_artifact, self.parent_run_id, summary)
+        self._log_summary(summary)
     except BaseException as e:
       error = e
       raise
     finally:
       self._end(self.parent_run_id, error)
+
+  def _log_summary(self, path):
+    """summary.json, and its numbers as the parent's metrics (the collapsed runs table)."""
+    self.guard("log summary.json", self.client.log_artifact, self.parent_run_id, path)
+    with open(path, encoding="utf-8") as f:
+      metrics = mlflow_schema.summary_metrics(json.load(f))
+    if metrics:
+      stamp = mlflow_stage.now_ms()
+      self.guard("log the summary metrics", self.client.log_batch, self.parent_run_id,
+                 metrics=[mlflow.entities.Metric(k, v, stamp, 0) for k, v in metrics.items()],
+                 synchronous=True)
 
   @contextlib.contextmanager
   def stage(self, name, *, role, model_name, mode=None, alpha=None, gate=None):
@@ -304,8 +259,8 @@ class MlflowTracker:
       tags["alpha"] = format_alpha(alpha)
     if gate is not None:
       tags["gate"] = gate
-    active = self._start(name, run_name=stage_run_name(name, model_name, alpha), tags=tags,
-                         nested=True)
+    active = self._start(name, run_name=mlflow_schema.stage_run_name(name, model_name, alpha),
+                         tags=tags, nested=True)
     if active is None:
       yield tracking.NullStage()
       return
@@ -318,144 +273,11 @@ class MlflowTracker:
                params=[mlflow.entities.Param(k, v) for k, v in params.items()])
     error = None
     try:
-      yield MlflowStage(self, run_id, title=f"{config.dataset} {name} ({model_name}, "
-                        f"α={format_alpha(alpha)})")
+      yield mlflow_stage.MlflowStage(
+          self, run_id, title=f"{config.dataset} {name} ({model_name}, α={format_alpha(alpha)})",
+          name=name, tags=tags, alpha=alpha, gate=gate)
     except BaseException as e:
       error = e
       raise
     finally:
       self._end(run_id, error)
-
-
-class EpochMetrics(mlflow.keras.MlflowCallback):
-  """MLflow's Keras callback, for what it logs when training begins.
-
-  `on_train_begin` (MLflow's) logs the optimizer config as params and the model
-  summary. Epoch logs do not come from here: the stage's `log_epoch` receives
-  every epoch, run or skipped, from the stage's `EpochHistory`.
-  """
-
-  def __init__(self, stage):
-    import keras  # pylint: disable=import-outside-toplevel
-
-    keras.callbacks.Callback.__init__(self)  # MLflow's __init__ skips it.
-    super().__init__(log_every_epoch=True)
-    self.stage = stage
-
-  def on_epoch_end(self, epoch, logs=None):
-    del epoch, logs  # Logged by `MlflowStage.log_epoch` (an `EpochHistory` listener).
-
-
-class MlflowStage:
-  """One child run: what the pipeline logs for a trained model."""
-
-  def __init__(self, tracker, run_id, title=""):
-    self.tracker = tracker
-    self.run_id = run_id
-    self.title = title
-    self.logged_epochs = set()
-
-  @property
-  def client(self):
-    return self.tracker.client
-
-  def _guard(self, what, fn, *args, **kwargs):
-    return self.tracker.guard(what, fn, *args, **kwargs)
-
-  def callbacks(self):
-    return [EpochMetrics(self)]
-
-  def log_epoch(self, epoch, logs):
-    """One epoch's Keras logs as metrics with step=epoch (0-based)."""
-    metrics = epoch_metrics(logs)
-    if metrics:
-      self._log_metrics(f"log epoch {epoch}", metrics, int(epoch))
-    self.logged_epochs.add(int(epoch))
-
-  def log_history(self, history):
-    """Logs the epochs of `history` that the callback did not (resumed or reused stages)."""
-    for entry in history or ():
-      if int(entry["epoch"]) not in self.logged_epochs:
-        self.log_epoch(int(entry["epoch"]), entry)
-
-  def log_metrics(self, metrics, step=None):
-    values = {k: float(v) for k, v in metrics.items() if v is not None}
-    if values:
-      self._log_metrics("log metrics", values, step)
-
-  def _log_metrics(self, what, values, step):
-    """Logs {name: float} at `step` (None: 0) into this stage's run, through the client."""
-    stamp = int(time.time() * 1000)
-    metrics = [mlflow.entities.Metric(k, v, stamp, step or 0) for k, v in values.items()]
-    self._guard(what, self.client.log_batch, self.run_id, metrics=metrics, synchronous=True)
-
-  def log_artifact(self, path, artifact_path=None):
-    self._guard(f"log {path}", self.client.log_artifact, self.run_id, path, artifact_path)
-
-  def log_figure(self, figure, name):
-    self._guard(f"log {name}", self.client.log_figure, self.run_id, figure, name)
-
-  def log_dict(self, value, name):
-    self._guard(f"log {name}", self.client.log_dict, self.run_id, value, name)
-
-  def _log_array(self, name, array):
-    with tempfile.TemporaryDirectory() as tmp:
-      path = os.path.join(tmp, name)
-      np.save(path, np.asarray(array))
-      self.log_artifact(path)
-
-  def log_model(self, network, name="model"):
-    """`mlflow.keras.log_model`, so `mlflow.keras.load_model` gives `network` back."""
-    self._guard("log the model", self._log_model, network, name)
-
-  def _log_model(self, network, name):
-    import keras  # pylint: disable=import-outside-toplevel
-
-    requirements = [f"mlflow=={mlflow.__version__}", f"keras=={keras.__version__}"]
-    if keras.backend.backend() == "tensorflow":
-      import tensorflow as tf  # pylint: disable=import-outside-toplevel
-      requirements.append(f"tensorflow=={tf.__version__}")
-    active = mlflow.active_run()
-    context = (contextlib.nullcontext() if active is not None and active.info.run_id == self.run_id
-               else mlflow.start_run(run_id=self.run_id, nested=True))
-    with context:
-      mlflow.keras.log_model(network, name=name, signature=_signature(network),
-                             pip_requirements=requirements)
-
-  def log_significance(self, significance, labels, class_names):
-    """significance.npy + class-wise histograms (the paper's Figures 3-5)."""
-    self._log_array("significance.npy", np.asarray(significance, dtype=np.float32))
-    figure = self._guard("plot significance", plots.significance_histograms, significance,
-                         labels, class_names, title=f"{self.title}: class-wise sample significance")
-    if figure is not None:
-      self.log_figure(figure, "significance_histograms.png")
-
-  def log_participation(self, counts, history):
-    """participation.npy, history.json, the per-epoch participation plot.
-
-    Epochs in `history` that the callback did not log (a resumed stage's
-    earlier epochs) are logged here, so the run's metric history is complete.
-    """
-    self._log_array("participation.npy", np.asarray(counts, dtype=np.int32))
-    self.log_history(history)
-    if history:
-      self.log_dict(list(history), "history.json")
-      figure = self._guard("plot participation", plots.participation_plot, history,
-                           title=f"{self.title}: participation per epoch")
-      if figure is not None:
-        self.log_figure(figure, "participation_fraction.png")
-
-
-def _signature(network):
-  """A tensor signature [-1, *input] -> [-1, *output] for `network`, or None."""
-  try:
-    from mlflow.models.signature import ModelSignature  # pylint: disable=import-outside-toplevel
-    from mlflow.types.schema import Schema, TensorSpec  # pylint: disable=import-outside-toplevel
-
-    def spec(shape, dtype, name=None):
-      return Schema([TensorSpec(np.dtype(dtype), (-1,) + tuple(int(d) for d in shape[1:]), name)])
-
-    return ModelSignature(inputs=spec(network.input_shape, network.inputs[0].dtype),
-                          outputs=spec(network.output_shape, network.outputs[0].dtype))
-  except Exception:  # pylint: disable=broad-except
-    return None

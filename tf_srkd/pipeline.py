@@ -231,11 +231,14 @@ def format_summary(summary) -> str:
 
   rows = [("teacher", summary["teacher"])] + [
       (f"student/{mode}", m) for mode, m in summary["students"].items()]
-  lines = [f"{summary['dataset']}: {summary['train_examples']} training examples",
+  lines = [f"{summary['dataset']}: {summary['train_examples']} training examples "
+           "(zeta: fraction of sample-epochs in backward passes, as in MLflow)",
            f"{'model':<22} {'test_acc':>9} {'zeta':>9} {'params':>9}"]
   for name, m in rows:
+    if m.get("zeta") is None and m.get("test_accuracy") is not None:
+      m = dict(m, zeta=1.0)  # Not self-regulating: every sample, every epoch (as in MLflow).
     lines.append(f"{name:<22} {fmt(m.get('test_accuracy'), '{:.4f}'):>9} "
-                 f"{fmt(m.get('zeta'), '{:.2%}'):>9} {fmt(m.get('params'), '{:,}'):>9}")
+                 f"{fmt(m.get('zeta'), '{:.4f}'):>9} {fmt(m.get('params'), '{:,}'):>9}")
   return "\n".join(lines)
 
 

@@ -222,7 +222,7 @@ def run_stage(spec: StageSpec, config, strategy, train, test, tracker, build: Ca
     console.stage_reused(description, spec.stage_dir.path)
     result = load_stage(spec.stage_dir, strategy, config.dataset_spec, train.size)
     with tracker.stage(spec.name, **tracked) as stage:
-      _log_result(stage, result, train, config)
+      _log_result(stage, result, train, test, config)
     return result
   began = time.time()
   console.stage_started(description, train.size, spec.epochs)
@@ -239,7 +239,7 @@ def run_stage(spec: StageSpec, config, strategy, train, test, tracker, build: Ca
     result = _trained_result(spec, model, train, test, config, history, wall)
     if is_chief:
       _write_result(spec.stage_dir, result)
-    _log_result(stage, result, train, config)
+    _log_result(stage, result, train, test, config)
   console.stage_finished(spec.name, result.metrics, time.time() - began)
   return result
 
@@ -284,15 +284,18 @@ def _write_result(stage: layout.StageDir, result: StageResult):
   shutil.rmtree(stage.backup, ignore_errors=True)
 
 
-def _log_result(stage, result: StageResult, train, config):
-  """Final metrics, the whole per-epoch history, participation, the model, significance."""
+def _log_result(stage, result: StageResult, train, test, config):
+  """Datasets, the whole per-epoch history, participation, the final metrics at the last
+  epoch's step, the model at that step (so it carries them), significance."""
   metrics = result.metrics
-  stage.log_metrics({k: float(metrics[k]) for k in
-                     ("test_accuracy", "zeta", "params", "wall_time_s", "participations")
-                     if metrics.get(k) is not None})
+  train_split = f"train[:{config.train_examples}]" if config.train_examples else "train"
+  if train.size != config.num_train_examples:  # A subset of it (`tf_srkd.subset`).
+    train_split = f"{train_split}-subset-{train.size}"
+  stage.log_datasets(config.dataset, [(train_split, train, "training"), ("test", test, "testing")])
   stage.log_history(metrics.get("history"))
   if result.participation is not None:
     stage.log_participation(result.participation, metrics.get("history"))
-  stage.log_model(result.network)
+  stage.log_final(metrics)
+  stage.log_model(result.network, config.dataset_spec, test.images)
   if result.significance is not None:
     stage.log_significance(result.significance, train.labels, config.dataset_spec.class_names)

@@ -34,8 +34,18 @@ class NullStage:
   def log_artifact(self, path, artifact_path=None):
     del path, artifact_path
 
-  def log_model(self, network, name="model"):
-    del network, name
+  def log_final(self, metrics):
+    """A stage's `metrics.json` as its final metrics, at the last epoch's step."""
+    del metrics
+
+  def log_model(self, network, dataset_spec, example_images):
+    """The network as a model at the final step; `example_images` (uint8) give its
+    input example, `dataset_spec` its input description."""
+    del network, dataset_spec, example_images
+
+  def log_datasets(self, dataset_name, splits):
+    """The (split name, `data.SplitArrays`, context) inputs of the stage."""
+    del dataset_name, splits
 
   def log_figure(self, figure, name):
     del figure, name
