@@ -79,11 +79,11 @@ class Row:
 
 def base_config(dataset, args):
   """The dataset's paper flagfile as a Config, with this benchmark's epochs and data."""
-  from tf_srkd import config as config_lib  # pylint: disable=import-outside-toplevel
+  from tf_srkd import config_flags  # pylint: disable=import-outside-toplevel
 
   path = os.path.join(common.REPO_ROOT, "tf_srkd", "flags", f"{dataset}.flags")
   with open(path, encoding="utf-8") as f:
-    config = config_lib.from_flagfile(f.read())
+    config = config_flags.from_flagfile(f.read())
   epochs = args.cifar_epochs if dataset == "cifar10" else args.epochs
   return dataclasses.replace(config, epochs=epochs, distill_epochs=epochs, seed=args.seed,
                              train_examples=args.train_examples, verbose=0, mlflow=False,

@@ -40,7 +40,7 @@ import numpy as np  # pylint: disable=wrong-import-position
 import tensorflow as tf  # pylint: disable=wrong-import-position
 
 from tf_srkd import callbacks  # pylint: disable=wrong-import-position
-from tf_srkd import config as config_lib  # pylint: disable=wrong-import-position
+from tf_srkd import config_flags  # pylint: disable=wrong-import-position
 from tf_srkd import data  # pylint: disable=wrong-import-position
 from tf_srkd import models  # pylint: disable=wrong-import-position
 from tf_srkd import regulation  # pylint: disable=wrong-import-position
@@ -86,7 +86,7 @@ class _UpdateCounter(keras.callbacks.Callback):
 
 def base_config(args, out):
   with open(os.path.join(common.REPO_ROOT, "flags", "mnist.flags"), encoding="utf-8") as f:
-    config = config_lib.from_flagfile(f.read())
+    config = config_flags.from_flagfile(f.read())
   return dataclasses.replace(config, epochs=args.epochs, train_examples=args.examples,
                              output_dir=out, verbose=0, mlflow=False)
 

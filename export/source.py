@@ -15,6 +15,7 @@ import numpy as np
 from export import mlflow_log
 from export.errors import ExportError
 from tf_srkd import config as config_lib
+from tf_srkd import config_flags
 from tf_srkd import datasets
 from tf_srkd import layout
 from tf_srkd import models
@@ -213,7 +214,7 @@ def train_examples_of(student: Student) -> int:
 def teacher_dir_of(run_dir: str) -> str:
   """The directory holding the run's teacher (`--teacher_dir` runs point elsewhere)."""
   run = layout.RunDir(run_dir)
-  configured = config_lib.read_flagfile(run.flags).teacher_dir if os.path.exists(run.flags) else None
+  configured = config_flags.read_flagfile(run.flags).teacher_dir if os.path.exists(run.flags) else None
   return layout.teacher_of(run, configured).path
 
 

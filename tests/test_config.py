@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from tf_srkd import config as config_lib
+from tf_srkd import config_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -74,16 +75,16 @@ def test_teacher_dir_checks(tmp_path):
 
 
 def test_flagfile_round_trip():
-  text = config_lib.to_flagfile(config_lib.Config(alpha=math.inf, modes=("hybrid",), mlflow=False))
+  text = config_flags.to_flagfile(config_lib.Config(alpha=math.inf, modes=("hybrid",), mlflow=False))
   assert "--alpha=inf\n" in text and "--modes=hybrid\n" in text and "--nomlflow\n" in text
   for config in (config_lib.Config(alpha=math.inf, modes=("hybrid",), mlflow=False),
                  config_lib.Config(teacher_dir="/runs/a", export=("int8", "float32"),
                                    distill_epochs=3, mlflow_tracking_uri="sqlite:///x=y.db")):
-    assert config_lib.from_flagfile(config_lib.to_flagfile(config)) == config
+    assert config_flags.from_flagfile(config_flags.to_flagfile(config)) == config
 
 
 def test_every_field_is_a_flag_with_help():
-  specs = config_lib.flag_specs()
+  specs = config_flags.flag_specs()
   assert [s.name for s in specs] == [f.name for f in dataclasses.fields(config_lib.Config)]
   assert all(s.help for s in specs)
   kinds = {s.name: s.kind for s in specs}

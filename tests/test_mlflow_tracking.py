@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from tf_srkd import config as config_lib
+from tf_srkd import config_flags
 from tf_srkd import io_utils
 from tf_srkd import mlflow_schema
 from tf_srkd import mlflow_stage
@@ -344,7 +345,7 @@ def test_params_and_flags_file(tracked, tmp_path):
   expected = mlflow_tracking.config_params(config)
   assert client.get_run(tracked.parent_run_id).data.params == expected
   with open(_download(client, tracked.parent_run_id, "flags.txt", tmp_path)) as f:
-    assert f.read() == config_lib.to_flagfile(config)
+    assert f.read() == config_flags.to_flagfile(config)
   with open(_download(client, tracked.parent_run_id, "summary.json", tmp_path)) as f:
     assert json.load(f) == tracked.summary
   for name, run_id in tracked.stage_run_ids.items():

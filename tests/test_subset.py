@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from tf_srkd import config as config_lib
+from tf_srkd import config_flags
 from tf_srkd import subset
 from tf_srkd import subsets
 
@@ -92,7 +93,7 @@ def test_tool_refuses_a_directory_without_a_run(tmp_path, overrides, message):
     ({"methods": ["kd", "fancy"]}, "--methods=kd,fancy"),
 ])
 def test_tool_refuses_bad_flags(tmp_path, overrides, message):
-  (tmp_path / "flags.txt").write_text(config_lib.to_flagfile(config_lib.Config()))
+  (tmp_path / "flags.txt").write_text(config_flags.to_flagfile(config_lib.Config()))
   with pytest.raises(config_lib.ConfigError, match=message):
     subset.plan_from_flags(_values(tmp_path, **overrides))
 

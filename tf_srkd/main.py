@@ -19,6 +19,7 @@ cli.quiet_environment()  # Before anything imports TensorFlow or MLflow.
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from tf_srkd import config as config_lib
+from tf_srkd import config_flags
 from tf_srkd import console
 from tf_srkd import datasets
 from tf_srkd import disk_errors
@@ -32,7 +33,7 @@ _DEFINE = {"string": flags.DEFINE_string, "rate": flags.DEFINE_string,
 
 def define_flags(flag_values=FLAGS):
   """Defines one flag per `Config` field (name, default and help from the field)."""
-  for spec in config_lib.flag_specs():
+  for spec in config_flags.flag_specs():
     if spec.kind == "enum":
       flags.DEFINE_enum(spec.name, spec.default, list(spec.choices), spec.help,
                         flag_values=flag_values)
@@ -49,14 +50,14 @@ def config_from_flags(flag_values=FLAGS) -> config_lib.Config:
   Raises:
     config_lib.ConfigError: a rate flag that is neither a number nor 'inf'.
   """
-  values = {spec.name: flag_values[spec.name].value for spec in config_lib.flag_specs()}
+  values = {spec.name: flag_values[spec.name].value for spec in config_flags.flag_specs()}
   if values["output_dir"] is None:
     values["output_dir"] = os.path.join(
         "runs", f"{datasets.slug(values['dataset'])}-"
         f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
   if values["verbose"] is None:
     values["verbose"] = console.default_fit_verbosity()
-  return config_lib.from_flag_values(values)
+  return config_flags.from_flag_values(values)
 
 
 def export_students(config, modes, tracker):

@@ -17,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_srkd import config as config_lib
+from tf_srkd import config_flags
 from tf_srkd import data
 from tf_srkd import distillation
 from tf_srkd import gates
@@ -71,7 +72,7 @@ def prepare_output_dir(config: config_lib.Config, is_chief: bool = True,
       os.replace(out, aside)
       logging.warning("moved the previous run in %s to %s", out, aside)
   if is_chief:
-    io_utils.write_text(run_dir.flags, config_lib.to_flagfile(config))
+    io_utils.write_text(run_dir.flags, config_flags.to_flagfile(config))
     io_utils.write_json(marker, current)
 
 
@@ -269,7 +270,7 @@ def run(config: config_lib.Config, strategy=None, tracker=None, is_chief=True) -
   test = streaming.load(spec, "test", 0, config.download, config.max_in_memory_mb)
   teacher, teacher_digest = load_teacher(config, strategy, train.size)
   prepare_output_dir(config, is_chief, teacher_digest, check_models(config, teacher is None))
-  with tracker.run(config, config_lib.to_flagfile(config)):
+  with tracker.run(config, config_flags.to_flagfile(config)):
     if not config.teacher_dir and config.stage != "distill":
       # The run's own teacher: trained, or (finished) checked, reused and tracked.
       teacher = train_teacher(config, strategy, train, test, tracker, is_chief)

@@ -31,6 +31,7 @@ import time
 from absl import flags
 
 from tf_srkd import config as config_lib
+from tf_srkd import config_flags
 from tf_srkd import layout
 from tf_srkd import subsets
 
@@ -108,7 +109,7 @@ def plan_from_flags(values) -> Plan:
     require(given and set(given) <= set(known),
             f"--{flag}={','.join(given)}: expected a comma list of {', '.join(known)}")
   require(values.epochs is None or values.epochs > 0, f"--epochs={values.epochs}: expected > 0")
-  base = config_lib.read_flagfile(run.flags)
+  base = config_flags.read_flagfile(run.flags)
   config = dataclasses.replace(
       base, teacher_dir=values.teacher_dir, stage="distill", modes=("conventional",),
       output_dir=values.output_dir or os.path.join(run.path, "subsets"),
@@ -173,7 +174,6 @@ def curve_figure(rows, title):
 
 def run(plan: Plan, tracker=None) -> list:
   """Trains every student of the plan (reusing finished ones); returns the result rows."""
-  import numpy as np  # pylint: disable=import-outside-toplevel
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
   from tf_srkd import data  # pylint: disable=import-outside-toplevel
@@ -194,7 +194,7 @@ def run(plan: Plan, tracker=None) -> list:
   logits = stages.predict_logits(teacher.network, train.images, config.eval_batch_size)
   tracker = tracker or tracking.NullTracker()
   rows = []
-  with tracker.run(config, config_lib.to_flagfile(config)):
+  with tracker.run(config, config_flags.to_flagfile(config)):
     for fraction in plan.fractions:
       lists = {r: subsets.select(teacher.significance, train.labels, fraction, r, config.seed)
                for r in plan.rankings}
