@@ -28,6 +28,15 @@ BETA1, BETA2, EPSILON = 0.9, 0.999, 1e-7
 SGD_LR = 0.5
 
 
+def _sgd_lr(normaliser):
+  """Plain SGD's step: smaller under `weights`, whose loss Σgsl/Σgs is not damped by the
+  zero-significance rows, so that lr 0.5 diverges within the epoch (first-layer weights
+  near -20) and round-off of either side's convolution algorithm (e.g. under
+  `enable_op_determinism`, which another test file switches on for the process)
+  is amplified past any tolerance."""
+  return SGD_LR / 10 if normaliser == "weights" else SGD_LR
+
+
 def _problem():
   rng = np.random.default_rng(11)
   split = data.SplitArrays(images=rng.integers(0, 256, (N, 28, 28, 1), dtype=np.uint8),
@@ -75,7 +84,7 @@ def _reference_epoch(network, split, teacher_logits, significance, eta, regulate
     grads = tape.gradient(loss, weights)
     if optimizer == "sgd":
       for var, grad in zip(weights, grads):
-        var.assign(var.numpy() - SGD_LR * grad.numpy())
+        var.assign(var.numpy() - _sgd_lr(normaliser) * grad.numpy())
       continue
     step += 1
     lr_t = LR * np.sqrt(1 - BETA2**step) / (1 - BETA1**step)
@@ -94,7 +103,7 @@ def _package_epoch(backward, mode, split, teacher_logits, significance, eta, opt
   model = distillation.Distiller(network, N, mode, temperature=TAU, kd_lambda=LAMBDA,
                                  backward=backward, normaliser=normaliser)
   model.compile(optimizer=(keras.optimizers.Adam(LR) if optimizer == "adam"
-                           else keras.optimizers.SGD(SGD_LR)), jit_compile=False)
+                           else keras.optimizers.SGD(_sgd_lr(normaliser))), jit_compile=False)
   model.optimizer.build(network.trainable_variables)
   extras = {"teacher_logits": teacher_logits}
   if mode.weight_by_significance:
