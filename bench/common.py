@@ -326,9 +326,11 @@ def plain_dataset(split, batch_size):
 
 
 class NoJit:
-  """The only config field `stages.compile_model` reads."""
+  """The config fields `stages.compile_model` reads: no XLA, one step per call
+  (as the plain Keras models these benchmarks compare with)."""
 
   jit_compile = False
+  steps_per_execution = 1
 
 
 # -- whole runs (issue 12) -------------------------------------------------------

@@ -20,7 +20,7 @@ N, EPOCHS, ALPHA = 128, 30, 0.005
 
 
 def train(split, tmp_path, skip, kind, backward="compact", model_name=None, reuse=None,
-          stop_at=None, strategy=None):
+          stop_at=None, strategy=None, steps_per_execution=0):
   """Trains a teacher or a regulated student; returns (model, history, optimizer state).
 
   Args:
@@ -34,13 +34,15 @@ def train(split, tmp_path, skip, kind, backward="compact", model_name=None, reus
     stop_at: if set, train to this epoch, then drop the model and resume the
       stage from its checkpoint with a freshly built one (a kill, then a rerun).
     strategy: the `tf.distribute` strategy (default: the default one).
+    steps_per_execution: `Config.steps_per_execution` (default: a whole epoch per call).
   """
   tf.config.experimental.enable_op_determinism()
   strategy = strategy or tf.distribute.get_strategy()
   config = config_lib.Config(epochs=EPOCHS, batch_size=32, seed=1, verbose=0,
                              skip_idle_epochs=skip, backward=backward, train_examples=N,
                              output_dir=str(tmp_path),
-                             reuse_margins=skip if reuse is None else reuse)
+                             reuse_margins=skip if reuse is None else reuse,
+                             steps_per_execution=steps_per_execution)
   extras = {}
   if kind != "teacher":
     extras["teacher_logits"] = np.eye(10, dtype=np.float32)[split.labels] * 8.0  # confident

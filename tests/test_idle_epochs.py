@@ -89,3 +89,22 @@ def test_kill_and_resume_with_the_cache_is_bit_identical(mnist_subset, tmp_path)
   for s, r in zip(history, resumed[1], strict=True):
     assert (s["gate_from_cache"], s["skipped_epoch"]) == (r["gate_from_cache"],
                                                           r["skipped_epoch"]), s["epoch"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind,backward", [("teacher", "auto"), ("student", "compact")])
+def test_whole_epochs_per_call_are_bit_identical(mnist_subset, tmp_path, kind, backward):
+  """Several steps per compiled call (Keras' steps_per_execution, in a tf.while_loop) train
+  exactly the steps of one step per call: weights, optimizer, counts and logs; with idle
+  epochs skipped, margins reused and (teacher) `auto` switching backward per epoch. (A call
+  of 3 steps on 4-step epochs, straddling epochs, fails this.)"""
+  one = _train(mnist_subset, tmp_path / "one", True, kind, backward=backward,
+               steps_per_execution=1)
+  assert one[0].steps_per_execution == 1
+  for requested, per_call in ((0, 4), (3, 2)):  # 4 steps per epoch: 3 rounds down to 2.
+    many = _train(mnist_subset, tmp_path / f"many{requested}", True, kind, backward=backward,
+                  steps_per_execution=requested)
+    assert many[0].steps_per_execution == per_call
+    assert_same_training(*one, *many)
+  if backward == "auto":
+    assert {h.get("compact_backward") for h in one[1]} == {0.0, 1.0}

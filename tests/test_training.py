@@ -14,6 +14,7 @@ from tf_srkd import losses
 from tf_srkd import models
 from tf_srkd import modes
 from tf_srkd import regulation
+from tf_srkd import stages
 from tf_srkd import training
 from tests.recount import BruteForceRecount
 
@@ -224,3 +225,16 @@ def test_hybrid_batch_of_zero_significance_changes_nothing_but_counts(backward):
   assert all(np.array_equal(a, b) for a, b in zip(before, after)), "weights or optimizer moved"
   assert float(logs["participation_fraction"]) == 1.0
   np.testing.assert_array_equal(model.participation_counts(), np.full(32, 2))
+
+
+@pytest.mark.parametrize("requested,steps,expected", [
+    (0, 118, 118), (1, 118, 1), (200, 118, 118), (118, 118, 118), (32, 118, 2), (59, 118, 59),
+    (60, 118, 59), (10, 120, 10), (7, 120, 6), (5, 7, 1)])
+def test_execution_steps_never_straddle_an_epoch(requested, steps, expected):
+  assert stages.execution_steps(requested, steps) == expected
+  assert steps % expected == 0
+
+
+def test_execution_steps_refuse_negative():
+  with pytest.raises(ValueError, match="steps_per_execution"):
+    stages.execution_steps(-1, 10)

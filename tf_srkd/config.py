@@ -143,6 +143,11 @@ class Config:
   reuse_margins: bool = _flag(True, "Compact gate: rows whose margin was computed with the "
                               "current weights skip the inference pass (bit-identical; "
                               "--noreuse_margins runs every row).")
+  steps_per_execution: int = _flag(
+      0, "Train steps per call into the compiled step (Keras' steps_per_execution). 0: a "
+      "whole epoch per call, the fewest Python round trips (per-batch callbacks and the "
+      "progress bar then update once per epoch); K > 0: the largest divisor of the "
+      "epoch's step count not above K, so that no call straddles two epochs.")
 
   # -- issue 16 (MLflow Model Registry) --
   register_model: Optional[str] = _flag(
@@ -243,6 +248,8 @@ def validate(config: Config) -> Config:
   _require(config.batch_size > 0, f"--batch_size={config.batch_size}: expected an integer > 0")
   _require(config.eval_batch_size > 0, f"--eval_batch_size={config.eval_batch_size}: expected an integer > 0")
   _require(config.cpu_replicas >= 0, f"--cpu_replicas={config.cpu_replicas}: expected an integer >= 0")
+  _require(config.steps_per_execution >= 0,
+           f"--steps_per_execution={config.steps_per_execution}: expected an integer >= 0")
   size = spec.train_size
   _require(0 <= config.train_examples and (size is None or config.train_examples <= size),
            f"--train_examples={config.train_examples}: expected 0 (all) up to the {size} examples "
@@ -366,6 +373,8 @@ _NON_IDENTITY_FIELDS = frozenset({
 # issue 14: reusing exact margins changes how fast a stage runs, not what it computes.
 _NON_IDENTITY_FIELDS = _NON_IDENTITY_FIELDS | {"reuse_margins"}
 _NON_IDENTITY_FIELDS |= {"register_model"}  # issue 16
+# issue 14: steps per compiled call change the Python round trips, not the steps.
+_NON_IDENTITY_FIELDS |= {"steps_per_execution"}
 
 
 def _json_value(value):

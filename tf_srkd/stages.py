@@ -65,9 +65,36 @@ class StageSpec:
   gate: Optional[str] = None
 
 
+def execution_steps(requested: int, steps_per_epoch: int) -> int:
+  """Steps per compiled call: the largest divisor of `steps_per_epoch` not above
+  `requested` (0: all of them).
+
+  Keras' epoch loop hands the iterator to the compiled function once per
+  `steps_per_execution` steps and does not stop a call at an epoch boundary;
+  a call that ran past it would train the next epoch's first batches under
+  this epoch's eta, backward and gate-policy state.
+  """
+  if requested < 0:
+    raise ValueError(f"steps_per_execution must be >= 0, got {requested}")
+  if requested == 0 or requested >= steps_per_epoch:
+    return steps_per_epoch
+  return max(k for k in range(1, requested + 1) if steps_per_epoch % k == 0)
+
+
 def compile_model(model, learning_rate, config):
-  """Adam at `learning_rate`, built now so checkpoints can restore its slots."""
-  model.compile(optimizer=keras.optimizers.Adam(learning_rate), jit_compile=config.jit_compile)
+  """Adam at `learning_rate`, built now so checkpoints can restore its slots.
+
+  Whole epochs per compiled call by default (`config.steps_per_execution`):
+  a trickle epoch of the self-regulated teacher is ~118 steps of which most
+  apply no update, so the per-call Python round trip of Keras' loop was a
+  large share of it (issue 14, bench/RESULTS.md "trickle").
+  """
+  per_call = config.steps_per_execution
+  if per_call != 1:
+    per_call = execution_steps(per_call, data.steps_per_epoch(model.num_examples,
+                                                              config.batch_size))
+  model.compile(optimizer=keras.optimizers.Adam(learning_rate), jit_compile=config.jit_compile,
+                steps_per_execution=per_call)
   model.optimizer.build(model.network.trainable_variables)
 
 
