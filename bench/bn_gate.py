@@ -33,16 +33,8 @@ def parse_args(argv=None):
   p.add_argument("--distill_alpha", default="0.04")
   p.add_argument("--train_examples", type=int, default=10000)
   p.add_argument("--batch_size", type=int, default=256)
-  p.add_argument("--output_root", default=os.path.join(common.REPO_ROOT, "runs", "bench_bn_gate"))
-  p.add_argument("--extra", action="append", default=[], help="extra tf_srkd.main flag")
-  p.add_argument("--quick", action="store_true", help="seconds: 128 examples, 1 epoch")
-  p.add_argument("--no_write", action="store_true", help="do not touch bench/RESULTS.md")
-  args = p.parse_args(argv)
-  if args.quick:
-    args.epochs = args.distill_epochs = 1
-    args.train_examples, args.batch_size = 128, 64
-    args.output_root = args.output_root.rstrip(os.sep) + "_quick"
-  return args
+  common.add_run_args(p, "bench_bn_gate", "seconds: 128 examples, 1 epoch")
+  return common.apply_quick(p.parse_args(argv))
 
 
 def main(argv=None):

@@ -336,6 +336,29 @@ class NoJit:
 # -- whole runs (issue 12) -------------------------------------------------------
 
 
+def add_run_args(parser, run_name, quick_help):
+  """The arguments of a script that drives `tf_srkd.main` runs: `--output_root`
+  (default runs/`run_name`), `--extra` (repeatable), `--quick` (`quick_help`) and
+  `--no_write`; `apply_quick` shrinks the parsed ones."""
+  parser.add_argument("--output_root", default=os.path.join(REPO_ROOT, "runs", run_name))
+  parser.add_argument("--extra", action="append", default=[], help="extra tf_srkd.main flag")
+  parser.add_argument("--quick", action="store_true", help=quick_help)
+  parser.add_argument("--no_write", action="store_true", help="do not touch bench/RESULTS.md")
+
+
+def apply_quick(args, **more):
+  """With `--quick`: one teacher and one distillation epoch on 128 examples in
+  batches of 64, the attributes in `more`, and `<output_root>_quick` as the root
+  (a quick run never reuses a full one's stages). Returns `args`."""
+  if args.quick:
+    args.epochs = args.distill_epochs = 1
+    args.train_examples, args.batch_size = 128, 64
+    for name, value in more.items():
+      setattr(args, name, value)
+    args.output_root = args.output_root.rstrip(os.sep) + "_quick"
+  return args
+
+
 def run_main(flags, output_dir, log_path, reuse=True):
   """Runs `python -m tf_srkd.main FLAGS --output_dir=OUTPUT_DIR` (output to `log_path`)
   unless `reuse` and its summary.json exists; returns the process seconds (None: reused)."""

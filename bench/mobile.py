@@ -37,19 +37,10 @@ def parse_args(argv=None):
   p.add_argument("--batch_size", type=int, default=256)
   p.add_argument("--test_examples", type=int, default=0, help="LiteRT verification (0: all)")
   p.add_argument("--calibration_samples", type=int, default=200)
-  p.add_argument("--output_root", default=os.path.join(common.REPO_ROOT, "runs", "bench_mobile"))
-  p.add_argument("--extra", action="append", default=[], help="extra tf_srkd.main flag")
-  p.add_argument("--quick", action="store_true",
-                 help="a seconds-scale check: 128 examples, 1 epoch, 20 test images")
   p.add_argument("--fresh", action="store_true", help="retrain even if the run finished")
-  p.add_argument("--no_write", action="store_true", help="do not touch bench/RESULTS.md")
-  args = p.parse_args(argv)
-  if args.quick:
-    args.epochs = args.distill_epochs = 1
-    args.train_examples, args.batch_size = 128, 64
-    args.test_examples, args.calibration_samples = 20, 16
-    args.output_root = args.output_root.rstrip(os.sep) + "_quick"
-  return args
+  common.add_run_args(p, "bench_mobile",
+                      "a seconds-scale check: 128 examples, 1 epoch, 20 test images")
+  return common.apply_quick(p.parse_args(argv), test_examples=20, calibration_samples=16)
 
 
 def train(args, run_dir, log):

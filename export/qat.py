@@ -27,7 +27,6 @@ Steps:
 """
 
 import os
-import sys
 import time
 
 import numpy as np
@@ -37,6 +36,7 @@ from export import convert as convert_lib
 from export import sidecar as sidecar_lib
 from export import source
 from export.errors import ExportError
+from tf_srkd import cli
 from tf_srkd import data
 from tf_srkd import layout
 from tf_srkd import losses
@@ -303,8 +303,7 @@ def main(argv):
         batch_size=f.batch_size, dataset=f.dataset, test_examples=f.test_examples,
         mlflow_run_id=f.mlflow_run_id, tracking_uri=f.mlflow_tracking_uri, seed=f.seed)
   except ExportError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    cli.fail(e)
   print(api.format_results([("int8_qat", result)]))
   print(f"wrote {result['paths']['tflite']}")
 

@@ -12,7 +12,6 @@ the one import a Python caller needs.
 """
 
 import os
-import sys
 
 from export.api import ExportData
 from export.api import export_all
@@ -28,7 +27,7 @@ from export.calibration import check_calibration
 from export.convert import QUANTIZATIONS
 from export.convert import check_quantizations
 from export.errors import ExportError
-from tf_srkd import disk_errors
+from tf_srkd import cli
 from export.sidecar import sidecar_path
 from export.source import Student
 from export.source import load_student
@@ -118,17 +117,8 @@ def main(argv):
 
   del argv
   absl_logging.set_verbosity(absl_logging.WARNING)
-  try:
+  with cli.failing_on(ExportError):
     rows = _export(flags.FLAGS)
-  except ExportError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
-  except Exception as e:  # pylint: disable=broad-except
-    message = disk_errors.disk_full_message(e)
-    if message is None:
-      raise
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
   print(format_results(rows))
   for _, r in rows:
     print(f"wrote {r['paths']['tflite']}")
@@ -136,11 +126,8 @@ def main(argv):
 
 def run_main():
   """The `tf-srkd-export` console script (`python -m export.tflite`)."""
-  from tf_srkd import cli  # pylint: disable=import-outside-toplevel
-
-  cli.quiet_environment()  # Importing this module does not import TensorFlow yet.
-  _define_flags()
-  cli.run(main)
+  # Importing this module does not import TensorFlow yet: the environment is still quiet-able.
+  cli.run_program(main, _define_flags)
 
 
 if __name__ == "__main__":

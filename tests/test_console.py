@@ -1,10 +1,12 @@
 """The run's console lines and the entry points' quiet defaults (fast: no training)."""
 
+import errno
 import io
 import logging
 
 from absl import flags
 from absl import logging as absl_logging
+import pytest
 
 from tf_srkd import cli
 from tf_srkd import console
@@ -102,3 +104,21 @@ def test_python_logging_is_quiet_unless_verbosity_is_given():
     logging.root.setLevel(root)
     for name, level in before.items():
       logging.getLogger(name).setLevel(level)
+
+
+def test_failing_on_gives_bad_input_and_a_full_disk_one_line_and_status_2(capsys):
+  with pytest.raises(SystemExit) as exit_info:
+    with cli.failing_on(KeyError, ValueError):
+      raise ValueError("--epochs must be >= 1")
+  assert exit_info.value.code == 2
+  assert capsys.readouterr().err == "error: --epochs must be >= 1\n"
+  with pytest.raises(SystemExit) as exit_info:
+    with cli.failing_on(KeyError):
+      raise OSError(errno.ENOSPC, "No space left on device", "/r/metrics.json")
+  assert exit_info.value.code == 2
+  assert capsys.readouterr().err.startswith(
+      "error: No space left on device writing /r/metrics.json; free some space")
+  with pytest.raises(RuntimeError, match="a bug"):  # Not input: the traceback stays.
+    with cli.failing_on(KeyError):
+      raise RuntimeError("a bug")
+  assert capsys.readouterr().err == ""

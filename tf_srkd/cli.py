@@ -3,7 +3,10 @@
 `quiet_environment()` must run before TensorFlow or MLflow is first imported
 (it sets environment variables they read once); `run(main)` expands the
 `--flagfile=` arguments (`flagfiles`), then lets absl parse and call `main`
-with the Python logging of TensorFlow and TFDS at WARNING.
+with the Python logging of TensorFlow and TFDS at WARNING; `run_program` is
+both, for a program whose flags are defined only when it runs. `fail` is the
+one line and exit status 2 that every bad input gets; `failing_on` gives it to
+the errors that mean bad input, and to a full disk, around a run.
 
 Getting the noise back: `TF_CPP_MIN_LOG_LEVEL=0` (TensorFlow's C++ INFO and
 WARNING lines; a few lines it prints before its logging starts cannot be
@@ -11,9 +14,12 @@ switched off), `MLFLOW_LOGGING_LEVEL=INFO`, `--verbosity=0` (absl / Python
 INFO lines, e.g. TFDS' dataset loading and checkpoint sharding).
 """
 
+import contextlib
 import logging
 import os
 import sys
+
+from tf_srkd import disk_errors
 
 #: Environment defaults that quiet TensorFlow's start-up (C++ INFO and WARNING lines)
 #: and MLflow's INFO lines (database set-up; MLflow configures its logger itself on
@@ -28,6 +34,29 @@ def quiet_environment(environ=os.environ):
   """Sets the `QUIET_ENVIRONMENT` defaults that the user has not set."""
   for name, value in QUIET_ENVIRONMENT.items():
     environ.setdefault(name, value)
+
+
+def fail(message):
+  """The one line every bad input gets (`error: <message>` on stderr), and exit status 2."""
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(2)
+
+
+@contextlib.contextmanager
+def failing_on(*errors):
+  """`fail`s on any of `errors` (bad input) or on a full disk (`disk_errors`).
+
+  Any other exception propagates with its traceback: it is a bug, not input.
+  """
+  try:
+    yield
+  except errors as e:
+    fail(e)
+  except Exception as e:  # pylint: disable=broad-except
+    message = disk_errors.disk_full_message(e)
+    if message is None:
+      raise
+    fail(message)
 
 
 def _verbosity_given(flag_values) -> bool:
@@ -59,8 +88,7 @@ def run(main, argv=None, flags_parser=None):
   try:
     argv = flagfiles.expand(sys.argv if argv is None else argv)
   except (flagfiles.FlagfileError, OSError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    fail(e)
 
   def quiet_main(args):
     quiet_python_logging(flags.FLAGS)
@@ -70,3 +98,14 @@ def run(main, argv=None, flags_parser=None):
     app.run(quiet_main, argv=argv)
   else:
     app.run(quiet_main, argv=argv, flags_parser=flags_parser)
+
+
+def run_program(main, define_flags):
+  """A console script whose flags are defined only when it runs (not on import).
+
+  Quiets the environment first (the program has not imported TensorFlow or
+  MLflow yet), defines the flags with `define_flags()`, then `run(main)`.
+  """
+  quiet_environment()
+  define_flags()
+  run(main)

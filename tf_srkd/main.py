@@ -7,7 +7,6 @@ never imports `export/`, which sits on top of it).
 """
 
 import os
-import sys
 import time
 
 from absl import flags
@@ -22,7 +21,6 @@ from tf_srkd import config as config_lib
 from tf_srkd import config_flags
 from tf_srkd import console
 from tf_srkd import datasets
-from tf_srkd import disk_errors
 
 FLAGS = flags.FLAGS
 
@@ -130,12 +128,6 @@ def register_students(config, modes, tracker):
   return versions
 
 
-def _fail(message):
-  """The one line every bad input gets, and exit status 2."""
-  print(f"error: {message}", file=sys.stderr)
-  sys.exit(2)
-
-
 def parse_flags(argv):
   """absl's flag parsing, with every flag error as one line and exit status 2.
 
@@ -146,7 +138,7 @@ def parse_flags(argv):
   try:
     return FLAGS(argv)
   except flags.Error as e:
-    _fail(" ".join(str(e).split()).removeprefix("ERROR:: "))
+    cli.fail(" ".join(str(e).split()).removeprefix("ERROR:: "))
 
 
 def main(argv):
@@ -155,7 +147,7 @@ def main(argv):
     config = config_lib.validate(config_from_flags())
     config_lib.validate_tf_config(os.environ.get("TF_CONFIG"))
   except config_lib.ConfigError as e:
-    _fail(e)
+    cli.fail(e)
   # Imported here so that `--help` and flag errors stay fast.
   from tf_srkd import data  # pylint: disable=import-outside-toplevel
   from tf_srkd import pipeline  # pylint: disable=import-outside-toplevel
@@ -173,19 +165,12 @@ def main(argv):
     try:
       tracker = mlflow_tracking.connect(config)  # Fails fast if the server is unreachable.
     except mlflow_tracking.TrackingError as e:
-      _fail(e)
+      cli.fail(e)
   started = time.time()
   from export.errors import ExportError  # pylint: disable=import-outside-toplevel
 
-  try:
+  with cli.failing_on(config_lib.ConfigError, data.DataError, ExportError):
     summary = run(config, strategy, tracker=tracker, is_chief=chief)
-  except (config_lib.ConfigError, data.DataError, ExportError) as e:
-    _fail(e)
-  except Exception as e:  # pylint: disable=broad-except
-    message = disk_errors.disk_full_message(e)
-    if message is None:
-      raise
-    _fail(message)
   if chief:
     print(pipeline.format_summary(summary))
     console.run_finished(config.output_dir, time.time() - started, tracker)

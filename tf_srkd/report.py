@@ -28,11 +28,11 @@ matplotlib, not TensorFlow.
 
 import logging
 import os
-import sys
 import textwrap
 
 from absl import flags
 
+from tf_srkd import cli
 from tf_srkd import mlflow_store
 # The report's library API, from the modules that implement it.
 # pylint: disable=unused-import
@@ -135,8 +135,7 @@ def main(argv):
     markdown = write_report(client, values.experiment, values.output, figure,
                             values.parent_run, values.filter, values.mixed)
   except ReportError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    cli.fail(e)
   if values.output:
     print(f"wrote {values.output}" + (f" and {figure}" if figure else ""))
   else:
@@ -145,11 +144,7 @@ def main(argv):
 
 def run_main():
   """The `tf-srkd-report` console script (`python -m tf_srkd.report`)."""
-  from tf_srkd import cli  # pylint: disable=import-outside-toplevel
-
-  cli.quiet_environment()
-  define_flags()
-  cli.run(main)
+  cli.run_program(main, define_flags)
 
 
 if __name__ == "__main__":

@@ -25,11 +25,11 @@ same set: one student per method is trained and reported under all three.
 import dataclasses
 import math
 import os
-import sys
 import time
 
 from absl import flags
 
+from tf_srkd import cli
 from tf_srkd import config as config_lib
 from tf_srkd import config_flags
 from tf_srkd import layout
@@ -267,8 +267,7 @@ def main(argv):
   try:
     plan = plan_from_flags(FLAGS)
   except config_lib.ConfigError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    cli.fail(e)
   from tf_srkd import data  # pylint: disable=import-outside-toplevel
   from tf_srkd import tracking  # pylint: disable=import-outside-toplevel
 
@@ -278,23 +277,18 @@ def main(argv):
     try:
       tracker = mlflow_tracking.connect(plan.config)
     except mlflow_tracking.TrackingError as e:
-      print(f"error: {e}", file=sys.stderr)
-      sys.exit(2)
+      cli.fail(e)
   began = time.time()
   try:
     run(plan, tracker)
   except (config_lib.ConfigError, data.DataError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    cli.fail(e)
   print(f"wall time {time.time() - began:.1f} s; outputs in {plan.config.output_dir}")
 
 
 def run_main():
-  from tf_srkd import cli  # pylint: disable=import-outside-toplevel
-
-  cli.quiet_environment()
-  define_flags()
-  cli.run(main)
+  """The `tf-srkd-subset` console script (`python -m tf_srkd.subset`)."""
+  cli.run_program(main, define_flags)
 
 
 if __name__ == "__main__":

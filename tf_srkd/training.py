@@ -15,21 +15,21 @@ Two backward strategies compute the same update:
     inference-mode gate differs from the training-mode one (documented in
     README); for deterministic models both give the same gates.
 ``auto`` switches between the two per epoch from the previous epoch's
-participation fraction (`callbacks.RegulationSchedule`). The two steps share
-their second half (`_finish_step`): the update, the counts and the metrics.
+participation fraction (`callbacks.RegulationSchedule`).
 
 Another gate policy (`tf_srkd.gates`: InfoBatch, Selective Backprop, random)
-replaces Algorithm 1's gate in a self-regulating model: `_policy_step` lets the
-policy decide the gate and a per-row loss factor, then runs forward and backward
-on the kept rows only (compact), with the same counts, normalisation and update.
+replaces Algorithm 1's gate in a self-regulating model: the policy decides the
+gate and a per-row loss factor, then forward and backward run on the kept rows
+only (compact), with the same counts, normalisation and update.
 
-The callbacks that drive training live in `callbacks`; the exact
-per-replica operations the step relies on in `distributed`; the compact gate's
-per-sample margin cache (rows whose margin is still exact skip the inference
-pass) in `margin_cache`.
+The three step builders (the gate, the loss and the gradient) live in `steps`;
+this module keeps the model's state, Keras' plumbing and the steps' shared
+second half (`_finish_step`): the update, the counts and the metrics. The
+callbacks that drive training live in `callbacks`; the exact per-replica
+operations the step relies on in `distributed`; the compact gate's per-sample
+margin cache (rows whose margin is still exact skip the inference pass) in
+`margin_cache`.
 """
-
-from typing import NamedTuple
 
 import keras
 import numpy as np
@@ -40,35 +40,10 @@ from tf_srkd import distributed
 from tf_srkd import gates
 from tf_srkd import losses
 from tf_srkd import margin_cache
-from tf_srkd import regulation
+from tf_srkd import steps
 
 
-def _pad_if_empty(features, labels):
-  """Appends one all-zero row when a batch is empty, with weight 0.
-
-  TF's oneDNN convolution kernels crash on zero-row batches ("input depth must
-  be evenly divisible by filter depth"); a replica can receive an empty batch
-  (compact selection, or the last uneven batch of an epoch under a strategy).
-
-  Returns:
-    (features, labels, valid): `valid` is float32 1 for real rows, 0 for the pad.
-  """
-  n = tf.shape(labels)[0]
-
-  def pad():
-    padded = tf.nest.map_structure(
-        lambda t: tf.concat([t, tf.zeros(tf.concat([[1], tf.shape(t)[1:]], 0), t.dtype)], 0),
-        (features, labels))
-    return padded + (tf.zeros([1], tf.float32),)
-
-  def keep():
-    return features, labels, tf.ones([n], tf.float32)
-
-  features, labels, valid = tf.cond(n > 0, keep, pad)
-  return features, labels, valid
-
-
-class SelfRegulatedModel(keras.Model):
+class SelfRegulatedModel(steps.GatedSteps, keras.Model):
   """Trains `network` with Algorithm 1's per-sample gate.
 
   Subclasses change the objective by overriding `per_sample_loss`. Features are
@@ -190,38 +165,12 @@ class SelfRegulatedModel(keras.Model):
     """One step with the active backward (`set_backward`); Keras' `fit` calls it."""
     return self._train_step(data, self.active_backward)
 
-  # -- the step --------------------------------------------------------------
-
-  def _gate(self, logits, labels):
-    """(gate, margin, prediction); everyone takes part when the run does not regulate."""
-    if not self.regulate:  # No softmax/top-2 work for a gate that is always open.
-      predicted = tf.argmax(logits, axis=-1, output_type=tf.int32)
-      return (tf.ones_like(labels, tf.float32), tf.zeros_like(labels, tf.float32), predicted)
-    return regulation.gate(logits, labels, self.eta, self.gate_temperature)
-
-  def _sample_weights(self, features, gate):
-    if self.weight_by_significance:
-      return gate * tf.cast(features["significance"], tf.float32)
-    return gate
-
-  def _divisor(self, count, valid, weights):
-    """(divisor, floor) of the loss under `normaliser`:
-
-    * participants: the global number of participants (mean over participants);
-    * batch: the global number of real rows (mean over the batch);
-    * weights: the global sum of g*s (weighted mean; a batch whose participants
-      all weigh 0 has loss 0, not 0/0).
-    """
-    if self.normaliser == "participants":
-      return count, 1.0
-    if self.normaliser == "batch":
-      return distributed.global_sum(tf.reduce_sum(valid)), 1.0
-    return distributed.global_sum(tf.reduce_sum(weights)), 1e-6
+  # -- the step (its builders: `steps.GatedSteps`) ---------------------------
 
   def _train_step(self, data, backward):
-    """One step with the `masked` or the `compact` backward; see the module doc."""
+    """One step with the `masked` or the `compact` backward; see `steps`."""
     features, labels = data[0], data[1]
-    padded, padded_labels, valid = _pad_if_empty(features, labels)
+    padded, padded_labels, valid = steps.pad_if_empty(features, labels)
     if self.policy.name != gates.DEFAULT:
       step = self._policy_step(features["id"], padded, padded_labels, valid)
       return self._finish_step(step, features["id"], labels, "policy")
@@ -231,109 +180,7 @@ class SelfRegulatedModel(keras.Model):
       step = self._masked_step(padded, padded_labels, valid)
     return self._finish_step(step, features["id"], labels, backward)
 
-  def _masked_step(self, padded, labels, valid) -> "_Step":
-    """One training-mode forward decides the gate and gives the loss of the whole batch."""
-    variables = self.network.trainable_variables
-    with tf.GradientTape() as tape:
-      logits = self.network(padded["image"], training=True)
-      gate = self._gate(tf.stop_gradient(logits), labels)[0] * valid
-      count = distributed.global_sum(tf.reduce_sum(gate))
-      total, parts = self.per_sample_loss(padded, labels, logits)
-      weights = self._sample_weights(padded, gate)
-      loss = losses.normalised_loss(total, weights,
-                                    *self._divisor(count, valid, tf.stop_gradient(weights)))
-    predicted = tf.argmax(logits, -1, output_type=tf.int32)
-    return _Step(grads=tape.gradient(loss, variables), count=count,
-                 update=self._has_weight(count, weights), gate=gate, rows=padded,
-                 loss_gate=gate, total=total, parts=parts, predicted=predicted,
-                 from_cache=tf.zeros_like(valid))
-
-  def _compact_step(self, ids, padded, labels, valid) -> "_Step":
-    """An inference-mode gate, then forward and backward on the participating rows only."""
-    variables = self.network.trainable_variables
-    delta, predicted, from_cache = self._margins_for(ids, padded, labels)
-    gate = valid * (regulation.gate_from_margin(delta, predicted, labels, self.eta)
-                    if self.regulate else tf.ones_like(delta))
-    count = distributed.global_sum(tf.reduce_sum(gate))
-    rows = tf.reshape(tf.where(gate > 0), [-1])
-    chosen, chosen_labels, chosen_valid = _pad_if_empty(
-        tf.nest.map_structure(lambda t: tf.gather(t, rows), padded), tf.gather(labels, rows))
-    with tf.GradientTape() as tape:
-      logits = self.network(chosen["image"], training=True)
-      total, parts = self.per_sample_loss(chosen, chosen_labels, logits)
-      weights = self._sample_weights(chosen, chosen_valid)
-      loss = losses.normalised_loss(total, weights,
-                                    *self._divisor(count, valid, tf.stop_gradient(weights)))
-    return _Step(grads=tape.gradient(loss, variables), count=count,
-                 update=self._has_weight(count, weights), gate=gate, rows=chosen,
-                 loss_gate=chosen_valid, total=total, parts=parts, predicted=predicted,
-                 from_cache=from_cache)
-
-  def _margins_for(self, ids, padded, labels):
-    """(delta, predicted, from_cache) of every row of the padded batch for the compact gate.
-
-    Rows whose margin was computed at the optimizer's current iteration (the
-    weights have not moved since) come from `margin_cache`; the others run
-    through the network in inference mode, all of them when the cache is off.
-    The real rows' values are recorded for the next epoch either way.
-    """
-    version = margin_cache.current_version(self.optimizer.iterations)
-
-    def forward(images, row_labels):
-      _, delta, predicted = self._gate(self.network(images, training=False), row_labels)
-      return delta, predicted
-
-    if self.reuse_margins and self.regulate:
-      delta, predicted, from_cache = self.margin_cache.margins_for(
-          padded["id"], padded["image"], labels, version, forward)
-    else:
-      delta, predicted = forward(padded["image"], labels)
-      from_cache = tf.zeros_like(delta)
-    n_real = tf.shape(ids)[0]
-    self.margin_cache.record(ids, delta[:n_real], predicted[:n_real], version)
-    return delta, predicted, from_cache
-
-  def _policy_step(self, ids, padded, labels, valid) -> "_Step":
-    """The policy's gate and loss factors, then forward and backward on the kept rows.
-
-    A policy that decides without a forward pass (`Decision.predicted` None)
-    leaves only the kept rows' predictions known: accuracy covers those.
-    """
-    variables = self.network.trainable_variables
-    decision = self.policy.decide(self, ids, padded, labels)
-    gate = decision.gate * valid
-    count = distributed.global_sum(tf.reduce_sum(gate))
-    rows = tf.reshape(tf.where(gate > 0), [-1])
-    kept = tf.shape(rows)[0]
-    (chosen, scale), chosen_labels, chosen_valid = _pad_if_empty(
-        tf.nest.map_structure(lambda t: tf.gather(t, rows), (padded, decision.scale)),
-        tf.gather(labels, rows))
-    with tf.GradientTape() as tape:
-      logits = self.network(chosen["image"], training=True)
-      total, parts = self.per_sample_loss(chosen, chosen_labels, logits)
-      weights = self._sample_weights(chosen, chosen_valid) * scale
-      loss = losses.normalised_loss(total, weights,
-                                    *self._divisor(count, valid, tf.stop_gradient(weights)))
-    self.policy.observe(chosen["id"][:kept], tf.stop_gradient(total)[:kept])
-    predicted, seen = decision.predicted, None
-    if predicted is None:
-      trained = tf.argmax(logits, -1, output_type=tf.int32)[:kept]
-      predicted = tf.scatter_nd(tf.expand_dims(rows, 1), trained,
-                                tf.shape(gate, out_type=tf.int64))
-      seen = gate
-    return _Step(grads=tape.gradient(loss, variables), count=count,
-                 update=self._has_weight(count, weights), gate=gate, rows=chosen,
-                 loss_gate=chosen_valid, total=total, parts=parts, predicted=predicted,
-                 from_cache=tf.zeros_like(valid), seen=seen)
-
-  def _has_weight(self, count, weights):
-    """Whether the global batch carries any loss weight: some participant, and
-    with significance weighting some participant of significance > 0."""
-    if not self.weight_by_significance:
-      return count > 0  # The weights are the gate: no second all-reduce.
-    return distributed.global_sum(tf.reduce_sum(tf.stop_gradient(weights))) > 0
-
-  def _finish_step(self, step: "_Step", ids, labels, backward):
+  def _finish_step(self, step: steps.Step, ids, labels, backward):
     """The update (none when the batch carries no loss weight anywhere), the
     counts and the metrics.
 
@@ -395,31 +242,3 @@ class SelfRegulatedModel(keras.Model):
       self._exact_assigners[name] = distributed.on_read_sum_assigner(getattr(self, name))
     distributed.assign_on_read_sum(self.distribute_strategy, self._exact_assigners[name], value)
 
-
-class _Step(NamedTuple):
-  """What the masked and the compact step hand to `_finish_step`.
-
-  Attributes:
-    grads: gradients of the normalised loss w.r.t. the trainable variables.
-    count: participants in the global batch (summed over replicas).
-    update: whether the batch carries loss weight anywhere (the update is applied).
-    gate: [padded batch] 0/1 gate of every row of the (padded) batch.
-    rows: the features the loss ran on (the whole batch, or the participants).
-    loss_gate: the weight of each of those rows in the loss metrics.
-    total, parts: their per-sample loss and its named parts.
-    predicted: [padded batch] predicted class of every row.
-    from_cache: [padded batch] 1 where the row's gate came from the margin cache.
-    seen: [padded batch] weight of each row in the accuracy, or None (every row).
-  """
-
-  grads: list
-  count: tf.Tensor
-  update: tf.Tensor
-  gate: tf.Tensor
-  rows: dict
-  loss_gate: tf.Tensor
-  total: tf.Tensor
-  parts: dict
-  predicted: tf.Tensor
-  from_cache: tf.Tensor
-  seen: tf.Tensor = None
