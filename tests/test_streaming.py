@@ -7,9 +7,11 @@ import sys
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from tf_srkd import data
 from tf_srkd import datasets
+from tf_srkd import sources
 from tf_srkd import streaming
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -110,3 +112,19 @@ def test_two_workers_streaming_equal_one_process_in_memory(tmp_path):
                "students/regulated/participation.npy"):
     np.testing.assert_array_equal(np.load(tmp_path / "single" / name),
                                   np.load(tmp_path / "multi" / name), err_msg=name)
+
+
+def _dataset_ops(dataset):
+  """The op types of a tf.data pipeline's graph."""
+  graph = tf.compat.v1.GraphDef.FromString(dataset._as_serialized_graph().numpy())  # pylint: disable=protected-access
+  return {node.op for node in graph.node} | {
+      node.op for function in graph.library.function for node in function.node_def}
+
+
+def test_tfds_splits_are_not_cached_in_memory():
+  """TFDS auto-caches datasets under 250 MiB (MNIST, CIFAR-10): a cache would hold the
+  whole split's records in memory however it is then stored (bench/streaming.py)."""
+  spec = datasets.get_dataset_spec("mnist")
+  ops = _dataset_ops(sources.split_dataset(spec, "train", N))
+  assert "TFRecordDataset" in ops or any("TFRecord" in op for op in ops), ops
+  assert not any("Cache" in op for op in ops), ops

@@ -103,7 +103,12 @@ def split_dataset(spec: datasets.DatasetSpec, role: str, limit: int = 0,
     split = {"train": spec.train_split, "test": spec.test_split}.get(role, role)
     # Features by name rather than `as_supervised`: not every builder declares
     # (image, label) as its supervised keys.
-    dataset = tfds.load(spec.builder, split=split, shuffle_files=False, download=download)
+    # No auto-cache: TFDS caches a whole split in memory when the dataset is under
+    # 250 MiB (CIFAR-10 is), ~3.3 KB per encoded example on top of our own copy. Every
+    # split is read exactly once here, so the cache saves nothing and would make the
+    # streaming path's memory grow with the split (bench/streaming.py).
+    dataset = tfds.load(spec.builder, split=split, shuffle_files=False, download=download,
+                        read_config=tfds.ReadConfig(try_autocache=False))
     dataset = dataset.map(lambda ex: (ex["image"], tf.cast(ex["label"], tf.int32)))
     if limit:
       dataset = dataset.take(limit)
