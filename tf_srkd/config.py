@@ -147,7 +147,8 @@ class Config:
       0, "Train steps per call into the compiled step (Keras' steps_per_execution). 0: a "
       "whole epoch per call, the fewest Python round trips (per-batch callbacks and the "
       "progress bar then update once per epoch); K > 0: the largest divisor of the "
-      "epoch's step count not above K, so that no call straddles two epochs.")
+      "epoch's step count not above K, so that no call straddles two epochs. Under "
+      "--strategy=mirrored/multi_worker: always 1.")
 
   # -- issue 16 (MLflow Model Registry) --
   register_model: Optional[str] = _flag(

@@ -14,6 +14,7 @@ from typing import Callable, Optional
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from tf_srkd import callbacks as callbacks_lib
 from tf_srkd import console
@@ -90,6 +91,11 @@ def compile_model(model, learning_rate, config):
   large share of it (issue 14, bench/RESULTS.md "trickle").
   """
   per_call = config.steps_per_execution
+  if tf.distribute.has_strategy():
+    # `distributed.apply_if` takes the update's condition in cross-replica context,
+    # which a tf.while_loop over steps cannot hold ("You must feed a value for
+    # placeholder", TF 2.21): one step per call under a strategy.
+    per_call = 1
   if per_call != 1:
     per_call = execution_steps(per_call, data.steps_per_epoch(model.num_examples,
                                                               config.batch_size))
