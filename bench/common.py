@@ -13,6 +13,7 @@ section, so the scripts never clobber each other.
 """
 
 import contextlib
+import dataclasses
 import datetime
 import fcntl
 import os
@@ -325,12 +326,17 @@ def plain_dataset(split, batch_size):
   return tf.data.Dataset.range(steps).map(batch).prefetch(tf.data.AUTOTUNE)
 
 
-class NoJit:
-  """The config fields `stages.compile_model` reads: no XLA, one step per call
-  (as the plain Keras models these benchmarks compare with)."""
+@dataclasses.dataclass(frozen=True)
+class CompileSettings:
+  """The config fields `stages.compile_model` reads."""
 
-  jit_compile = False
-  steps_per_execution = 1
+  jit_compile: bool = False
+  steps_per_execution: int = 1
+  batch_size: int = 512
+
+
+#: No XLA, one step per call (as the plain Keras models these benchmarks compare with).
+NoJit = CompileSettings()
 
 
 # -- whole runs (issue 12) -------------------------------------------------------

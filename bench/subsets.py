@@ -11,7 +11,9 @@ run's settings; the curve stays in `<run>/subsets/curve.png` (and MLflow).
 """
 
 import argparse
+import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -35,6 +37,22 @@ def parse_args(argv=None):
   return args
 
 
+def top_vs_random(rows):
+  """One line per method: at which fractions the most significant samples beat a random
+  subset of the same size, and at which they lose (read from the measured rows)."""
+  accuracy = {(r["method"], r["ranking"], r["fraction"]): r["test_accuracy"] for r in rows}
+  lines = []
+  for method in sorted({r["method"] for r in rows}):
+    fractions = sorted(f for m, k, f in accuracy if m == method and k == "top" and f < 1)
+    pairs = [(f, accuracy[(method, "top", f)] - accuracy[(method, "random", f)])
+             for f in fractions if (method, "random", f) in accuracy]
+    wins = ", ".join(f"{f:g} ({d * 100:+.1f} pt)" for f, d in pairs if d > 0) or "none"
+    losses = ", ".join(f"{f:g} ({d * 100:+.1f} pt)" for f, d in pairs if d <= 0) or "none"
+    lines.append(f"{method}: top-significance beats random at f = {wins}; "
+                 f"does not at f = {losses}.")
+  return lines
+
+
 def main(argv=None):
   args = parse_args(argv)
   machine = common.machine_description()
@@ -50,6 +68,11 @@ def main(argv=None):
                  cwd=common.REPO_ROOT, check=True)
   with open(os.path.join(run, "subsets", "table.md"), encoding="utf-8") as f:
     table = f.read()
+  with open(os.path.join(run, "subsets", "summary.json"), encoding="utf-8") as f:
+    rows = json.load(f)["rows"]
+  curve = os.path.join(run, "subsets", "curve.png")
+  if not args.no_write:
+    curve = shutil.copy(curve, os.path.join(common.BENCH_DIR, f"subsets_curve_{args.dataset}.png"))
   notes = [
       f"Teacher: `flags/{args.dataset}.flags` at {args.epochs} epochs (the paper: 200 for "
       "MNIST/Fashion-MNIST, 1000 for CIFAR-10), self-regulated; every student trains "
@@ -57,7 +80,9 @@ def main(argv=None):
       "Subsets per class (tf_srkd/subsets.py): k_c = max(1, ⌊f·n_c⌋); ties in significance "
       "(most samples are exactly 0) broken by a seeded hash of the sample id; kd = conventional "
       "KD from the teacher, supervised = cross-entropy only. Cells: test accuracy.",
-      f"Run directory: `{os.path.relpath(run, common.REPO_ROOT)}` (ids/*.npy, curve.png).",
+      f"Run directory: `{os.path.relpath(run, common.REPO_ROOT)}` (ids/*.npy, curve.png); "
+      f"curve: `{os.path.relpath(curve, common.REPO_ROOT)}`.",
+      *top_vs_random(rows),
   ]
   common.publish(f"subsets_{args.dataset}" + ("_quick" if args.quick else ""),
                  f"Significance-ranked subsets: {args.dataset}", machine, notes, table,

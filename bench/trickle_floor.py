@@ -172,6 +172,18 @@ def floor_seconds(result, n, units):
   return total, 1.0 - forwarded / (n * len(result["history"]))
 
 
+def floor_vs_conventional(results, n, units):
+  """The floor of each self-regulated run as a fraction of the conventional run: no
+  implementation of the algorithm gets below it on this machine."""
+  conv = results.get("conventional")
+  if not conv:
+    return []
+  parts = [f"{name} {floor_seconds(r, n, units)[0] / conv['wall']:.3f}×"
+           for name, r in results.items() if name != "conventional"]
+  return ["Floor / conventional run (the cheapest any implementation of the gate could be, "
+          "as a fraction of the conventional run): " + ", ".join(parts) + "."]
+
+
 def epoch0_table(args, spec, train, config):
   """Epoch 0 (eta = 0) with a masked and with a compact first epoch, same initial weights."""
   dataset = data.train_dataset(train, config.batch_size, config.seed, 0, 1)
@@ -252,6 +264,7 @@ def main():
       "skipped one. `gate rows from cache`: share of all epochs' gate rows that needed no "
       "forward pass (skipped epochs count as all).",
       "Goals: SR ≤ 0.30× conventional at equal accuracy (± 0.2 pt); SR ≤ 1.15× its floor.",
+      *floor_vs_conventional(results, n, units),
   ]
   common.publish(f"trickle_floor_e{args.epochs}",
                  f"Issue 14: SR teacher vs conventional and vs its floor ({args.epochs} epochs)",
