@@ -377,7 +377,9 @@ def run_main(flags, output_dir, log_path, reuse=True):
   with open(log_path, "a") as f:
     subprocess.run([sys.executable, "-m", "tf_srkd.main", *flags, f"--output_dir={output_dir}"],
                    cwd=REPO_ROOT, check=True, stdout=f, stderr=subprocess.STDOUT,
-                   env=dict(os.environ))
+                   # bench/ on the path: `--*_model=mobile_models:...` factories.
+                   env=dict(os.environ, PYTHONPATH=os.pathsep.join(
+                       p for p in (BENCH_DIR, os.environ.get("PYTHONPATH")) if p)))
   return time.time() - began
 
 

@@ -29,8 +29,11 @@ INT8_DELTA_GOAL_PT = 0.5
 
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  p.add_argument("--teacher", default="MobileNetV3Large", help="any --teacher_model source")
-  p.add_argument("--student", default="MobileNetV3Small", help="any --student_model source")
+  p.add_argument("--teacher", default="mobile_models:mobilenet_v3_large",
+                 help="any --teacher_model source (default: MobileNetV3Large, BN momentum 0.9; "
+                 "bench/mobile_models.py says why)")
+  p.add_argument("--student", default="mobile_models:mobilenet_v3_small",
+                 help="any --student_model source (default: MobileNetV3Small, BN momentum 0.9)")
   p.add_argument("--epochs", type=int, default=30, help="teacher epochs")
   p.add_argument("--distill_epochs", type=int, default=30)
   p.add_argument("--train_examples", type=int, default=20000, help="0: all 50,000")
