@@ -30,20 +30,26 @@ def parse_args(argv=None):
   p.add_argument("--student", default="mobile_models:mobilenet_v3_small",
                  help="a BatchNorm student (default: MobileNetV3Small with BN momentum 0.9, "
                  "usable after a short CPU run; bench/mobile_models.py)")
+  p.add_argument("--dataset", default="cifar10", choices=["cifar10", "mnist", "fashion_mnist"],
+                 help="its paper flagfile; MNIST reaches the late regime of 1-20 participants "
+                 "per batch within a few epochs")
   p.add_argument("--epochs", type=int, default=30)
   p.add_argument("--distill_epochs", type=int, default=30)
   p.add_argument("--distill_alpha", default="0.04")
   p.add_argument("--train_examples", type=int, default=10000)
   p.add_argument("--batch_size", type=int, default=256)
   common.add_run_args(p, "bench_bn_gate", "seconds: 128 examples, 1 epoch")
-  return common.apply_quick(p.parse_args(argv))
+  args = common.apply_quick(p.parse_args(argv))
+  if args.dataset != "cifar10":  # Never reuse another dataset's finished runs.
+    args.output_root = args.output_root.rstrip(os.sep) + f"_{args.dataset}"
+  return args
 
 
 def main(argv=None):
   args = parse_args(argv)
   machine = common.machine_description()
   log = os.path.join(args.output_root, "main.log")
-  common_flags = ["--flagfile=cifar10", "--nomlflow", "--verbose=2",
+  common_flags = [f"--flagfile={args.dataset}", "--nomlflow", "--verbose=2",
                   f"--train_examples={args.train_examples}", f"--batch_size={args.batch_size}",
                   *args.extra]
   teacher_dir = os.path.join(args.output_root, "teacher")
@@ -67,10 +73,11 @@ def main(argv=None):
       ["mode", "backward", "test acc", "ζ", "last-epoch participation", "s/epoch"], rows)
   notes = [f"student {args.student} distilled from {args.teacher} ({args.epochs} teacher "
            f"epochs), {args.distill_epochs} epochs, distill α {args.distill_alpha}, "
-           f"{args.train_examples} CIFAR-10 training images, batch {args.batch_size}",
+           f"{args.train_examples} {args.dataset} training images, batch {args.batch_size}",
            "runs one after the other (not interleaved): seconds per epoch drift with the load; "
            "accuracy is the outcome this table is for"]
-  common.publish("bn_gate", "BatchNorm under the gate: masked vs compact backward", machine,
+  common.publish("bn_gate" + ("" if args.dataset == "cifar10" else f"_{args.dataset}"),
+                 f"BatchNorm under the gate: masked vs compact backward ({args.dataset})", machine,
                  notes, table, write=not args.no_write)
 
 
