@@ -122,3 +122,21 @@ def test_failing_on_gives_bad_input_and_a_full_disk_one_line_and_status_2(capsys
     with cli.failing_on(KeyError):
       raise RuntimeError("a bug")
   assert capsys.readouterr().err == ""
+
+
+def test_stage_retrace_filter_drops_only_the_step_loop_false_alarm():
+  import logging  # pylint: disable=import-outside-toplevel
+
+  from tf_srkd import cli  # pylint: disable=import-outside-toplevel
+
+  def record(message):
+    return logging.LogRecord("tensorflow", logging.WARNING, __file__, 1, message, None, None)
+
+  keep = cli.StageRetraceFilter().filter
+  loop = ("5 out of the last 9 calls to <function TensorFlowTrainer._make_function.<locals>."
+          "multi_step_on_iterator at 0x7f> triggered tf.function retracing. Tracing is expensive")
+  other = ("6 out of the last 10 calls to <function my_step at 0x7f> triggered tf.function "
+           "retracing. Tracing is expensive")
+  assert not keep(record(loop))
+  assert keep(record(other))
+  assert keep(record("an unrelated warning"))
