@@ -15,6 +15,7 @@ imported; it therefore runs in a subprocess and is never imported here.
 """
 
 import dataclasses
+import logging
 import os
 import subprocess
 import sys
@@ -106,6 +107,12 @@ def verified(ctx: ModelContext, tflite_bytes: bytes, quantization: str):
     verify_lib.check_raw_pixel_input(details)
   verification = verify_lib.verify(tflite_bytes, ctx.test_images, ctx.test_labels,
                                    ctx.keras_outputs, ctx.student.outputs_probabilities)
+  if verification["xnnpack_refusal"]:
+    logging.warning(
+        "%s export: XNNPACK refused the model (%s); verified on LiteRT's built-in kernels, and "
+        "the latency is theirs. An app that applies XNNPACK may fail the same way; a channel "
+        "that never activates on the calibration images is the usual cause (try more "
+        "--num_calibration_samples).", quantization, verification["xnnpack_refusal"])
   return details, verification
 
 

@@ -62,6 +62,39 @@ def _softmax(logits):
   return e / e.sum(axis=-1, keepdims=True)
 
 
+def allocated_interpreter(tflite_bytes: bytes, num_threads: int = 1):
+  """A LiteRT interpreter with its tensors allocated, on XNNPACK where XNNPACK takes the model.
+
+  XNNPACK (LiteRT's default CPU delegate) refuses some valid int8 models when it prepares
+  them: a calibration range that collapsed to zero (a ReLU branch that never fired on the
+  calibration images gives a scale of ~1e-8) leads to a requantisation factor outside what its
+  integer kernels support. LiteRT's built-in kernels run such a model, so verification falls
+  back to them and says so, rather than refusing a file that a phone without XNNPACK runs.
+
+  Args:
+    tflite_bytes: the model.
+    num_threads: interpreter threads.
+
+  Returns:
+    (interpreter, refusal): `refusal` is None on XNNPACK, else XNNPACK's error message.
+  """
+  from ai_edge_litert import interpreter as litert  # pylint: disable=import-outside-toplevel
+
+  interpreter = litert.Interpreter(model_content=tflite_bytes, num_threads=num_threads)
+  try:
+    interpreter.allocate_tensors()
+    return interpreter, None
+  except RuntimeError as error:
+    if "XNNPACK" not in str(error):
+      raise
+    refusal = " ".join(str(error).split())
+  interpreter = litert.Interpreter(
+      model_content=tflite_bytes, num_threads=num_threads,
+      experimental_op_resolver_type=litert.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+  interpreter.allocate_tensors()
+  return interpreter, refusal
+
+
 def verify(tflite_bytes: bytes, images: np.ndarray, labels: np.ndarray,
            keras_outputs: np.ndarray, keras_outputs_are_probabilities: bool = False,
            num_threads: int = 1) -> dict:
@@ -76,16 +109,15 @@ def verify(tflite_bytes: bytes, images: np.ndarray, labels: np.ndarray,
     num_threads: interpreter threads (1: the latency of one phone core).
 
   Returns:
-    Accuracies, argmax agreement, the largest probability difference, and the
-    median / 90th-percentile single-image `invoke()` latency in milliseconds.
+    Accuracies, argmax agreement, the largest probability difference, the
+    median / 90th-percentile single-image `invoke()` latency in milliseconds, and
+    which kernels ran (`xnnpack`, or `builtin` with XNNPACK's refusal, see
+    `allocated_interpreter`).
 
   Raises:
     ExportError: the model does not take uint8 images of the test split's shape.
   """
-  from ai_edge_litert.interpreter import Interpreter  # pylint: disable=import-outside-toplevel
-
-  interpreter = Interpreter(model_content=tflite_bytes, num_threads=num_threads)
-  interpreter.allocate_tensors()
+  interpreter, xnnpack_refusal = allocated_interpreter(tflite_bytes, num_threads)
   (inp,), (out,) = interpreter.get_input_details(), interpreter.get_output_details()
   expected = [1, *images.shape[1:]]
   if list(inp["shape"]) != expected or np.dtype(inp["dtype"]) != np.uint8:
@@ -119,4 +151,6 @@ def verify(tflite_bytes: bytes, images: np.ndarray, labels: np.ndarray,
       "latency_ms_median": float(np.median(seconds) * 1e3),
       "latency_ms_p90": float(np.percentile(seconds, 90) * 1e3),
       "num_threads": int(num_threads),
+      "kernels": "builtin" if xnnpack_refusal else "xnnpack",
+      "xnnpack_refusal": xnnpack_refusal,
   }

@@ -26,3 +26,19 @@ def wrong_classes(input_shape, num_classes):
 def not_a_model(input_shape, num_classes):
   del input_shape, num_classes
   return "not a model"
+
+
+def dead_squeeze_cnn(input_shape, num_classes):
+  """`tiny_cnn` whose squeeze-excite ReLU never fires (bias -100): its int8
+  calibration range collapses to zero, which XNNPACK refuses to prepare."""
+  inputs = keras.Input(shape=input_shape, name="image")
+  x = keras.layers.Conv2D(8, 3, strides=2, padding="same")(inputs)
+  x = keras.layers.Activation("hard_swish")(x)
+  s = keras.layers.GlobalAveragePooling2D(keepdims=True)(x)
+  s = keras.layers.Conv2D(4, 1, activation="relu",
+                          bias_initializer=keras.initializers.Constant(-100.0))(s)
+  s = keras.layers.Conv2D(8, 1, activation="hard_sigmoid")(s)
+  x = keras.layers.Multiply()([x, s])
+  x = keras.layers.GlobalAveragePooling2D()(x)
+  return keras.Model(inputs, keras.layers.Dense(num_classes, name="logits")(x),
+                     name="dead_squeeze_cnn")
