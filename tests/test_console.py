@@ -3,6 +3,9 @@
 import errno
 import io
 import logging
+import os
+import subprocess
+import sys
 
 from absl import flags
 from absl import logging as absl_logging
@@ -140,3 +143,17 @@ def test_stage_retrace_filter_drops_only_the_step_loop_false_alarm():
   assert not keep(record(loop))
   assert keep(record(other))
   assert keep(record("an unrelated warning"))
+
+
+@pytest.mark.parametrize("module", ["tf_srkd.main", "tf_srkd.subset", "tf_srkd.report",
+                                    "export.tflite"])
+@pytest.mark.parametrize("arg,culprit", [("--bogus=1", "'bogus'"),
+                                         ("--flagfile=/no/such.flags", "/no/such.flags")])
+def test_every_entry_point_refuses_a_bad_flag_in_one_line_with_status_2(module, arg, culprit):
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  result = subprocess.run([sys.executable, "-m", module, arg], cwd=root, capture_output=True,
+                          text=True, timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+  assert result.returncode == 2, result.stderr[-2000:]
+  errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+  assert len(errors) == 1 and culprit in errors[0], result.stderr[-2000:]
+  assert "Traceback" not in result.stderr and "USAGE" not in result.stderr

@@ -95,12 +95,27 @@ def quiet_python_logging(flag_values):
     logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def run(main, argv=None, flags_parser=None):
+def parse_flags(argv):
+  """absl's flag parsing, with every flag error as one line and exit status 2.
+
+  absl's own handler prints a usage hint and exits 1; the documented status for
+  bad input is 2, whichever layer notices it.
+  """
+  from absl import flags  # pylint: disable=import-outside-toplevel
+
+  # `run` has already expanded the flagfiles (and refused self-inclusion).
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    fail(" ".join(str(e).split()).removeprefix("ERROR:: "))
+
+
+def run(main, argv=None, flags_parser=parse_flags):
   """`absl.app.run(main)` on `argv` (default `sys.argv`) with flagfiles expanded.
 
-  A missing or self-including flagfile exits with status 2 and one line.
-  `flags_parser` is absl's hook for parsing the expanded arguments (default:
-  absl's own).
+  A missing or self-including flagfile, an unknown flag or a value absl cannot
+  parse exits with status 2 and one line. `flags_parser` is absl's hook for
+  parsing the expanded arguments (default: `parse_flags`).
   """
   from absl import app  # pylint: disable=import-outside-toplevel
   from absl import flags  # pylint: disable=import-outside-toplevel
@@ -115,10 +130,7 @@ def run(main, argv=None, flags_parser=None):
     quiet_python_logging(flags.FLAGS)
     return main(args)
 
-  if flags_parser is None:
-    app.run(quiet_main, argv=argv)
-  else:
-    app.run(quiet_main, argv=argv, flags_parser=flags_parser)
+  app.run(quiet_main, argv=argv, flags_parser=flags_parser)
 
 
 def run_program(main, define_flags):

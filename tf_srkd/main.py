@@ -128,19 +128,6 @@ def register_students(config, modes, tracker):
   return versions
 
 
-def parse_flags(argv):
-  """absl's flag parsing, with every flag error as one line and exit status 2.
-
-  absl's own handler prints a usage hint and exits 1; the documented status for
-  bad input is 2, whichever layer notices it.
-  """
-  # `cli.run` has already expanded the flagfiles (and refused self-inclusion).
-  try:
-    return FLAGS(argv)
-  except flags.Error as e:
-    cli.fail(" ".join(str(e).split()).removeprefix("ERROR:: "))
-
-
 def main(argv):
   del argv
   try:
@@ -179,7 +166,7 @@ def main(argv):
 
 def run_main():
   """The `tf-srkd` console script (flagfiles resolved as `tf_srkd.flagfiles` says)."""
-  cli.run(main, flags_parser=parse_flags)
+  cli.run(main)
 
 
 if __name__ == "__main__":
