@@ -45,6 +45,7 @@ def make(tmp_path, **overrides):
     ({"register_model": "a/b"}, "--register_model=a/b"),
     ({"register_model": " "}, "--register_model= "),
     ({"steps_per_execution": -1}, "--steps_per_execution=-1"),  # issue 14
+    ({"adam_epsilon": 0.0}, "--adam_epsilon=0.0"),  # issue 17
 ])
 def test_each_bad_value_names_its_flag(tmp_path, overrides, flag):
   with pytest.raises(config_lib.ConfigError) as e:

@@ -238,3 +238,13 @@ def test_execution_steps_never_straddle_an_epoch(requested, steps, expected):
 def test_execution_steps_refuse_negative():
   with pytest.raises(ValueError, match="steps_per_execution"):
     stages.execution_steps(-1, 10)
+
+
+@pytest.mark.parametrize("epsilon", [1e-7, 1e-8])
+def test_compiled_stages_use_the_configured_adam_epsilon(epsilon):
+  from tf_srkd import config as config_lib  # pylint: disable=import-outside-toplevel
+
+  model = make_teacher(32)
+  stages.compile_model(model, 1e-3, config_lib.Config(adam_epsilon=epsilon))
+  assert isinstance(model.optimizer, keras.optimizers.Adam)
+  assert model.optimizer.epsilon == epsilon

@@ -68,6 +68,8 @@ class Config:
   batch_size: int = _flag(512, "Global batch size.")
   teacher_lr: float = _flag(1e-3, "Adam learning rate of the teacher.")
   distill_lr: float = _flag(1e-2, "Adam learning rate of the students.")
+  adam_epsilon: float = _flag(1e-7, "Adam's epsilon, every stage (Keras' default; PyTorch's, "
+                              "which the paper used, is 1e-8).")
   alpha: float = _flag(0.02, "Teacher self-regulation rate (float, or 'inf' for conventional "
                        "training).", kind="rate")
   distill_alpha: float = _flag(0.02, "Students' self-regulation rate (regulated and hybrid "
@@ -243,7 +245,7 @@ def validate(config: Config) -> Config:
     _require(math.isfinite(value) and value > 0, f"--{flag}={value}: expected a number > 0")
   _require(math.isfinite(config.kd_lambda) and config.kd_lambda >= 0,
            f"--kd_lambda={config.kd_lambda}: expected a number >= 0")
-  for flag in ("teacher_lr", "distill_lr"):
+  for flag in ("teacher_lr", "distill_lr", "adam_epsilon"):
     value = getattr(config, flag)
     _require(math.isfinite(value) and value > 0, f"--{flag}={value}: expected a number > 0")
   _require(config.epochs > 0, f"--epochs={config.epochs}: expected an integer > 0")

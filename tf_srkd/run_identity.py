@@ -55,6 +55,8 @@ _ADDED_IDENTITY_FIELDS.update(train_split="train", test_split="test", image_size
 # issue 12: models from any source.
 _ADDED_IDENTITY_FIELDS.update(teacher_weights=None, student_weights=None,
                               teacher_finetune_epochs=0)
+# issue 17: Adam's epsilon (Keras' default before the flag).
+_ADDED_IDENTITY_FIELDS.update(adam_epsilon=1e-7)
 
 
 def identity(config: "Config", teacher_digest: Optional[str] = None,

@@ -99,7 +99,8 @@ def compile_model(model, learning_rate, config):
   if per_call != 1:
     per_call = execution_steps(per_call, data.steps_per_epoch(model.num_examples,
                                                               config.batch_size))
-  model.compile(optimizer=keras.optimizers.Adam(learning_rate), jit_compile=config.jit_compile,
+  model.compile(optimizer=keras.optimizers.Adam(learning_rate, epsilon=config.adam_epsilon),
+                jit_compile=config.jit_compile,
                 steps_per_execution=per_call)
   model.optimizer.build(model.network.trainable_variables)
 
