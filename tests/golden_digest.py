@@ -5,11 +5,19 @@ of participation.npy / significance.npy (dtype, shape, bytes), each network's
 weights (the .keras zip holds timestamps, so the weights are loaded and hashed
 in order), the per-epoch history minus timings, and the summary's numbers.
 
-Regenerate the golden file of tests/test_golden_smoke.py (only when a change is
-*meant* to alter results, e.g. of losses.py or flags/smoke.flags, and on the
-machine CI uses: oneDNN kernels may round differently on other CPUs):
+The golden file of tests/test_golden_smoke.py holds one full digest per kind of
+CPU it was recorded on: the same code and seed give different bits on an AVX2
+machine and on an AVX-512 one (oneDNN and Eigen pick kernels by instruction set,
+and they round differently), and CI machines vary. A run passes when it equals
+one recorded digest in every stage; a code change that alters results matches
+none of them.
 
-    TFDS_DATA_DIR=../shared/tfds python -m tests.golden_digest --write
+    TFDS_DATA_DIR=../shared/tfds python -m tests.golden_digest --add    # this CPU kind
+    TFDS_DATA_DIR=../shared/tfds python -m tests.golden_digest --write  # results meant
+                                                  # to change: this CPU kind only
+
+`--write` drops the other kinds (their digests are stale after a change that is
+meant to alter results; record them again on those machines with `--add`).
 """
 
 import hashlib
@@ -70,6 +78,38 @@ def digest(run_dir) -> dict:
   return {"summary": summary, "stages": stages}
 
 
+def machine_kind() -> dict:
+  """The CPU facts that decide which kernels TensorFlow runs (for the golden file's readers)."""
+  flags, model = set(), "unknown"
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+      for line in f:
+        if line.startswith("flags") and not flags:
+          flags = set(line.split(":", 1)[1].split())
+        elif line.startswith("model name") and model == "unknown":
+          model = line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  isa = sorted(f for f in flags if f.startswith(("avx", "amx")) or f in ("fma", "f16c"))
+  return {"cpu": model, "isa": isa}
+
+
+def matching_variant(got: dict, variants: list):
+  """(index of the recorded variant equal to `got` in summary and every stage, or None,
+  the list of stages that differ from the closest variant)."""
+  best = None
+  for i, variant in enumerate(variants):
+    differing = sorted(stage for stage in set(variant["stages"]) | set(got["stages"])
+                       if variant["stages"].get(stage) != got["stages"].get(stage))
+    if variant["summary"] != got["summary"]:
+      differing.insert(0, "summary")
+    if not differing:
+      return i, []
+    if best is None or len(differing) < len(best):
+      best = differing
+  return None, best or []
+
+
 def run_smoke(output_dir, timeout=900):
   """Runs the deterministic smoke pipeline as the CLI does; returns the CompletedProcess."""
   env = dict(os.environ, PYTHONPATH=ROOT)
@@ -83,17 +123,21 @@ def main(argv):
     result = run_smoke(os.path.join(tmp, "run"))
     if result.returncode:
       sys.exit(result.stderr[-3000:])
-    value = dict(digest(os.path.join(tmp, "run")),
-                 regenerate="TFDS_DATA_DIR=../shared/tfds python -m tests.golden_digest --write",
-                 run=" ".join(("python -m tf_srkd.main",) + SMOKE_ARGS))
-  text = json.dumps(value, indent=2, sort_keys=True) + "\n"
-  if "--write" in argv:
-    os.makedirs(os.path.dirname(GOLDEN_PATH), exist_ok=True)
-    with open(GOLDEN_PATH, "w", encoding="utf-8") as f:
-      f.write(text)
-    print(f"wrote {GOLDEN_PATH}")
-  else:
-    print(text)
+    variant = dict(digest(os.path.join(tmp, "run")), machine=machine_kind())
+  if "--add" not in argv and "--write" not in argv:
+    print(json.dumps(variant, indent=2, sort_keys=True))
+    return
+  variants = []
+  if "--add" in argv and os.path.exists(GOLDEN_PATH):
+    with open(GOLDEN_PATH, encoding="utf-8") as f:
+      variants = [v for v in json.load(f)["variants"] if v["machine"] != variant["machine"]]
+  value = {"regenerate": "TFDS_DATA_DIR=../shared/tfds python -m tests.golden_digest --add",
+           "run": " ".join(("python -m tf_srkd.main",) + SMOKE_ARGS),
+           "variants": variants + [variant]}
+  os.makedirs(os.path.dirname(GOLDEN_PATH), exist_ok=True)
+  with open(GOLDEN_PATH, "w", encoding="utf-8") as f:
+    f.write(json.dumps(value, indent=2, sort_keys=True) + "\n")
+  print(f"wrote {GOLDEN_PATH} ({len(value['variants'])} CPU kinds)")
 
 
 if __name__ == "__main__":
