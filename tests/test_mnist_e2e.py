@@ -14,8 +14,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_short_real_mnist_run_via_cli(tmp_path):
   out = tmp_path / "run"
   result = subprocess.run(
-      [sys.executable, "-m", "tf_srkd.main", "--flagfile=flags/mnist.flags", "--epochs=3",
-       "--modes=conventional,hybrid", "--distill_epochs=2", "--nomlflow",
+      [sys.executable, "-m", "tf_srkd.main", "--flagfile=flags/mnist.flags", "--epochs=2",
+       "--modes=conventional,hybrid", "--distill_epochs=1", "--nomlflow",
        "--verbose=0", f"--output_dir={out}"],
       cwd=ROOT, capture_output=True, text=True, timeout=900)
   assert result.returncode == 0, result.stderr[-3000:]
