@@ -333,6 +333,7 @@ class CompileSettings:
   jit_compile: bool = False
   steps_per_execution: int = 1
   batch_size: int = 512
+  adam_epsilon: float = 1e-7
 
 
 #: No XLA, one step per call (as the plain Keras models these benchmarks compare with).

@@ -107,13 +107,19 @@ def verified(ctx: ModelContext, tflite_bytes: bytes, quantization: str):
     verify_lib.check_raw_pixel_input(details)
   verification = verify_lib.verify(tflite_bytes, ctx.test_images, ctx.test_labels,
                                    ctx.keras_outputs, ctx.student.outputs_probabilities)
-  if verification["xnnpack_refusal"]:
-    logging.warning(
-        "%s export: XNNPACK refused the model (%s); verified on LiteRT's built-in kernels, and "
-        "the latency is theirs. An app that applies XNNPACK may fail the same way; a channel "
-        "that never activates on the calibration images is the usual cause (try more "
-        "--num_calibration_samples).", quantization, verification["xnnpack_refusal"])
+  warn_if_xnnpack_refused(quantization, verification)
   return details, verification
+
+
+def warn_if_xnnpack_refused(name: str, verification: dict):
+  """Logs that XNNPACK refused an export (see `verify.allocated_interpreter`)."""
+  if not verification.get("xnnpack_refusal"):
+    return
+  logging.warning(
+      "%s export: XNNPACK refused the model (%s); verified on LiteRT's built-in kernels, and the "
+      "latency is theirs. An app that applies XNNPACK may fail the same way; the usual cause is "
+      "a channel that never activates on the calibration images (more of them: "
+      "tf-srkd-export --num_calibration_samples).", name, verification["xnnpack_refusal"])
 
 
 def write_and_log(ctx: ModelContext, output: str, tflite_bytes: bytes, quantization: str,
@@ -313,7 +319,10 @@ def export_qat(model, output: str, qat_epochs: int = 1, *, qat_learning_rate: fl
     tail = "\n".join(errors or lines[-15:])
     raise ExportError(f"QAT export of {model} failed (exit {proc.returncode}):\n{tail}")
   paths = sidecar_lib.export_paths(output)
-  return dict(io_utils.read_json(paths["sidecar"]), paths=paths)
+  result = dict(io_utils.read_json(paths["sidecar"]), paths=paths)
+  # The subprocess's own warning went to its captured stderr.
+  warn_if_xnnpack_refused("int8_qat", result["verification"])
+  return result
 
 
 def format_results(rows) -> str:

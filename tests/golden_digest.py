@@ -107,7 +107,7 @@ def matching_variant(got: dict, variants: list):
       return i, []
     if best is None or len(differing) < len(best):
       best = differing
-  return None, best or []
+  return None, best if best is not None else ["(no variant recorded)"]
 
 
 def run_smoke(output_dir, timeout=900):
@@ -130,7 +130,10 @@ def main(argv):
   variants = []
   if "--add" in argv and os.path.exists(GOLDEN_PATH):
     with open(GOLDEN_PATH, encoding="utf-8") as f:
-      variants = [v for v in json.load(f)["variants"] if v["machine"] != variant["machine"]]
+      # Replaces this CPU kind's entry, and any entry with the same digests (recorded on an
+      # unnamed machine of the same kind).
+      variants = [v for v in json.load(f)["variants"] if v["machine"] != variant["machine"]
+                  and (v["summary"], v["stages"]) != (variant["summary"], variant["stages"])]
   value = {"regenerate": "TFDS_DATA_DIR=../shared/tfds python -m tests.golden_digest --add",
            "run": " ".join(("python -m tf_srkd.main",) + SMOKE_ARGS),
            "variants": variants + [variant]}

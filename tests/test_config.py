@@ -142,6 +142,9 @@ def test_added_identity_field_keeps_older_run_configs_matching():
       config_lib.Config(distill_loss_normaliser="participants"))
   assert config_lib.identity(config_lib.Config(distill_loss_normaliser="batch"))[
       "distill_loss_normaliser"] == "batch"
+  # Runs written before --adam_epsilon existed used Keras' 1e-7.
+  assert "adam_epsilon" not in config_lib.identity(config_lib.Config())
+  assert config_lib.identity(config_lib.Config(adam_epsilon=1e-8))["adam_epsilon"] == 1e-8
 
 
 def test_unknown_loss_normaliser_is_refused():

@@ -22,7 +22,7 @@ from tf_srkd import gates
 from tf_srkd import layout
 from tf_srkd import models
 from tf_srkd import modes as modes_lib
-from tf_srkd.run_identity import identity  # pylint: disable=unused-import  (re-exported)
+from tf_srkd.run_identity import identity  # pylint: disable=unused-import  # re-exported
 
 STAGES = ("teacher", "distill", "all")
 #: How a self-regulated step runs its backward pass (see `training`).
