@@ -21,6 +21,7 @@ from tests.mlflow_server import Server
 from tf_srkd import config as config_lib
 from tf_srkd import mlflow_pending
 from tf_srkd import mlflow_stage
+from tf_srkd import mlflow_store
 from tf_srkd import mlflow_tracking
 from tf_srkd import pipeline
 
@@ -136,6 +137,10 @@ def test_a_store_back_before_the_run_ends_gets_everything_without_a_command(
 
 
 def test_a_failed_upload_keeps_exactly_the_calls_not_yet_made(tmp_path, monkeypatch):
+  # Nothing listens on port 9: without fail-fast HTTP, MLflow's retries with back-off
+  # spent ~4 minutes here (CI log) before the same refusal.
+  for name, value in mlflow_store.FAIL_FAST_ENV.items():
+    monkeypatch.setenv(name, value)
   kept = mlflow_pending.PendingLog(str(tmp_path), "http://127.0.0.1:9")
   for step in range(3):
     kept.add("log", "log_text", ("run-id", f"text {step}", f"t{step}.txt"))
