@@ -110,12 +110,11 @@ def parse_flags(argv):
     fail(" ".join(str(e).split()).removeprefix("ERROR:: "))
 
 
-def run(main, argv=None, flags_parser=parse_flags):
+def run(main, argv=None):
   """`absl.app.run(main)` on `argv` (default `sys.argv`) with flagfiles expanded.
 
   A missing or self-including flagfile, an unknown flag or a value absl cannot
-  parse exits with status 2 and one line. `flags_parser` is absl's hook for
-  parsing the expanded arguments (default: `parse_flags`).
+  parse exits with status 2 and one line (`parse_flags`).
   """
   from absl import app  # pylint: disable=import-outside-toplevel
   from absl import flags  # pylint: disable=import-outside-toplevel
@@ -130,7 +129,7 @@ def run(main, argv=None, flags_parser=parse_flags):
     quiet_python_logging(flags.FLAGS)
     return main(args)
 
-  app.run(quiet_main, argv=argv, flags_parser=flags_parser)
+  app.run(quiet_main, argv=argv, flags_parser=parse_flags)
 
 
 def run_program(main, define_flags):
