@@ -59,3 +59,13 @@ def test_where_samples_go():
   assert got["late_participation"] == pytest.approx(0.03)  # Epochs 2-3 of 4.
   assert got["zero_significance_share"] == pytest.approx(7 / 8)
   assert fidelity.where_samples_go(history) == {"late_participation": pytest.approx(0.03)}
+
+
+def test_late_misclassified_share_is_the_training_error_over_participation():
+  history = [{"participation_fraction": f, "accuracy": a}
+             for f, a in ((0.9, 0.2), (0.5, 0.6), (0.04, 0.99), (0.02, 0.995), (0.0, 1.0))]
+  got = fidelity.where_samples_go(history)
+  # Epochs 2-4; epoch 4 has no participant (an idle epoch) and adds nothing.
+  assert got["late_misclassified_share"] == pytest.approx((0.01 + 0.005) / (0.04 + 0.02))
+  assert "late_misclassified_share" not in fidelity.where_samples_go(
+      [{"participation_fraction": 0.1}] * 4)

@@ -45,15 +45,26 @@ def where_samples_go(history, participation=None, significance=None) -> dict:
 
   Returns:
     `late_participation`: mean participation fraction per epoch over the
-    second half of the epochs; with both arrays, `zero_significance_share`:
-    the share of all participations spent on samples of significance 0 (they
-    pass the gate but add nothing to the loss).
+    second half of the epochs; `late_misclassified_share`: the share of those
+    epochs' participations that are samples the model misclassified at the
+    gate (Algorithm 1/3 admit every misclassified sample, and the epoch's
+    `accuracy` is over the gate's predictions of every sample, so it is
+    sum(1 - accuracy) / sum(participation fraction)); with both arrays,
+    `zero_significance_share`: the share of all participations spent on
+    samples of significance 0 (they pass the gate but add nothing to the loss).
   """
   result = {}
-  fractions = [e.get("participation_fraction") for e in history or ()]
-  late = [f for f in fractions[len(fractions) // 2:] if f is not None]
+  epochs = list(history or ())
+  late_epochs = epochs[len(epochs) // 2:]
+  late = [e["participation_fraction"] for e in late_epochs
+          if e.get("participation_fraction") is not None]
   if late:
     result["late_participation"] = statistics.fmean(late)
+  both = [(1 - e["accuracy"], e["participation_fraction"]) for e in late_epochs
+          if e.get("accuracy") is not None and e.get("participation_fraction")]
+  if both:
+    result["late_misclassified_share"] = (sum(m for m, _ in both)
+                                          / sum(f for _, f in both))
   if participation is not None and significance is not None:
     participation = np.asarray(participation, np.int64)
     total = participation.sum()
@@ -84,9 +95,10 @@ def summary_rows(dataset, per_seed):
       reached = acc >= paper_acc and (paper_zeta is None or (zeta is not None and zeta <= paper_zeta))
     late, _ = mean_std([r[model].get("late_participation") for r in per_seed])
     zero_share, _ = mean_std([r[model].get("zero_significance_share") for r in per_seed])
+    misclassified, _ = mean_std([r[model].get("late_misclassified_share") for r in per_seed])
     rows.append(dict(model=model, paper_acc=paper_acc, acc=acc, acc_std=acc_std,
                      paper_zeta=paper_zeta, zeta=zeta, zeta_std=zeta_std, reached=reached,
-                     late=late, zero_share=zero_share))
+                     late=late, misclassified=misclassified, zero_share=zero_share))
   return rows
 
 
@@ -104,13 +116,15 @@ def fidelity_table(dataset, per_seed) -> str:
          if r["paper_zeta"] and r["zeta"] is not None else "—"),
         {True: "yes", False: "no", None: "—"}[r["reached"]],
         f"{r['late']:.3%}" if r["late"] is not None else "—",
+        f"{r['misclassified']:.0%}" if r["misclassified"] is not None else "—",
         f"{r['zero_share']:.1%}" if r["zero_share"] is not None else "—"])
   per_run = [[str(i), model, f"{m.get('test_accuracy'):.4f}",
               f"{m['zeta']:.3%}" if m.get("zeta") is not None else "—"]
              for i, run in enumerate(per_seed) for model, m in run.items()]
   return (_markdown(["model", "paper acc", f"ours acc (mean ± std, n={len(per_seed)})", "Δ acc",
                      "paper ζ", "ours ζ (mean ± std)", "Δ ζ", "≥ paper acc at ≤ paper ζ",
-                     "participation / epoch, 2nd half", "participations at s = 0"], rows)
+                     "participation / epoch, 2nd half",
+                     "of which misclassified (2nd half)", "participations at s = 0"], rows)
           + "\n\nPer seed (index in --seeds order):\n\n"
           + _markdown(["seed #", "model", "test acc", "ζ"], per_run))
 
