@@ -1,4 +1,5 @@
-"""Shared test setup: quiet TensorFlow, repo root on sys.path, the shared TFDS dir."""
+"""Shared test setup: quiet TensorFlow, repo root on sys.path, the shared TFDS dir, and
+TensorFlow's share of the cores when pytest-xdist runs the tests in several workers."""
 
 import os
 import sys
@@ -10,6 +11,58 @@ if ROOT not in sys.path:
 SHARED_TFDS = os.path.join(os.path.dirname(ROOT), "shared", "tfds")
 if not os.environ.get("TFDS_DATA_DIR") and os.path.isdir(SHARED_TFDS):
   os.environ["TFDS_DATA_DIR"] = SHARED_TFDS
+
+#: TensorFlow reads its thread-pool sizes from these at start-up (0 or unset: every core).
+TF_THREAD_VARIABLES = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
+#: `-n auto` starts at most this many workers: beyond it, worker start-up (each imports
+#: TensorFlow) and the module fixtures built once per worker outweigh the gain.
+MAX_AUTO_WORKERS = 8
+#: Memory one worker may need at its peak: its own TensorFlow plus the CLI processes a
+#: test starts (two workers of a MultiWorkerMirroredStrategy cluster, ~1.5 GiB each).
+WORKER_MEMORY_BYTES = 4 * 2**30
+
+
+def usable_cpus() -> int:
+  """The cores this process may run on (a container's CPU set, not the host's count)."""
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:  # not Linux
+    return os.cpu_count() or 1
+
+
+def available_memory_bytes():
+  """MemAvailable from /proc/meminfo (None where there is none)."""
+  try:
+    with open("/proc/meminfo", encoding="ascii") as f:
+      for line in f:
+        if line.startswith("MemAvailable:"):
+          return int(line.split()[1]) * 1024
+  except OSError:
+    pass
+  return None
+
+
+def auto_workers(cpus: int, memory_bytes) -> int:
+  """Workers for `-n auto`: one per core, within memory, at most MAX_AUTO_WORKERS."""
+  workers = min(cpus, MAX_AUTO_WORKERS)
+  if memory_bytes is not None:
+    workers = min(workers, memory_bytes // WORKER_MEMORY_BYTES)
+  return max(1, int(workers))
+
+
+def pytest_xdist_auto_num_workers(config):
+  del config
+  return auto_workers(usable_cpus(), available_memory_bytes())
+
+
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+if _WORKERS > 1:
+  # N workers share the machine: each one's TensorFlow, and the CLI processes its tests
+  # start (they inherit the environment), gets its share of the cores. N processes each
+  # running pools of every core oversubscribe the CPU and were slower than running the
+  # tests one after another. Set before any test module imports TensorFlow.
+  for _name in TF_THREAD_VARIABLES:
+    os.environ.setdefault(_name, str(max(1, usable_cpus() // _WORKERS)))
 
 
 def pytest_configure(config):

@@ -113,6 +113,10 @@ def matching_variant(got: dict, variants: list):
 def run_smoke(output_dir, timeout=900):
   """Runs the deterministic smoke pipeline as the CLI does; returns the CompletedProcess."""
   env = dict(os.environ, PYTHONPATH=ROOT)
+  # The digests are recorded with TensorFlow's default thread pools; the per-worker share
+  # that tests/conftest.py sets under pytest-xdist could change how sums are split.
+  for name in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"):
+    env.pop(name, None)
   return subprocess.run([sys.executable, "-m", "tf_srkd.main", *SMOKE_ARGS,
                          f"--output_dir={output_dir}"], cwd=ROOT, env=env, capture_output=True,
                         text=True, timeout=timeout, check=False)

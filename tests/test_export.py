@@ -17,6 +17,10 @@ from export import tflite
 from export import verify as verify_lib
 from tests.conftest import ROOT
 
+# Under pytest-xdist (`-n`) this file's tests stay on one worker: they share trained runs in
+# session fixtures that each worker would otherwise build again.
+pytestmark = pytest.mark.xdist_group("test_export")
+
 MODES = ("conventional", "significance")
 
 

@@ -23,6 +23,10 @@ import pytest
 from tf_srkd import config as config_lib
 from tf_srkd import pipeline
 
+# Under pytest-xdist (`-n`) this file's tests stay on one worker: they share a real smoke
+# teacher in a module fixture that each worker would otherwise build again.
+pytestmark = pytest.mark.xdist_group("test_fuzz_inputs")
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N = 256  # flags/smoke.flags
 EPOCHS = 2

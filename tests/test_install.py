@@ -14,6 +14,10 @@ import venv
 
 import pytest
 
+# Under pytest-xdist (`-n`) this file's tests stay on one worker: they share one venv with the
+# package installed that each worker would otherwise build again.
+pytestmark = pytest.mark.xdist_group("test_install")
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: Console lines our own calls used to cause (issue 15); none may come back.
 KNOWN_WARNINGS = ("shuffle=True", "retracing", "Sharding callback duration")

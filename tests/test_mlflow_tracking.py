@@ -28,6 +28,10 @@ from tf_srkd import mlflow_tracking
 from tf_srkd import pipeline
 from tests.mlflow_server import Server, free_port
 
+# Under pytest-xdist (`-n`) this file's tests stay on one worker: they share tracked runs in
+# module fixtures that each worker would otherwise build again.
+pytestmark = pytest.mark.xdist_group("test_mlflow_tracking")
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EPOCH_KEYS = ("loss", "accuracy", "ce_loss")
 REGULATION_KEYS = ("participation_fraction", "eta", "cumulative_zeta")

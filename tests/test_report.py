@@ -28,6 +28,10 @@ from tf_srkd import report
 from tf_srkd import report_tables
 from tests.mlflow_server import Server
 
+# Under pytest-xdist (`-n`) this file's tests stay on one worker: they share real runs on a
+# live MLflow server that each worker would otherwise build again.
+pytestmark = pytest.mark.xdist_group("test_report")
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_PAPER_TABLES = os.path.join(os.path.dirname(ROOT), "shared", "paper", "paper_tables.json")
 EXPERIMENT = "report_test"
