@@ -7,7 +7,9 @@
 
 Each step is its own module (`source`, `calibration`, `convert`, `verify`,
 `sidecar`, `mlflow_log`); this one strings them together. The data splits an
-export needs are loaded once per call (`ExportData`) and dropped with it.
+export needs are loaded once per call (`ExportData`) and dropped with it; a
+split above `max_in_memory_mb` stays on disk as in training (`tf_srkd.streaming`):
+calibration reads only its rows, verification reads the test split in chunks.
 
 Quantization-aware training needs tensorflow-model-optimization, which only
 works on tf_keras models and switches the process to legacy Keras when
@@ -37,50 +39,74 @@ from tf_srkd import layout
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def load_split(dataset, split: str, limit: int = 0):
-  """`tf_srkd.data.load_split` of a dataset (a registered name or a resolved
-  `DatasetSpec`), with ExportError for a missing one."""
+def load_split(dataset, split: str, limit: int = 0, max_in_memory_mb: Optional[float] = None):
+  """A split of a dataset (a registered name or a resolved `DatasetSpec`), with
+  ExportError for a missing one.
+
+  Args:
+    dataset: the dataset.
+    split: "train" or "test".
+    limit: if > 0, only the first `limit` examples.
+    max_in_memory_mb: a split whose uint8 pixels exceed this stays on disk
+      (`tf_srkd.streaming.load`; 0: always); None: the default of tf-srkd's
+      `--max_in_memory_mb`.
+
+  Returns:
+    `data.SplitArrays`; its `images` an ndarray, or a `streaming.StoredArray`.
+  """
   from tf_srkd import data  # pylint: disable=import-outside-toplevel
+  from tf_srkd import streaming  # pylint: disable=import-outside-toplevel
 
   spec = dataset if isinstance(dataset, datasets.DatasetSpec) else datasets.get_dataset_spec(dataset)
+  if max_in_memory_mb is None:
+    max_in_memory_mb = streaming.DEFAULT_MAX_IN_MEMORY_MB
   try:
-    return data.load_split(spec, split, int(limit))
+    return streaming.load(spec, split, int(limit), max_in_memory_mb=max_in_memory_mb)
   except data.DataError as e:
     raise ExportError(str(e)) from e
 
 
 class ExportData:
   """The splits of one dataset (a name or a `DatasetSpec`) that a call's exports share,
-  each loaded on first use."""
+  each loaded on first use (on disk above `max_in_memory_mb`, see `load_split`)."""
 
-  def __init__(self, dataset):
+  def __init__(self, dataset, max_in_memory_mb: Optional[float] = None):
     self.dataset = dataset
+    self.max_in_memory_mb = max_in_memory_mb
     self._splits = {}
 
   def split(self, name: str, limit: int = 0):
     """The first `limit` examples (0: all) of split `name`, loaded once."""
     key = (name, int(limit))
     if key not in self._splits:
-      self._splits[key] = load_split(self.dataset, name, limit)
+      self._splits[key] = load_split(self.dataset, name, limit, self.max_in_memory_mb)
     return self._splits[key]
 
 
 @dataclasses.dataclass
 class ModelContext:
-  """What every export of one model shares: the model, the test split, Keras' outputs."""
+  """What every export of one model shares: the model, the test split, Keras' outputs.
+
+  `test_images` is an ndarray, or a `streaming.StoredArray` for a test split on disk.
+  """
 
   student: source.Student
-  test_images: np.ndarray
+  test_images: object
   test_labels: np.ndarray
   keras_outputs: np.ndarray
   data: ExportData
 
 
 def model_context(student: source.Student, test_examples: int = 0,
-                  data: Optional[ExportData] = None) -> ModelContext:
-  """The test split (its first `test_examples`; 0: all) and the Keras model's outputs on it."""
+                  data: Optional[ExportData] = None,
+                  max_in_memory_mb: Optional[float] = None) -> ModelContext:
+  """The test split (its first `test_examples`; 0: all) and the Keras model's outputs on it.
+
+  `data` shares splits already loaded; otherwise they are loaded here, on disk
+  above `max_in_memory_mb` (see `load_split`).
+  """
   data = data if data is not None and data.dataset == student.spec else ExportData(
-      student.spec)
+      student.spec, max_in_memory_mb)
   test = data.split("test", test_examples)
   return ModelContext(student, test.images, test.labels,
                       verify_lib.keras_logits(student.model, test.images), data)
@@ -164,7 +190,8 @@ def export_model(model, output: str, quantization: str = "float32", *,
                  calibration_seed: int = 0, dataset: Optional[str] = None,
                  significance_path: Optional[str] = None, dense_per_channel: bool = False,
                  test_examples: int = 0, mlflow_run_id: Optional[str] = None,
-                 tracking_uri: Optional[str] = None) -> dict:
+                 tracking_uri: Optional[str] = None,
+                 max_in_memory_mb: Optional[float] = None) -> dict:
   """Exports one model to one verified `.tflite` (+ labels.txt + sidecar JSON).
 
   Args:
@@ -182,6 +209,8 @@ def export_model(model, output: str, quantization: str = "float32", *,
     mlflow_run_id: also log the numbers and files into this MLflow run.
     tracking_uri: the MLflow store of `mlflow_run_id` and of a `runs:/` model
       (default: $MLFLOW_TRACKING_URI, else MLflow's default).
+    max_in_memory_mb: splits above this many MiB of pixels stay on disk
+      (`load_split`; None: tf-srkd's default); the results are the same.
 
   Returns:
     The sidecar dict plus `paths` (tflite, labels, sidecar).
@@ -195,7 +224,8 @@ def export_model(model, output: str, quantization: str = "float32", *,
   calibration_lib.check_calibration(calibration)
   student = (model if isinstance(model, source.Student)
              else source.load_student(model, dataset, tracking_uri))
-  return export_one(model_context(student, test_examples), output, quantization,
+  return export_one(model_context(student, test_examples, max_in_memory_mb=max_in_memory_mb),
+                    output, quantization,
                     calibration=calibration, num_calibration_samples=num_calibration_samples,
                     calibration_seed=calibration_seed, significance_path=significance_path,
                     dense_per_channel=dense_per_channel, mlflow_run_id=mlflow_run_id,
@@ -206,12 +236,14 @@ def export_all(model, output_dir: str, quantizations=convert_lib.QUANTIZATIONS, 
                qat_epochs: int = 0, mlflow_run_id: Optional[str] = None,
                dataset: Optional[str] = None, test_examples: int = 0,
                qat_options: Optional[dict] = None, tracking_uri: Optional[str] = None,
-               data: Optional[ExportData] = None, **kwargs) -> dict:
+               data: Optional[ExportData] = None, max_in_memory_mb: Optional[float] = None,
+               **kwargs) -> dict:
   """Exports one model in several quantizations into `output_dir/model_<q>.tflite`.
 
-  With `qat_epochs > 0`, also `model_int8_qat.tflite` (see `export_qat`).
-  Keyword arguments are those of `export_model`; `data` shares loaded splits
-  between calls. Returns {key: result} with key the quantization, or `int8_qat`.
+  With `qat_epochs > 0`, also `model_int8_qat.tflite` (see `export_qat`; QAT
+  keeps its splits in memory). Keyword arguments are those of `export_model`;
+  `data` shares loaded splits between calls. Returns {key: result} with key the
+  quantization, or `int8_qat`.
   """
   quantizations = convert_lib.check_quantizations(quantizations)
   calibration_lib.check_calibration(kwargs.get("calibration", "random"))
@@ -219,7 +251,7 @@ def export_all(model, output_dir: str, quantizations=convert_lib.QUANTIZATIONS, 
     raise ExportError(f"--output={output_dir}: expected a directory for several exports")
   student = (model if isinstance(model, source.Student)
              else source.load_student(model, dataset, tracking_uri))
-  ctx = model_context(student, test_examples, data)
+  ctx = model_context(student, test_examples, data, max_in_memory_mb)
   results = {}
   for q in quantizations:
     results[q] = export_one(ctx, os.path.join(output_dir, sidecar_lib.file_name(q)), q,
@@ -235,7 +267,8 @@ def export_all(model, output_dir: str, quantizations=convert_lib.QUANTIZATIONS, 
 
 def export_run(run_dir: str, quantizations=convert_lib.QUANTIZATIONS, calibration: str = "random",
                *, modes=None, qat_epochs: int = 0, mlflow_run_ids: Optional[dict] = None,
-               tracking_uri: Optional[str] = None, **kwargs) -> dict:
+               tracking_uri: Optional[str] = None, max_in_memory_mb: Optional[float] = None,
+               **kwargs) -> dict:
   """Exports every `students/<mode>/model.keras` of a finished run.
 
   Files go to `students/<mode>/tflite/model_<q>.tflite` (+ labels.txt and one
@@ -249,6 +282,8 @@ def export_run(run_dir: str, quantizations=convert_lib.QUANTIZATIONS, calibratio
     qat_epochs: > 0 also runs quantization-aware training (subprocess).
     mlflow_run_ids: optional {mode: MLflow run id} to log each student's exports.
     tracking_uri: the MLflow store of those runs (default: the environment's).
+    max_in_memory_mb: splits above this many MiB of pixels stay on disk (the
+      run's `--max_in_memory_mb`; None: its default).
     **kwargs: further `export_model` arguments.
 
   Returns:
@@ -268,7 +303,8 @@ def export_run(run_dir: str, quantizations=convert_lib.QUANTIZATIONS, calibratio
   for mode in found:
     stage = run.student(mode)
     student = source.load_student(stage.model, kwargs.get("dataset"), tracking_uri)
-    data = data or ExportData(student.spec)  # One load of each split for every student.
+    # One load of each split for every student.
+    data = data or ExportData(student.spec, max_in_memory_mb)
     results[mode] = export_all(student, stage.tflite, quantizations, calibration=calibration,
                                qat_epochs=qat_epochs, data=data, tracking_uri=tracking_uri,
                                mlflow_run_id=(mlflow_run_ids or {}).get(mode), **kwargs)

@@ -68,15 +68,18 @@ def calibration_set(spec, train, method: str, num_samples: int, seed: int,
 
   Args:
     spec: the dataset's `DatasetSpec`.
-    train: the run's transfer set (`data.SplitArrays`).
+    train: the run's transfer set (`data.SplitArrays`; on disk, only the
+      calibration rows are read).
     method: random | significant.
     num_samples: the set's size.
     seed: seed of the random draw.
     significance: the teacher's significance by sample id (`significant`).
   """
+  from tf_srkd import data  # pylint: disable=import-outside-toplevel
+
   check_calibration(method, num_samples)
   ids = calibration_indices(method, num_samples, train.size, significance, seed)
-  images, anchored = with_range_anchor(train.images[ids])
+  images, anchored = with_range_anchor(data.take_rows(train.images, ids))
   block = {
       "method": method,
       "num_samples": int(ids.shape[0]),

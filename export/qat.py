@@ -209,7 +209,8 @@ def export_qat_model(model, output: str, qat_epochs: int = 1, *, qat_learning_ra
   cfg = student.run_config
   began = time.time()
   tfmot, tf_keras = import_tfmot()
-  ctx = api.model_context(student, test_examples)
+  # In memory whatever their size: QAT takes its splits as arrays (data.image_batches, slices).
+  ctx = api.model_context(student, test_examples, max_in_memory_mb=float("inf"))
   twin, diff = tf_keras_twin(student, tf_keras, ctx.test_images[:512])
   train = ctx.data.split("train", source.train_examples_of(student))
   teacher_logits = load_teacher_logits(student, train.images)

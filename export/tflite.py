@@ -63,6 +63,10 @@ def _define_flags():
                        "epochs and a *_qat int8 export (runs python -m export.qat).")
   flags.DEFINE_float("qat_learning_rate", 1e-4, "Adam learning rate of the QAT fine-tuning.")
   flags.DEFINE_integer("test_examples", 0, "Verify on the first K test examples (0: all).")
+  flags.DEFINE_float("max_in_memory_mb", None, "Splits whose uint8 pixels exceed this many MiB "
+                     "stay on disk: calibration reads only its rows, verification reads the test "
+                     "split in chunks (same results; 0: always). Default: tf-srkd's "
+                     "--max_in_memory_mb default (2048). QAT keeps its splits in memory.")
   flags.DEFINE_string("mlflow_run_id", None, "Log the numbers and files into this MLflow run.")
   flags.DEFINE_string("mlflow_tracking_uri", None, "The MLflow store of --mlflow_run_id and of "
                       "a runs:/ --model (default: $MLFLOW_TRACKING_URI, else MLflow's default).")
@@ -73,7 +77,7 @@ def _export(f) -> list:
   common = dict(calibration=f.calibration, num_calibration_samples=f.num_calibration_samples,
                 calibration_seed=f.calibration_seed, significance_path=f.significance,
                 dense_per_channel=f.dense_per_channel, test_examples=f.test_examples,
-                tracking_uri=f.mlflow_tracking_uri)
+                tracking_uri=f.mlflow_tracking_uri, max_in_memory_mb=f.max_in_memory_mb)
   quantizations = (list(QUANTIZATIONS) if f["all"].value
                    else check_quantizations(f.quantization.split(",")))
   check_calibration(f.calibration)

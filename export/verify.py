@@ -11,6 +11,9 @@ import numpy as np
 
 from export.errors import ExportError
 
+#: Test images read at a time from a split on disk (38 MiB of 224x224 RGB pixels).
+CHUNK_ROWS = 256
+
 
 def _quantization_of(detail):
   scale, zero_point = detail["quantization"]
@@ -102,7 +105,8 @@ def verify(tflite_bytes: bytes, images: np.ndarray, labels: np.ndarray,
 
   Args:
     tflite_bytes: the model.
-    images: uint8 [N, H, W, C] raw test pixels.
+    images: uint8 [N, H, W, C] raw test pixels: an array, or a split on disk
+      (`tf_srkd.streaming.StoredArray`, read `CHUNK_ROWS` rows at a time).
     labels: int [N].
     keras_outputs: the Keras model's logits (or probabilities) on `images`.
     keras_outputs_are_probabilities: `keras_outputs` are already probabilities.
@@ -123,19 +127,24 @@ def verify(tflite_bytes: bytes, images: np.ndarray, labels: np.ndarray,
   if list(inp["shape"]) != expected or np.dtype(inp["dtype"]) != np.uint8:
     raise ExportError(f"the .tflite input is {np.dtype(inp['dtype']).name} {list(inp['shape'])}, "
                       f"expected uint8 {expected}")
+  from tf_srkd import data  # pylint: disable=import-outside-toplevel
+
   n = images.shape[0]
   probabilities = np.empty((n, int(out["shape"][-1])), np.float32)
   seconds = np.empty(n, np.float64)
   scale, zero_point = out["quantization"]
-  for i in range(n):
-    interpreter.set_tensor(inp["index"], images[i:i + 1])
-    start = time.perf_counter()
-    interpreter.invoke()
-    seconds[i] = time.perf_counter() - start
-    value = interpreter.get_tensor(out["index"])[0]
-    if scale:
-      value = scale * (value.astype(np.float32) - zero_point)
-    probabilities[i] = value
+  for first in range(0, n, CHUNK_ROWS):
+    # One image at a time either way; a split on disk is never in memory whole.
+    chunk = data.read_range(images, first, min(first + CHUNK_ROWS, n))
+    for k in range(chunk.shape[0]):
+      interpreter.set_tensor(inp["index"], chunk[k:k + 1])
+      start = time.perf_counter()
+      interpreter.invoke()
+      seconds[first + k] = time.perf_counter() - start
+      value = interpreter.get_tensor(out["index"])[0]
+      if scale:
+        value = scale * (value.astype(np.float32) - zero_point)
+      probabilities[first + k] = value
   predicted = probabilities.argmax(axis=-1)
   keras_probabilities = (keras_outputs if keras_outputs_are_probabilities
                          else _softmax(np.asarray(keras_outputs, np.float64)))

@@ -60,6 +60,42 @@ def test_logits_on_disk_equal_logits_in_memory(splits):
   np.testing.assert_array_equal(on_disk.read_rows([3, 7]), in_memory[[3, 7]])
 
 
+def test_take_reads_only_the_rows_in_id_order_and_keeps_their_order(splits, monkeypatch):
+  memory, stored = splits
+  ids = np.array([7, 3, 99, 3, 0])
+  reads = []
+  read_rows = stored.images.read_rows
+  monkeypatch.setattr(stored.images, "read_rows", lambda i: reads.append(list(i)) or read_rows(i))
+  np.testing.assert_array_equal(data.take_rows(stored.images, ids), memory.images[ids])
+  in_memory = streaming.take(stored.images, ids, 1)  # 5 images fit in 1 MiB: read now.
+  assert reads == [[0, 3, 3, 7, 99]] * 2
+  assert isinstance(in_memory, np.ndarray)
+  np.testing.assert_array_equal(in_memory, memory.images[ids])
+  np.testing.assert_array_equal(streaming.take(memory.images, ids, 0), memory.images[ids])
+
+
+def test_a_subset_above_the_limit_stays_on_disk_and_reads_the_same(splits):
+  memory, stored = splits
+  ids = np.arange(N)[::-3]
+  rows = streaming.take(stored.images, ids, 0)
+  assert isinstance(rows, streaming.StoredRows) and data.is_stored(rows)
+  assert rows.shape == (len(ids), 28, 28, 1)
+  np.testing.assert_array_equal(np.asarray(rows), memory.images[ids])
+  np.testing.assert_array_equal(rows.read_rows([4, 1]), memory.images[ids[[4, 1]]])
+  np.testing.assert_array_equal(np.asarray(rows.window(2, 9)), memory.images[ids[2:9]])
+  subset_m = data.SplitArrays(memory.images[ids], memory.labels[ids])
+  subset_d = data.SplitArrays(rows, memory.labels[ids])
+  a = list(data.train_dataset(subset_m, 8, 1, 0, 1).as_numpy_iterator())
+  b = list(data.train_dataset(subset_d, 8, 1, 0, 1).as_numpy_iterator())
+  for (fa, la), (fb, lb) in zip(a, b, strict=True):
+    np.testing.assert_array_equal(la, lb)
+    np.testing.assert_array_equal(fa["image"], fb["image"])
+  network = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Flatten(),
+                              keras.layers.Dense(10)])
+  np.testing.assert_array_equal(data.predict_logits(network, rows, 8),
+                                data.predict_logits(network, subset_m.images, 8))
+
+
 def test_split_megabytes():
   spec = datasets.get_dataset_spec("cifar10")
   assert streaming.split_megabytes(spec, "train") == pytest.approx(50000 * 3072 / 2**20)

@@ -1,5 +1,6 @@
 """Significance-ranked subsets: the id lists' rules, and the tool end to end."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -96,6 +97,96 @@ def test_tool_refuses_bad_flags(tmp_path, overrides, message):
   (tmp_path / "flags.txt").write_text(config_flags.to_flagfile(config_lib.Config()))
   with pytest.raises(config_lib.ConfigError, match=message):
     subset.plan_from_flags(_values(tmp_path, **overrides))
+
+
+@pytest.fixture(scope="module")
+def teacher_run(tmp_path_factory):
+  """A run directory with an untrained teacher, a made-up significance and the flags.txt of
+  a tiny MNIST run (160 examples): what the tool reads, without training a teacher."""
+  import keras  # pylint: disable=import-outside-toplevel
+
+  from tf_srkd import io_utils  # pylint: disable=import-outside-toplevel
+  from tf_srkd import layout  # pylint: disable=import-outside-toplevel
+  from tf_srkd import models  # pylint: disable=import-outside-toplevel
+
+  run = layout.RunDir(str(tmp_path_factory.mktemp("subset_teacher") / "run"))
+  config = config_lib.Config(dataset="mnist", epochs=1, train_examples=160, batch_size=32,
+                             eval_batch_size=500, verbose=0, mlflow=False, output_dir=run.path)
+  os.makedirs(run.teacher.path)
+  io_utils.write_text(run.flags, config_flags.to_flagfile(config))
+  keras.utils.set_random_seed(0)
+  io_utils.save_keras(run.teacher.model, models.build_model("lenet5", (28, 28, 1), 10))
+  io_utils.save_npy(run.teacher.significance,
+                    np.random.default_rng(0).random(160).astype(np.float32))
+  return run.path
+
+
+def _run_tool(teacher_run, output_dir, max_in_memory_mb, monkeypatch, train=False):
+  """The tool at f = 0.25 (kd: the method with extras): its rows and, per student, the
+  transfer set, test split and extras it got. With `train` False no student trains: the
+  stage is "evaluated" as the run's teacher's accuracy on the test split the tool loaded."""
+  import keras  # pylint: disable=import-outside-toplevel
+
+  from tf_srkd import stages  # pylint: disable=import-outside-toplevel
+
+  plan = subset.plan_from_flags(_values(teacher_run, fractions=["0.25"],
+                                        output_dir=str(output_dir)))
+  plan = dataclasses.replace(plan, config=dataclasses.replace(
+      plan.config, max_in_memory_mb=max_in_memory_mb))
+  teacher = keras.models.load_model(os.path.join(teacher_run, "teacher", "model.keras"))
+  seen = []
+  real = stages.run_stage
+
+  def spy(stage, config, strategy, split, test, tracker, build, make_extras=dict, **kwargs):
+    seen.append((stage.name, split, test, make_extras()))
+    if train:
+      return real(stage, config, strategy, split, test, tracker, build, make_extras, **kwargs)
+    return types.SimpleNamespace(metrics={
+        "test_accuracy": stages.evaluate_accuracy(teacher, test, config.eval_batch_size)})
+
+  monkeypatch.setattr(stages, "run_stage", spy)
+  rows = subset.run(plan)
+  monkeypatch.undo()
+  return rows, seen
+
+
+def _check_same_students(tmp_path, memory, disk):
+  """The on-disk run's students got what the in-memory run's got, kept on disk."""
+  from tf_srkd import data  # pylint: disable=import-outside-toplevel
+
+  ids = np.load(tmp_path / "disk/ids/top-f0.25.npy")
+  np.testing.assert_array_equal(np.load(tmp_path / "memory/ids/top-f0.25.npy"), ids)
+  assert [s[0] for s in memory] == [s[0] for s in disk] == ["kd-top-f0.25"]
+  for (_, train_m, test_m, extras_m), (_, train_d, test_d, extras_d) in zip(memory, disk):
+    assert isinstance(train_m.images, np.ndarray) and isinstance(test_m.images, np.ndarray)
+    assert data.is_stored(train_d.images) and data.is_stored(test_d.images)
+    assert train_d.size == len(ids) < 160 and test_d.size == 10000
+    np.testing.assert_array_equal(np.asarray(train_d.images), train_m.images)
+    np.testing.assert_array_equal(train_d.labels, train_m.labels)
+    assert set(extras_d) == set(extras_m) == {"teacher_logits"}
+    assert data.is_stored(extras_d["teacher_logits"])
+    np.testing.assert_array_equal(np.asarray(extras_d["teacher_logits"]),
+                                  extras_m["teacher_logits"])
+
+
+def test_tool_on_splits_on_disk_equals_the_tool_in_memory(teacher_run, tmp_path, monkeypatch):
+  """--max_in_memory_mb=0: the splits, the subset and its teacher logits stay on disk; the
+  students get the same rows, and the evaluation over the test split the same accuracy."""
+  memory_rows, memory = _run_tool(teacher_run, tmp_path / "memory", 2048, monkeypatch)
+  disk_rows, disk = _run_tool(teacher_run, tmp_path / "disk", 0, monkeypatch)
+  _check_same_students(tmp_path, memory, disk)
+  assert memory_rows == disk_rows and 0 < disk_rows[0]["test_accuracy"] < 1
+
+
+@pytest.mark.slow
+def test_students_trained_on_disk_equal_students_trained_in_memory(teacher_run, tmp_path,
+                                                                    monkeypatch):
+  memory_rows, memory = _run_tool(teacher_run, tmp_path / "memory", 2048, monkeypatch, True)
+  disk_rows, disk = _run_tool(teacher_run, tmp_path / "disk", 0, monkeypatch, True)
+  _check_same_students(tmp_path, memory, disk)
+  for row in memory_rows + disk_rows:
+    row.pop("wall_time_s")
+  assert memory_rows == disk_rows
 
 
 @pytest.mark.slow

@@ -176,6 +176,27 @@ def is_stored(values) -> bool:
   return hasattr(values, "read_rows")
 
 
+def take_rows(values, ids) -> np.ndarray:
+  """`values[ids]` in memory, for an array in memory or on disk (`streaming.StoredArray`).
+
+  From disk only those rows are read, in ascending id order (forward through the
+  file, rather than seeking back and forth), then put back in the order of `ids`.
+  """
+  if not is_stored(values):
+    return values[ids]
+  ids = np.asarray(ids, np.int64)
+  order = np.argsort(ids, kind="stable")
+  rows = values.read_rows(ids[order])
+  out = np.empty_like(rows)
+  out[order] = rows
+  return out
+
+
+def read_range(values, start: int, stop: int) -> np.ndarray:
+  """Rows [start, stop) in memory, of an array in memory or on disk (one read)."""
+  return values.read_range(start, stop) if is_stored(values) else values[start:stop]
+
+
 def _gatherer(values):
   """`fn(ids) -> rows of values`: a gather from a constant in memory, or reads by id from
   an array on disk (`streaming.StoredArray`)."""

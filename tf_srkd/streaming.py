@@ -105,6 +105,61 @@ class StoredArray:
     return values if dtype is None else values.astype(dtype)
 
 
+class StoredRows:
+  """Rows `ids` of an array on disk, read from it by id: a subset of a stored split
+  without a copy of its pixels (8 bytes per row in memory).
+
+  Row i is row `ids[i]` of `base`. It reads like a `StoredArray` (`read_rows`,
+  `read_range`, `window`), so batches, inference and logging treat it as one.
+  """
+
+  def __init__(self, base, ids):
+    self.base, self.ids = base, np.asarray(ids, np.int64)
+    self.dtype, self.row_shape = base.dtype, base.row_shape
+
+  def __len__(self):
+    return len(self.ids)
+
+  @property
+  def shape(self):
+    return (len(self),) + self.row_shape
+
+  def window(self, start: int, stop: int) -> "StoredRows":
+    """Rows [start, stop) of this array as an array of their own."""
+    return StoredRows(self.base, self.ids[start:stop])
+
+  def read_range(self, start, stop) -> np.ndarray:
+    """Rows [start, stop)."""
+    return self.base.read_rows(self.ids[int(start):int(stop)])
+
+  def read_rows(self, ids) -> np.ndarray:
+    """The rows with these ids (of this array), in the given order."""
+    return self.base.read_rows(self.ids[np.asarray(ids, np.int64)])
+
+  def __array__(self, dtype=None, copy=None):
+    """The whole array in memory (small arrays only: tests, checks)."""
+    del copy
+    values = self.read_range(0, len(self))
+    return values if dtype is None else values.astype(dtype)
+
+
+def take(values, ids, max_in_memory_mb: float = DEFAULT_MAX_IN_MEMORY_MB):
+  """Rows `ids` of a split's array (images, logits), in the order of `ids`.
+
+  An array in memory gives `values[ids]`. From an array on disk, rows that fit
+  in `max_in_memory_mb` are read into memory (only those rows,
+  `data.take_rows`); more (a large subset of a large split; 0: any) stay on
+  disk as `StoredRows`, read by id when used. Either way the values, and so
+  the batches made from them, are the same.
+  """
+  if not data.is_stored(values):
+    return values[ids]
+  row_bytes = int(np.prod(values.row_shape, dtype=np.int64)) * np.dtype(values.dtype).itemsize
+  if max_in_memory_mb > 0 and len(ids) * row_bytes / 2**20 <= max_in_memory_mb:
+    return data.take_rows(values, ids)
+  return StoredRows(values, ids)
+
+
 @functools.lru_cache(maxsize=1)
 def scratch_dir() -> str:
   """This process' directory for streamed splits and logits (removed at exit)."""
@@ -209,8 +264,8 @@ def predict_to_disk(network, images, batch_size: int, name: str) -> StoredArray:
   step = batch_size * 64
   try:
     for start in range(0, n, step):
-      window = images.window(start, min(start + step, n)) if isinstance(
-          images, StoredArray) else images[start:start + step]
+      window = images.window(start, min(start + step, n)) if data.is_stored(
+          images) else images[start:start + step]
       writer.append(data.predict_logits(network, window, batch_size))
   finally:
     writer.close()

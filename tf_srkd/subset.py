@@ -20,6 +20,10 @@ directory per student (`<method>-<ranking>-f<f>/`, reused when finished),
 per ranking, one panel per method); with MLflow on, one parent run with a child
 run per student and these files as artifacts. At f = 1 the three rankings are the
 same set: one student per method is trained and reported under all three.
+
+Splits above the run's `--max_in_memory_mb` stay on disk (`tf_srkd.streaming`),
+as in the run itself: a subset reads only its own rows, and a subset that is
+itself above the limit is read by id while its students train.
 """
 
 import dataclasses
@@ -179,19 +183,26 @@ def run(plan: Plan, tracker=None) -> list:
   from tf_srkd import data  # pylint: disable=import-outside-toplevel
   from tf_srkd import io_utils  # pylint: disable=import-outside-toplevel
   from tf_srkd import stages  # pylint: disable=import-outside-toplevel
+  from tf_srkd import streaming  # pylint: disable=import-outside-toplevel
   from tf_srkd import tracking  # pylint: disable=import-outside-toplevel
 
   config = plan.config
   spec = config.dataset_spec
   strategy = tf.distribute.get_strategy()
-  train = data.load_split(spec, "train", config.train_examples, config.download)
-  test = data.load_split(spec, "test", 0, config.download)
+  # In memory, or on disk above --max_in_memory_mb, as in `pipeline.run`.
+  train = streaming.load(spec, "train", config.train_examples, config.download,
+                         config.max_in_memory_mb)
+  test = streaming.load(spec, "test", 0, config.download, config.max_in_memory_mb)
   teacher = stages.load_stage(layout.teacher_stage(config.teacher_dir), strategy, spec, train.size)
   _check_output_dir(plan)
   out = config.output_dir
   os.makedirs(os.path.join(out, "ids"), exist_ok=True)
   io_utils.write_json(os.path.join(out, "settings.json"), settings_record(plan))
-  logits = stages.predict_logits(teacher.network, train.images, config.eval_batch_size)
+  if data.is_stored(train.images):  # On disk too, as in `pipeline.distill_students`.
+    logits = streaming.predict_to_disk(teacher.network, train.images, config.eval_batch_size,
+                                       "teacher_logits")
+  else:
+    logits = stages.predict_logits(teacher.network, train.images, config.eval_batch_size)
   tracker = tracker or tracking.NullTracker()
   rows = []
   with tracker.run(config, config_flags.to_flagfile(config)):
@@ -214,17 +225,29 @@ def run(plan: Plan, tracker=None) -> list:
   return rows
 
 
-def _train_student(plan, method, ranking, fraction, ids, train, test, logits, strategy, tracker):
+def subset_split(train, ids, max_in_memory_mb: float):
+  """The transfer set of a subset's students: the rows `ids` of `train`.
+
+  Its images are `streaming.take`'s: from a split on disk, only these rows are
+  read, and they stay on disk when they exceed `max_in_memory_mb`.
+  """
   from tf_srkd import data  # pylint: disable=import-outside-toplevel
+  from tf_srkd import streaming  # pylint: disable=import-outside-toplevel
+
+  return data.SplitArrays(streaming.take(train.images, ids, max_in_memory_mb), train.labels[ids])
+
+
+def _train_student(plan, method, ranking, fraction, ids, train, test, logits, strategy, tracker):
   from tf_srkd import distillation  # pylint: disable=import-outside-toplevel
   from tf_srkd import models  # pylint: disable=import-outside-toplevel
   from tf_srkd import modes  # pylint: disable=import-outside-toplevel
   from tf_srkd import stages  # pylint: disable=import-outside-toplevel
+  from tf_srkd import streaming  # pylint: disable=import-outside-toplevel
   from tf_srkd import training  # pylint: disable=import-outside-toplevel
 
   config = plan.config
   spec = config.dataset_spec
-  subset = data.SplitArrays(train.images[ids], train.labels[ids])
+  subset = subset_split(train, ids, config.max_in_memory_mb)
 
   def build():
     network = models.build_model(config.student_model, spec.image_shape, spec.num_classes)
@@ -240,7 +263,12 @@ def _train_student(plan, method, ranking, fraction, ids, train, test, logits, st
                            stage_dir=layout.StageDir(os.path.join(config.output_dir, name)),
                            epochs=plan.epochs_at(fraction), alpha=float("inf"),
                            learning_rate=config.distill_lr, mode=method)
-  extras = (lambda: {"teacher_logits": logits[ids]}) if method == "kd" else dict
+
+  def extras():  # Read only when the stage trains (a finished one is reused).
+    if method != "kd":
+      return {}
+    return {"teacher_logits": streaming.take(logits, ids, config.max_in_memory_mb)}
+
   return stages.run_stage(stage, config, strategy, subset, test, tracker, build, extras).metrics
 
 
