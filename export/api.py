@@ -18,6 +18,7 @@ imported; it therefore runs in a subprocess and is never imported here.
 
 import dataclasses
 import logging
+import math
 import os
 import subprocess
 import sys
@@ -39,6 +40,14 @@ from tf_srkd import layout
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def check_max_in_memory_mb(value: Optional[float]) -> Optional[float]:
+  """`value` if it is None (the default) or a finite number >= 0; ExportError otherwise."""
+  if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value)
+                                and value >= 0):
+    raise ExportError(f"--max_in_memory_mb={value}: expected a number >= 0")
+  return value
+
+
 def load_split(dataset, split: str, limit: int = 0, max_in_memory_mb: Optional[float] = None):
   """A split of a dataset (a registered name or a resolved `DatasetSpec`), with
   ExportError for a missing one.
@@ -58,7 +67,7 @@ def load_split(dataset, split: str, limit: int = 0, max_in_memory_mb: Optional[f
   from tf_srkd import streaming  # pylint: disable=import-outside-toplevel
 
   spec = dataset if isinstance(dataset, datasets.DatasetSpec) else datasets.get_dataset_spec(dataset)
-  if max_in_memory_mb is None:
+  if check_max_in_memory_mb(max_in_memory_mb) is None:
     max_in_memory_mb = streaming.DEFAULT_MAX_IN_MEMORY_MB
   try:
     return streaming.load(spec, split, int(limit), max_in_memory_mb=max_in_memory_mb)
@@ -72,7 +81,7 @@ class ExportData:
 
   def __init__(self, dataset, max_in_memory_mb: Optional[float] = None):
     self.dataset = dataset
-    self.max_in_memory_mb = max_in_memory_mb
+    self.max_in_memory_mb = check_max_in_memory_mb(max_in_memory_mb)
     self._splits = {}
 
   def split(self, name: str, limit: int = 0):
@@ -307,6 +316,7 @@ def export_run(run_dir: str, quantizations=convert_lib.QUANTIZATIONS, calibratio
     data = data or ExportData(student.spec, max_in_memory_mb)
     results[mode] = export_all(student, stage.tflite, quantizations, calibration=calibration,
                                qat_epochs=qat_epochs, data=data, tracking_uri=tracking_uri,
+                               max_in_memory_mb=max_in_memory_mb,
                                mlflow_run_id=(mlflow_run_ids or {}).get(mode), **kwargs)
   return results
 

@@ -14,6 +14,7 @@ the one import a Python caller needs.
 import os
 
 from export.api import ExportData
+from export.api import check_max_in_memory_mb
 from export.api import export_all
 from export.api import export_model
 from export.api import export_qat
@@ -74,6 +75,7 @@ def _define_flags():
 
 def _export(f) -> list:
   """Runs the export the parsed flags ask for; returns (name, result) rows."""
+  check_max_in_memory_mb(f.max_in_memory_mb)
   common = dict(calibration=f.calibration, num_calibration_samples=f.num_calibration_samples,
                 calibration_seed=f.calibration_seed, significance_path=f.significance,
                 dense_per_channel=f.dense_per_channel, test_examples=f.test_examples,

@@ -11,7 +11,7 @@ import numpy as np
 
 from export.errors import ExportError
 
-#: Test images read at a time from a split on disk (38 MiB of 224x224 RGB pixels).
+#: Test images read at a time from a split on disk (256 x 224x224 RGB uint8 pixels = 36.75 MiB).
 CHUNK_ROWS = 256
 
 

@@ -50,19 +50,38 @@ def auto_workers(cpus: int, memory_bytes) -> int:
   return max(1, int(workers))
 
 
-def pytest_xdist_auto_num_workers(config):
+def pytest_xdist_auto_num_workers(config) -> "int | None":
+  """pytest-xdist hook: the worker count `-n auto` uses.
+
+  Args:
+    config: pytest's config (unused).
+
+  Returns:
+    `auto_workers` for this machine, or None (xdist's own rule) when the user pinned it
+    with PYTEST_XDIST_AUTO_NUM_WORKERS, which xdist documents as the override.
+  """
   del config
+  if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
+    return None
   return auto_workers(usable_cpus(), available_memory_bytes())
 
 
+#: The thread variables this conftest set in this worker, name -> value (empty when it
+#: set none: one worker, or the user had set them).
+THREAD_VARIABLES_SET = {}
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
 if _WORKERS > 1:
   # N workers share the machine: each one's TensorFlow, and the CLI processes its tests
   # start (they inherit the environment), gets its share of the cores. N processes each
   # running pools of every core oversubscribe the CPU and were slower than running the
-  # tests one after another. Set before any test module imports TensorFlow.
+  # tests one after another. TensorFlow reads them once, when it is imported.
+  if "tensorflow" in sys.modules:
+    import warnings
+    warnings.warn("tensorflow was imported before tests/conftest.py: its thread pools "
+                  "ignore the per-worker share of the cores")
   for _name in TF_THREAD_VARIABLES:
-    os.environ.setdefault(_name, str(max(1, usable_cpus() // _WORKERS)))
+    if _name not in os.environ:
+      os.environ[_name] = THREAD_VARIABLES_SET[_name] = str(max(1, usable_cpus() // _WORKERS))
 
 
 def pytest_configure(config):

@@ -15,6 +15,7 @@ import pytest
 from export import calibration
 from export import tflite
 from export import verify as verify_lib
+from tests import litert_run
 from tests.conftest import ROOT
 
 # Under pytest-xdist (`-n`) this file's tests stay on one worker: they share trained runs in
@@ -48,26 +49,6 @@ def test_split():
   return tflite.load_split("mnist", "test", 0)
 
 
-def _interpreter(path):
-  from ai_edge_litert.interpreter import Interpreter  # pylint: disable=import-outside-toplevel
-
-  interpreter = Interpreter(model_path=path, num_threads=1)
-  interpreter.allocate_tensors()
-  return interpreter
-
-
-def _run(interpreter, images):
-  (inp,), (out,) = interpreter.get_input_details(), interpreter.get_output_details()
-  scale, zero_point = out["quantization"]
-  rows = []
-  for i in range(images.shape[0]):
-    interpreter.set_tensor(inp["index"], images[i:i + 1])
-    interpreter.invoke()
-    value = interpreter.get_tensor(out["index"])[0]
-    rows.append(scale * (value.astype(np.float32) - zero_point) if scale else value)
-  return np.stack(rows)
-
-
 # -- round trips -------------------------------------------------------------------------
 
 
@@ -82,7 +63,7 @@ def test_each_quantization_round_trips_in_litert(student_path, test_split, tmp_p
 
   assert os.path.isfile(output)
   assert os.path.getsize(output) == result["size_bytes"] > 0
-  interpreter = _interpreter(output)
+  interpreter = litert_run.interpreter(output)
   (inp,), (out,) = interpreter.get_input_details(), interpreter.get_output_details()
   assert list(inp["shape"]) == [1, 28, 28, 1] and inp["dtype"] == np.uint8
   assert list(out["shape"]) == [1, 10]
@@ -93,7 +74,7 @@ def test_each_quantization_round_trips_in_litert(student_path, test_split, tmp_p
   assert v["test_examples"] == test_split.size == 10000  # The whole test split.
   assert v["num_threads"] == 1 and v["latency_ms_median"] > 0
   assert abs(v["keras_test_accuracy"] - v["tflite_test_accuracy"]) < 0.03
-  probabilities = _run(interpreter, test_split.images[:200])
+  probabilities = litert_run.run(interpreter, test_split.images[:200])
   np.testing.assert_allclose(probabilities.sum(axis=-1), 1.0, atol=0.05)
   if quantization == "float32":
     assert v["identical_argmax"] and v["argmax_agreement"] == 1.0
@@ -120,7 +101,8 @@ def test_raw_uint8_input_gives_the_keras_class_on_the_float_path(student_path, t
   tflite.export_model(student_path, output, "float32", test_examples=500)
   images = test_split.images[:500]
   assert images.dtype == np.uint8
-  probabilities = _run(_interpreter(output), images)  # Raw pixels, no scaling by the caller.
+  # Raw pixels, no scaling by the caller.
+  probabilities = litert_run.run(litert_run.interpreter(output), images)
   model = keras.models.load_model(student_path, compile=False)
   logits = np.asarray(model(images.astype(np.float32) / 255.0, training=False))
   np.testing.assert_array_equal(probabilities.argmax(-1), logits.argmax(-1))
@@ -206,113 +188,6 @@ def test_range_anchor_only_when_the_pixels_do_not_span_0_to_255():
   anchored, added = calibration.with_range_anchor(dim)
   assert added and anchored.shape[0] == 3 and anchored.min() == 0 and anchored.max() == 255
   np.testing.assert_array_equal(anchored[:2], dim)
-
-
-# -- splits on disk (--max_in_memory_mb) ----------------------------------------------------------
-
-
-@pytest.mark.parametrize("method", calibration.CALIBRATIONS)
-def test_calibration_reads_only_its_rows_from_a_split_on_disk(method, monkeypatch):
-  from tf_srkd import data  # pylint: disable=import-outside-toplevel
-  from tf_srkd import datasets  # pylint: disable=import-outside-toplevel
-
-  spec = datasets.get_dataset_spec("mnist")
-  memory = tflite.load_split(spec, "train", 200)
-  stored = tflite.load_split(spec, "train", 200, max_in_memory_mb=0)
-  assert isinstance(memory.images, np.ndarray) and data.is_stored(stored.images)
-  read = []
-  read_rows = stored.images.read_rows
-  monkeypatch.setattr(stored.images, "read_rows", lambda ids: read.append(len(ids)) or
-                      read_rows(ids))
-  monkeypatch.setattr(stored.images, "read_range", None)  # Never the whole split.
-  significance = np.random.default_rng(1).random(200).astype(np.float32)
-  a = calibration.calibration_set(spec, memory, method, 50, 3, significance)
-  b = calibration.calibration_set(spec, stored, method, 50, 3, significance)
-  assert read == [50]
-  np.testing.assert_array_equal(a[0], b[0])
-  assert a[1] == b[1]
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-  """A run directory (200 training examples) with an untrained student and a significance:
-  what an export reads, without training anything."""
-  import keras  # pylint: disable=import-outside-toplevel
-
-  from tf_srkd import io_utils  # pylint: disable=import-outside-toplevel
-  from tf_srkd import layout  # pylint: disable=import-outside-toplevel
-
-  run = layout.RunDir(str(tmp_path_factory.mktemp("tiny_run")))
-  io_utils.write_json(run.run_config, {"dataset": "mnist", "train_examples": 200})
-  keras.utils.set_random_seed(0)
-  model = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Conv2D(4, 3, strides=2),
-                            keras.layers.Flatten(), keras.layers.Dense(10)])
-  os.makedirs(run.student("conventional").path)
-  io_utils.save_keras(run.student("conventional").model, model)
-  os.makedirs(run.teacher.path)
-  io_utils.save_npy(run.teacher.significance,
-                    np.random.default_rng(0).random(200).astype(np.float32))
-  return run
-
-
-def test_export_from_splits_on_disk_equals_export_from_memory(tiny_run, tmp_path, monkeypatch):
-  """max_in_memory_mb=0: calibration and verification read the splits from disk (the test
-  split in chunks) and give the same file and the same numbers."""
-  from tf_srkd import data  # pylint: disable=import-outside-toplevel
-  from tf_srkd import streaming  # pylint: disable=import-outside-toplevel
-
-  monkeypatch.setattr(verify_lib, "CHUNK_ROWS", 64)  # 300 test images: 5 chunks, the last short.
-  ranges = []
-  read_range = streaming.StoredArray.read_range
-  monkeypatch.setattr(streaming.StoredArray, "read_range", lambda self, start, stop: (
-      ranges.append((int(start), int(stop))) or read_range(self, start, stop)))
-
-  def whole(*_):
-    raise AssertionError("a split on disk was read whole")
-
-  monkeypatch.setattr(streaming.StoredArray, "__array__", whole)
-  seen = []
-  real_verify, real_calibration = verify_lib.verify, calibration.calibration_set
-  monkeypatch.setattr(verify_lib, "verify", lambda tflite_bytes, images, *args, **kwargs: (
-      seen.append(("test", images)) or real_verify(tflite_bytes, images, *args, **kwargs)))
-  monkeypatch.setattr(calibration, "calibration_set", lambda spec, train, *args: (
-      seen.append(("train", train.images)) or real_calibration(spec, train, *args)))
-  model = tiny_run.student("conventional").model
-  results = {}
-  for name, limit in (("memory", None), ("disk", 0)):
-    results[name] = tflite.export_model(model, str(tmp_path / name / "m.tflite"), "int8",
-                                        calibration="significant", test_examples=300,
-                                        max_in_memory_mb=limit)
-  assert [(split, data.is_stored(images)) for split, images in seen] == [
-      ("train", False), ("test", False), ("train", True), ("test", True)]
-  assert len(seen[1][1]) == len(seen[3][1]) == 300
-  # Keras' outputs in one inference batch (512 > 300 rows), then verification by chunks.
-  assert ranges == [(0, 300), (0, 64), (64, 128), (128, 192), (192, 256), (256, 300)]
-  memory, disk = results["memory"], results["disk"]
-  assert (tmp_path / "memory/m.tflite").read_bytes() == (tmp_path / "disk/m.tflite").read_bytes()
-  assert memory["calibration"] == disk["calibration"]
-  timing = ("latency_ms_median", "latency_ms_p90")
-  assert ({k: v for k, v in memory["verification"].items() if k not in timing}
-          == {k: v for k, v in disk["verification"].items() if k not in timing})
-  # And the same as running the file over those images here, one by one.
-  test = tflite.load_split("mnist", "test", 300)
-  predicted = _run(_interpreter(str(tmp_path / "disk/m.tflite")), test.images).argmax(-1)
-  assert disk["verification"]["tflite_test_accuracy"] == float(np.mean(predicted == test.labels))
-  assert disk["verification"]["test_examples"] == 300
-
-
-def test_the_runs_export_passes_its_max_in_memory_mb(tmp_path, monkeypatch):
-  """`--export` (tf_srkd.main) exports with the run's --max_in_memory_mb."""
-  from export import api  # pylint: disable=import-outside-toplevel
-  from tf_srkd import config as config_lib  # pylint: disable=import-outside-toplevel
-  from tf_srkd import main as main_lib  # pylint: disable=import-outside-toplevel
-  from tf_srkd import tracking  # pylint: disable=import-outside-toplevel
-
-  calls = []
-  monkeypatch.setattr(api, "export_run", lambda *args, **kwargs: calls.append(kwargs) or {})
-  config = config_lib.Config(output_dir=str(tmp_path), export=("float32",), max_in_memory_mb=7)
-  main_lib.export_students(config, ["conventional"], tracking.NullTracker())
-  assert [c["max_in_memory_mb"] for c in calls] == [7]
 
 
 # -- errors: clear message, nothing written -------------------------------------------------------
@@ -472,7 +347,7 @@ def test_qat_export_in_a_subprocess(run_dir, tmp_path):
   assert result["qat"]["weight_by_significance"] and result["qat"]["epochs"] == 1
   assert result["qat"]["train_examples"] == 256
   assert result["verification"]["test_examples"] == 500
-  interpreter = _interpreter(output)
+  interpreter = litert_run.interpreter(output)
   assert interpreter.get_output_details()[0]["dtype"] == np.int8
   assert sorted(os.listdir(tmp_path / "qat")) == ["labels.txt", "model_int8_qat.json",
                                                   "model_int8_qat.tflite"]

@@ -63,9 +63,22 @@ def test_where_samples_go():
 
 def test_late_misclassified_share_is_the_training_error_over_participation():
   history = [{"participation_fraction": f, "accuracy": a}
-             for f, a in ((0.9, 0.2), (0.5, 0.6), (0.04, 0.99), (0.02, 0.995), (0.0, 1.0))]
+             for f, a in ((0.9, 0.2), (0.5, 0.6), (0.04, 0.99), (0.02, 0.995), (0.0, 0.97))]
   got = fidelity.where_samples_go(history)
-  # Epochs 2-4; epoch 4 has no participant (an idle epoch) and adds nothing.
+  # Epochs 2-4; epoch 4 has no participant (an idle epoch, whose `accuracy` is the cached
+  # one) and adds nothing, although its accuracy is not 1.
   assert got["late_misclassified_share"] == pytest.approx((0.01 + 0.005) / (0.04 + 0.02))
   assert "late_misclassified_share" not in fidelity.where_samples_go(
       [{"participation_fraction": 0.1}] * 4)
+
+
+def test_table_renders_the_late_shares():
+  per_seed = [{model: dict(values, late_participation=0.01, late_misclassified_share=share)
+               for (model, values), share in zip(seed.items(), (0.05, 0.35, 0.25))}
+              for seed in PER_SEED]
+  text = fidelity.fidelity_table("mnist", per_seed)
+  header = text.splitlines()[0].split(" | ")
+  column = header.index("of which misclassified (2nd half)")
+  rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ") for line in text.splitlines()[2:5]}
+  assert [rows[m][column] for m in ("teacher", "regulated", "hybrid")] == ["5%", "35%", "25%"]
+  assert all(rows[m][column - 1] == "1.000%" for m in rows)

@@ -29,7 +29,20 @@ def test_usable_cpus_and_memory_are_read():
 def test_each_worker_gives_tensorflow_its_share_of_the_cores():
   workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
   if workers < 2:
+    assert not conftest.THREAD_VARIABLES_SET
     pytest.skip("not running under pytest-xdist with several workers")
   share = str(max(1, conftest.usable_cpus() // workers))
   for name in conftest.TF_THREAD_VARIABLES:
-    assert os.environ.get(name) == share, name
+    if name in conftest.THREAD_VARIABLES_SET:
+      assert conftest.THREAD_VARIABLES_SET[name] == share, name
+      assert os.environ.get(name) == share, name
+    else:  # the user's own setting wins and is left alone
+      assert os.environ.get(name), name
+
+
+def test_the_user_can_pin_the_worker_count(monkeypatch):
+  monkeypatch.setenv("PYTEST_XDIST_AUTO_NUM_WORKERS", "3")
+  assert conftest.pytest_xdist_auto_num_workers(None) is None
+  monkeypatch.delenv("PYTEST_XDIST_AUTO_NUM_WORKERS")
+  assert conftest.pytest_xdist_auto_num_workers(None) == conftest.auto_workers(
+      conftest.usable_cpus(), conftest.available_memory_bytes())

@@ -13,6 +13,8 @@ from tf_srkd import pipeline
 from tf_srkd import tracking
 
 N = 96
+# Tests sharing the module fixture run on one pytest-xdist worker, which builds it once.
+SHARES_MOCK_RUN = pytest.mark.xdist_group("test_pipeline_mock_run")
 
 
 def smoke_config(out, **overrides):
@@ -30,6 +32,7 @@ def mock_run(tmp_path_factory):
   return out, summary
 
 
+@SHARES_MOCK_RUN
 def test_all_four_modes_write_the_output_contract(mock_run):
   out, summary = mock_run
   for name in ("flags.txt", "run_config.json", "summary.json", "teacher/model.keras",
@@ -60,6 +63,7 @@ def test_all_four_modes_write_the_output_contract(mock_run):
   assert "--modes=conventional,significance,regulated,hybrid" in (out / "flags.txt").read_text()
 
 
+@SHARES_MOCK_RUN
 def test_history_has_every_epoch(mock_run):
   out, _ = mock_run
   metrics = json.loads((out / "teacher/metrics.json").read_text())
@@ -71,6 +75,7 @@ def test_history_has_every_epoch(mock_run):
   assert sum(h["participation_fraction"] for h in history) * N == pytest.approx(counts.sum(), abs=1e-3)
 
 
+@SHARES_MOCK_RUN
 def test_rerun_reuses_finished_stages(mock_run):
   out, summary = mock_run
   before = {p: os.path.getmtime(p) for p in out.rglob("*.keras")}
@@ -80,6 +85,7 @@ def test_rerun_reuses_finished_stages(mock_run):
   assert {p: os.path.getmtime(p) for p in out.rglob("*.keras")} == before
 
 
+@SHARES_MOCK_RUN
 def test_different_settings_are_refused_then_moved_aside(mock_run, tmp_path):
   out, _ = mock_run
   with pytest.raises(config_lib.ConfigError, match="different settings \\(epochs\\)"):
@@ -87,6 +93,7 @@ def test_different_settings_are_refused_then_moved_aside(mock_run, tmp_path):
       pipeline.run(smoke_config(out, epochs=3))
 
 
+@SHARES_MOCK_RUN
 @pytest.mark.slow
 def test_teacher_dir_reuse_distills_without_training_a_teacher(mock_run, tmp_path):
   out, summary = mock_run

@@ -22,6 +22,8 @@ from tf_srkd import disk_errors
 from tf_srkd import pipeline
 
 N = 96
+# Tests sharing the module fixture run on one pytest-xdist worker, which builds it once.
+SHARES_TEACHERS = pytest.mark.xdist_group("test_reliability_teachers")
 
 
 def smoke_config(out, **overrides):
@@ -71,6 +73,7 @@ def teachers(tmp_path_factory):
   return root / "A", root / "B"
 
 
+@SHARES_TEACHERS
 def test_another_teacher_is_refused_on_the_same_output_dir(tmp_path, teachers):
   a, b = teachers
   out = tmp_path / "D"
@@ -90,6 +93,7 @@ def test_identity_without_teacher_dir_is_unchanged():
   assert config_lib.identity(config, "ab")["teacher_sha256"] == "ab"
 
 
+@SHARES_TEACHERS
 def test_stages_without_run_config_are_refused_unless_overwrite(tmp_path, teachers):
   out = tmp_path / "D"
   run(smoke_config(out, stage="distill", teacher_dir=str(teachers[0])))

@@ -49,7 +49,9 @@ def where_samples_go(history, participation=None, significance=None) -> dict:
     epochs' participations that are samples the model misclassified at the
     gate (Algorithm 1/3 admit every misclassified sample, and the epoch's
     `accuracy` is over the gate's predictions of every sample, so it is
-    sum(1 - accuracy) / sum(participation fraction)); with both arrays,
+    sum(1 - accuracy) / sum(participation fraction); only meaningful for the
+    paper's `self_regulated` gate, the one the fidelity protocol runs: other
+    policies do not admit every misclassified sample); with both arrays,
     `zero_significance_share`: the share of all participations spent on
     samples of significance 0 (they pass the gate but add nothing to the loss).
   """
