@@ -34,7 +34,8 @@ from export.source import Student
 from export.source import load_student
 
 __all__ = ["CALIBRATIONS", "DEFAULT_CALIBRATION_SAMPLES", "ExportData", "ExportError",
-           "QUANTIZATIONS", "Student", "calibration_indices", "export_all", "export_model",
+           "QUANTIZATIONS", "Student", "calibration_indices", "check_max_in_memory_mb", "export_all",
+           "export_model",
            "export_qat", "export_run", "format_results", "load_split", "load_student",
            "sidecar_path"]
 

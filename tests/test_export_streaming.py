@@ -116,7 +116,12 @@ def test_the_runs_export_passes_its_max_in_memory_mb(tmp_path, monkeypatch):
   assert [c["max_in_memory_mb"] for c in calls] == [7]
 
 
-@pytest.mark.parametrize("value", [-1.0, float("nan"), float("inf")])
+def test_max_in_memory_mb_accepts_the_default_zero_and_inf():
+  for value in (None, 0, 7.5, float("inf")):
+    assert tflite.check_max_in_memory_mb(value) == value
+
+
+@pytest.mark.parametrize("value", [-1.0, float("nan"), float("-inf")])
 def test_a_bad_max_in_memory_mb_is_refused_before_anything_is_written(tiny_run, tmp_path, value):
   output = tmp_path / "out" / "m.tflite"
   with pytest.raises(tflite.ExportError, match=r"--max_in_memory_mb=.*expected a number >= 0"):
