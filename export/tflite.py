@@ -34,10 +34,9 @@ from export.source import Student
 from export.source import load_student
 
 __all__ = ["CALIBRATIONS", "DEFAULT_CALIBRATION_SAMPLES", "ExportData", "ExportError",
-           "QUANTIZATIONS", "Student", "calibration_indices", "check_max_in_memory_mb", "export_all",
-           "export_model",
-           "export_qat", "export_run", "format_results", "load_split", "load_student",
-           "sidecar_path"]
+           "QUANTIZATIONS", "Student", "calibration_indices", "check_max_in_memory_mb",
+           "export_all", "export_model", "export_qat", "export_run", "format_results",
+           "load_split", "load_student", "sidecar_path"]
 
 
 def _define_flags():
