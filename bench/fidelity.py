@@ -34,8 +34,6 @@ from tf_srkd import fidelity
 from tf_srkd import layout
 
 
-
-
 def parse_args(argv):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--dataset", default="mnist", choices=sorted(fidelity.TEACHER_ALPHA))

@@ -46,10 +46,15 @@ def top_vs_random(rows):
     fractions = sorted(f for m, k, f in accuracy if m == method and k == "top" and f < 1)
     pairs = [(f, accuracy[(method, "top", f)] - accuracy[(method, "random", f)])
              for f in fractions if (method, "random", f) in accuracy]
-    wins = ", ".join(f"{f:g} ({d * 100:+.1f} pt)" for f, d in pairs if d > 0) or "none"
-    losses = ", ".join(f"{f:g} ({d * 100:+.1f} pt)" for f, d in pairs if d <= 0) or "none"
-    lines.append(f"{method}: top-significance beats random at f = {wins}; "
-                 f"does not at f = {losses}.")
+    wins = ", ".join(f"{f:g} ({d * 100:+.1f} pt)" for f, d in pairs if d > 0)
+    losses = ", ".join(f"{f:g} ({d * 100:+.1f} pt)" for f, d in pairs if d <= 0)
+    if wins and losses:
+      verdict = f"beats random at f = {wins}; does not at f = {losses}"
+    elif wins:
+      verdict = f"beats random at every fraction: f = {wins}"
+    else:
+      verdict = f"never beats random: f = {losses or 'none measured'}"
+    lines.append(f"{method}: top-significance {verdict}.")
   return lines
 
 
