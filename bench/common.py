@@ -78,7 +78,19 @@ def machine_description():
 
 
 def code_version():
-  """The commit the library was measured at, and whether `tf_srkd/` had local edits."""
+  """The commit the library was measured at (HEAD when this process first asked, i.e.
+  when a benchmark starts: a later commit during a long run does not relabel it), and
+  whether `tf_srkd/` had local edits."""
+  global _CODE_VERSION
+  if _CODE_VERSION is None:
+    _CODE_VERSION = _read_code_version()
+  return _CODE_VERSION
+
+
+_CODE_VERSION = None
+
+
+def _read_code_version():
   import subprocess  # pylint: disable=import-outside-toplevel
 
   try:
@@ -393,3 +405,7 @@ def read_metrics(stage_dir):
   ran = [h for h in metrics.get("history", []) if not h.get("skipped_epoch")]
   metrics["epoch_s"] = metrics["wall_time_s"] / len(ran) if ran else None
   return metrics
+
+
+# The commit is read when a benchmark imports this module, i.e. when it starts.
+code_version()

@@ -52,8 +52,10 @@ def top_vs_random(rows):
       verdict = f"beats random at f = {wins}; does not at f = {losses}"
     elif wins:
       verdict = f"beats random at every fraction: f = {wins}"
+    elif losses:
+      verdict = f"never beats random: f = {losses}"
     else:
-      verdict = f"never beats random: f = {losses or 'none measured'}"
+      verdict = "has no top/random pair measured"
     lines.append(f"{method}: top-significance {verdict}.")
   return lines
 

@@ -19,6 +19,7 @@ imported; it therefore runs in a subprocess and is never imported here.
 import dataclasses
 import logging
 import math
+import numbers
 import os
 import subprocess
 import sys
@@ -43,8 +44,8 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def check_max_in_memory_mb(value: Optional[float]) -> Optional[float]:
   """`value` if it is None (the default) or a number >= 0 (inf: always in memory, as QAT
   asks); ExportError otherwise."""
-  if value is not None and not (isinstance(value, (int, float)) and not math.isnan(value)
-                                and value >= 0):
+  if value is not None and not (isinstance(value, numbers.Real) and not isinstance(value, bool)
+                                and not math.isnan(value) and value >= 0):
     raise ExportError(f"--max_in_memory_mb={value}: expected a number >= 0")
   return value
 

@@ -76,9 +76,10 @@ if _WORKERS > 1:
   # running pools of every core oversubscribe the CPU and were slower than running the
   # tests one after another. TensorFlow reads them once, when it is imported.
   if "tensorflow" in sys.modules:
-    import warnings
-    warnings.warn("tensorflow was imported before tests/conftest.py: its thread pools "
-                  "ignore the per-worker share of the cores")
+    # stderr, not warnings.warn: pytest.ini ignores UserWarning, and this runs before
+    # pytest could show a warning anyway.
+    sys.stderr.write("tests/conftest.py: tensorflow was imported before it; its thread pools "
+                     "ignore the per-worker share of the cores\n")
   for _name in TF_THREAD_VARIABLES:
     if _name not in os.environ:
       os.environ[_name] = THREAD_VARIABLES_SET[_name] = str(max(1, usable_cpus() // _WORKERS))

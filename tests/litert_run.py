@@ -3,7 +3,7 @@
 import numpy as np
 
 
-def interpreter(path: str):
+def load(path: str):
   """A LiteRT interpreter for the .tflite at `path`, allocated, one thread."""
   from ai_edge_litert.interpreter import Interpreter  # pylint: disable=import-outside-toplevel
 

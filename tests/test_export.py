@@ -63,7 +63,7 @@ def test_each_quantization_round_trips_in_litert(student_path, test_split, tmp_p
 
   assert os.path.isfile(output)
   assert os.path.getsize(output) == result["size_bytes"] > 0
-  interpreter = litert_run.interpreter(output)
+  interpreter = litert_run.load(output)
   (inp,), (out,) = interpreter.get_input_details(), interpreter.get_output_details()
   assert list(inp["shape"]) == [1, 28, 28, 1] and inp["dtype"] == np.uint8
   assert list(out["shape"]) == [1, 10]
@@ -102,7 +102,7 @@ def test_raw_uint8_input_gives_the_keras_class_on_the_float_path(student_path, t
   images = test_split.images[:500]
   assert images.dtype == np.uint8
   # Raw pixels, no scaling by the caller.
-  probabilities = litert_run.run(litert_run.interpreter(output), images)
+  probabilities = litert_run.run(litert_run.load(output), images)
   model = keras.models.load_model(student_path, compile=False)
   logits = np.asarray(model(images.astype(np.float32) / 255.0, training=False))
   np.testing.assert_array_equal(probabilities.argmax(-1), logits.argmax(-1))
@@ -347,7 +347,7 @@ def test_qat_export_in_a_subprocess(run_dir, tmp_path):
   assert result["qat"]["weight_by_significance"] and result["qat"]["epochs"] == 1
   assert result["qat"]["train_examples"] == 256
   assert result["verification"]["test_examples"] == 500
-  interpreter = litert_run.interpreter(output)
+  interpreter = litert_run.load(output)
   assert interpreter.get_output_details()[0]["dtype"] == np.int8
   assert sorted(os.listdir(tmp_path / "qat")) == ["labels.txt", "model_int8_qat.json",
                                                   "model_int8_qat.tflite"]

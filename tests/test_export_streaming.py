@@ -2,6 +2,8 @@
 verification reads the test split in chunks, same file and numbers as from memory."""
 
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -10,6 +12,7 @@ from export import calibration
 from export import tflite
 from export import verify as verify_lib
 from tests import litert_run
+from tests.conftest import ROOT
 
 
 @pytest.mark.parametrize("method", calibration.CALIBRATIONS)
@@ -97,7 +100,8 @@ def test_export_from_splits_on_disk_equals_export_from_memory(tiny_run, tmp_path
           == {k: v for k, v in disk["verification"].items() if k not in timing})
   # And the same as running the file over those images here, one by one.
   test = tflite.load_split("mnist", "test", 300)
-  predicted = litert_run.run(litert_run.interpreter(str(tmp_path / "disk/m.tflite")), test.images).argmax(-1)
+  interpreter = litert_run.load(str(tmp_path / "disk/m.tflite"))
+  predicted = litert_run.run(interpreter, test.images).argmax(-1)
   assert disk["verification"]["tflite_test_accuracy"] == float(np.mean(predicted == test.labels))
   assert disk["verification"]["test_examples"] == 300
 
@@ -128,3 +132,17 @@ def test_a_bad_max_in_memory_mb_is_refused_before_anything_is_written(tiny_run, 
     tflite.export_model(tiny_run.student("conventional").model, str(output), "float32",
                         max_in_memory_mb=value)
   assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_the_cli_refuses_a_bad_max_in_memory_mb_with_status_2(tiny_run, tmp_path):
+  output = tmp_path / "cli" / "m.tflite"
+  result = subprocess.run(
+      [sys.executable, "-m", "export.tflite", f"--model={tiny_run.student('conventional').model}",
+       "--quantization=float32", f"--output={output}", "--max_in_memory_mb=-1"],
+      cwd=ROOT, capture_output=True, text=True, timeout=300,
+      env=dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3"))
+  assert result.returncode == 2, result.stderr[-2000:]
+  errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+  assert errors == ["error: --max_in_memory_mb=-1.0: expected a number >= 0"], result.stderr[-2000:]
+  assert not (tmp_path / "cli").exists()
