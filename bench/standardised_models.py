@@ -2,9 +2,8 @@
 
 Factories for the ``package.module:function`` model source: the paper's LeNet-5
 and LeNet-5-half behind a fixed per-channel standardisation layer, so that the
-pipeline's [0, 1] images reach the convolutions as (x - mean) / std. The
-statistics are MNIST's training-set mean and standard deviation (0.1307 and
-0.3081; Fashion-MNIST's are 0.2860 and 0.3530). Used as
+pipeline's [0, 1] images reach the convolutions as (x - mean) / std, with
+MNIST's training-set mean and standard deviation (0.1307 and 0.3081). Used as
 
   PYTHONPATH=bench python bench/fidelity.py --dataset=mnist --seeds=0 --distill_epochs=50 \\
       --label=screen_std --teacher_flags=--teacher_model=standardised_models:lenet5 \\
@@ -15,12 +14,11 @@ import keras
 
 from tf_srkd import models
 
-# (mean, std) of the training images in [0, 1], by number of input pixels.
-_STATISTICS = {"mnist": (0.1307, 0.3081), "fashion_mnist": (0.2860, 0.3530)}
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081  # Of the training images in [0, 1].
 
 
-def _standardised(name, input_shape, num_classes, dataset="mnist"):
-  mean, std = _STATISTICS[dataset]
+def _standardised(name, input_shape, num_classes):
+  mean, std = MNIST_MEAN, MNIST_STD
   inputs = keras.Input(shape=input_shape, name="image")
   x = keras.layers.Normalization(mean=mean, variance=std * std, name="standardise")(inputs)
   logits = models.build_model(name, input_shape, num_classes)(x)
