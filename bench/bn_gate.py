@@ -19,6 +19,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # pylint: disable=wrong-import-position
+import whole_runs  # pylint: disable=wrong-import-position
 
 BACKWARDS = ("masked", "compact")
 MODES = ("regulated", "hybrid")
@@ -38,8 +39,8 @@ def parse_args(argv=None):
   p.add_argument("--distill_alpha", default="0.04")
   p.add_argument("--train_examples", type=int, default=10000)
   p.add_argument("--batch_size", type=int, default=256)
-  common.add_run_args(p, "bench_bn_gate", "seconds: 128 examples, 1 epoch")
-  args = common.apply_quick(p.parse_args(argv))
+  whole_runs.add_run_args(p, "bench_bn_gate", "seconds: 128 examples, 1 epoch")
+  args = whole_runs.apply_quick(p.parse_args(argv))
   if args.dataset != "cifar10":  # Never reuse another dataset's finished runs.
     args.output_root = args.output_root.rstrip(os.sep) + f"_{args.dataset}"
   return args
@@ -53,18 +54,18 @@ def main(argv=None):
                   f"--train_examples={args.train_examples}", f"--batch_size={args.batch_size}",
                   *args.extra]
   teacher_dir = os.path.join(args.output_root, "teacher")
-  common.run_main([*common_flags, "--stage=teacher", f"--teacher_model={args.teacher}",
+  whole_runs.run_main([*common_flags, "--stage=teacher", f"--teacher_model={args.teacher}",
                    f"--epochs={args.epochs}"], teacher_dir, log)
   rows = []
   for backward in BACKWARDS:
     out = os.path.join(args.output_root, backward)
-    common.run_main([*common_flags, "--stage=distill", f"--teacher_dir={teacher_dir}",
+    whole_runs.run_main([*common_flags, "--stage=distill", f"--teacher_dir={teacher_dir}",
                      f"--student_model={args.student}", f"--backward={backward}",
                      f"--distill_epochs={args.distill_epochs}",
                      f"--distill_alpha={args.distill_alpha}", f"--modes={','.join(MODES)}"],
                     out, log)
     for mode in MODES:
-      m = common.read_metrics(os.path.join(out, "students", mode))
+      m = whole_runs.read_metrics(os.path.join(out, "students", mode))
       last = m["history"][-1] if m["history"] else {}
       rows.append([mode, backward, f"{m['test_accuracy']:.4f}", f"{m['zeta']:.2%}",
                    f"{last.get('participation_fraction', float('nan')):.2%}",

@@ -29,8 +29,9 @@ RESULTS_PATH = os.path.join(BENCH_DIR, "RESULTS.md")
 #: The prepared TFDS datasets next to the checkout, as the tests use them (if present).
 SHARED_TFDS = os.path.join(os.path.dirname(REPO_ROOT), "shared", "tfds")
 
-if REPO_ROOT not in sys.path:
-  sys.path.insert(0, REPO_ROOT)
+# First, even where it is already on the path (Bazel's runfiles root is): ahead of bench/,
+# the running script's own directory, whose export.py would shadow the `export` package.
+sys.path[:] = [REPO_ROOT] + [p for p in sys.path if p != REPO_ROOT]
 if not os.environ.get("TFDS_DATA_DIR") and os.path.isdir(SHARED_TFDS):
   os.environ["TFDS_DATA_DIR"] = SHARED_TFDS
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -350,61 +351,6 @@ class CompileSettings:
 
 #: No XLA, one step per call (as the plain Keras models these benchmarks compare with).
 NoJit = CompileSettings()
-
-
-# -- whole runs (issue 12) -------------------------------------------------------
-
-
-def add_run_args(parser, run_name, quick_help):
-  """The arguments of a script that drives `tf_srkd.main` runs: `--output_root`
-  (default runs/`run_name`), `--extra` (repeatable), `--quick` (`quick_help`) and
-  `--no_write`; `apply_quick` shrinks the parsed ones."""
-  parser.add_argument("--output_root", default=os.path.join(REPO_ROOT, "runs", run_name))
-  parser.add_argument("--extra", action="append", default=[], help="extra tf_srkd.main flag")
-  parser.add_argument("--quick", action="store_true", help=quick_help)
-  parser.add_argument("--no_write", action="store_true", help="do not touch bench/RESULTS.md")
-
-
-def apply_quick(args, **more):
-  """With `--quick`: one teacher and one distillation epoch on 128 examples in
-  batches of 64, the attributes in `more`, and `<output_root>_quick` as the root
-  (a quick run never reuses a full one's stages). Returns `args`."""
-  if args.quick:
-    args.epochs = args.distill_epochs = 1
-    args.train_examples, args.batch_size = 128, 64
-    for name, value in more.items():
-      setattr(args, name, value)
-    args.output_root = args.output_root.rstrip(os.sep) + "_quick"
-  return args
-
-
-def run_main(flags, output_dir, log_path, reuse=True):
-  """Runs `python -m tf_srkd.main FLAGS --output_dir=OUTPUT_DIR` (output to `log_path`)
-  unless `reuse` and its summary.json exists; returns the process seconds (None: reused)."""
-  import subprocess  # pylint: disable=import-outside-toplevel
-
-  if reuse and os.path.exists(os.path.join(output_dir, "summary.json")):
-    return None
-  os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)
-  began = time.time()
-  with open(log_path, "a") as f:
-    subprocess.run([sys.executable, "-m", "tf_srkd.main", *flags, f"--output_dir={output_dir}"],
-                   cwd=REPO_ROOT, check=True, stdout=f, stderr=subprocess.STDOUT,
-                   # bench/ on the path: `--*_model=mobile_models:...` factories.
-                   env=dict(os.environ, PYTHONPATH=os.pathsep.join(
-                       p for p in (BENCH_DIR, os.environ.get("PYTHONPATH")) if p)))
-  return time.time() - began
-
-
-def read_metrics(stage_dir):
-  """A finished stage's metrics.json, and its mean seconds per trained epoch (None: none)."""
-  import json  # pylint: disable=import-outside-toplevel
-
-  with open(os.path.join(stage_dir, "metrics.json")) as f:
-    metrics = json.load(f)
-  ran = [h for h in metrics.get("history", []) if not h.get("skipped_epoch")]
-  metrics["epoch_s"] = metrics["wall_time_s"] / len(ran) if ran else None
-  return metrics
 
 
 # The commit is read when a benchmark imports this module, i.e. when it starts.

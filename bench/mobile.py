@@ -24,6 +24,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # pylint: disable=wrong-import-position
+import whole_runs  # pylint: disable=wrong-import-position
 
 MODES = ("conventional", "significance", "regulated", "hybrid")
 INT8_DELTA_GOAL_PT = 0.5
@@ -43,9 +44,9 @@ def parse_args(argv=None):
   p.add_argument("--test_examples", type=int, default=0, help="LiteRT verification (0: all)")
   p.add_argument("--calibration_samples", type=int, default=200)
   p.add_argument("--fresh", action="store_true", help="retrain even if the run finished")
-  common.add_run_args(p, "bench_mobile",
+  whole_runs.add_run_args(p, "bench_mobile",
                       "a seconds-scale check: 128 examples, 1 epoch, 20 test images")
-  return common.apply_quick(p.parse_args(argv), test_examples=20, calibration_samples=16)
+  return whole_runs.apply_quick(p.parse_args(argv), test_examples=20, calibration_samples=16)
 
 
 def train(args, run_dir, log):
@@ -56,7 +57,7 @@ def train(args, run_dir, log):
   if args.fresh:
     flags.append("--overwrite")
   log("running: tf_srkd.main " + " ".join(flags))
-  return common.run_main(flags, run_dir, os.path.join(args.output_root, "main.log"),
+  return whole_runs.run_main(flags, run_dir, os.path.join(args.output_root, "main.log"),
                          reuse=not args.fresh)
 
 
@@ -103,10 +104,10 @@ def main(argv=None):
   machine = common.machine_description()
   run_dir = os.path.join(args.output_root, "run")
   process_s = train(args, run_dir, print)
-  teacher = common.read_metrics(os.path.join(run_dir, "teacher"))
+  teacher = whole_runs.read_metrics(os.path.join(run_dir, "teacher"))
   rows, epoch_times = [], [f"teacher {teacher['epoch_s']:.1f} s"]
   for mode in MODES:
-    metrics = common.read_metrics(os.path.join(run_dir, "students", mode))
+    metrics = whole_runs.read_metrics(os.path.join(run_dir, "students", mode))
     epoch_times.append(f"{mode} {metrics['epoch_s']:.1f} s")
     exports = export_mode(args, run_dir, mode)
     i8, f16 = exports["int8"], exports["float16"]

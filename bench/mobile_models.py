@@ -11,7 +11,7 @@ squeeze-excite, depthwise convolutions), the folded preprocessing and the export
 path are exactly those of `--student_model=MobileNetV3Small`.
 
 Used through the `package.module:function` model source (bench/ is put on
-PYTHONPATH by `common.run_main`):
+PYTHONPATH by `whole_runs.run_main`):
   --teacher_model=mobile_models:mobilenet_v3_large --student_model=mobile_models:mobilenet_v3_small
 """
 
