@@ -55,15 +55,15 @@ def main(argv=None):
                   *args.extra]
   teacher_dir = os.path.join(args.output_root, "teacher")
   whole_runs.run_main([*common_flags, "--stage=teacher", f"--teacher_model={args.teacher}",
-                   f"--epochs={args.epochs}"], teacher_dir, log)
+                       f"--epochs={args.epochs}"], teacher_dir, log)
   rows = []
   for backward in BACKWARDS:
     out = os.path.join(args.output_root, backward)
     whole_runs.run_main([*common_flags, "--stage=distill", f"--teacher_dir={teacher_dir}",
-                     f"--student_model={args.student}", f"--backward={backward}",
-                     f"--distill_epochs={args.distill_epochs}",
-                     f"--distill_alpha={args.distill_alpha}", f"--modes={','.join(MODES)}"],
-                    out, log)
+                         f"--student_model={args.student}", f"--backward={backward}",
+                         f"--distill_epochs={args.distill_epochs}",
+                         f"--distill_alpha={args.distill_alpha}", f"--modes={','.join(MODES)}"],
+                        out, log)
     for mode in MODES:
       m = whole_runs.read_metrics(os.path.join(out, "students", mode))
       last = m["history"][-1] if m["history"] else {}

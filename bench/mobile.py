@@ -45,7 +45,7 @@ def parse_args(argv=None):
   p.add_argument("--calibration_samples", type=int, default=200)
   p.add_argument("--fresh", action="store_true", help="retrain even if the run finished")
   whole_runs.add_run_args(p, "bench_mobile",
-                      "a seconds-scale check: 128 examples, 1 epoch, 20 test images")
+                          "a seconds-scale check: 128 examples, 1 epoch, 20 test images")
   return whole_runs.apply_quick(p.parse_args(argv), test_examples=20, calibration_samples=16)
 
 
@@ -58,7 +58,7 @@ def train(args, run_dir, log):
     flags.append("--overwrite")
   log("running: tf_srkd.main " + " ".join(flags))
   return whole_runs.run_main(flags, run_dir, os.path.join(args.output_root, "main.log"),
-                         reuse=not args.fresh)
+                             reuse=not args.fresh)
 
 
 def int8_op_check(result) -> str:
