@@ -22,7 +22,7 @@ BENCH = os.path.join(ROOT, "bench")
 #: must contain).
 QUICK_RUNS = {
     "bn_gate": (["--output_root={tmp}/run"], ["| regulated | masked |", "| hybrid | compact |"]),
-    "mobile": (["--output_root={tmp}/run"], ["| conventional |", "| hybrid |", "| ok |"]),
+    "mobile": (["--output_root={tmp}/run"], ["| conventional |", "| hybrid |"]),
     "peers": ([], ["| mnist | teacher | self_regulated |", "| mnist | student | infobatch |",
                    "| mnist | student | selective_backprop |", "| mnist | student | random |"]),
     "streaming": ([], ["| on disk / in memory (throughput) |", "| 1024 |"]),
