@@ -34,6 +34,10 @@ SHARED_TFDS = os.path.join(os.path.dirname(REPO_ROOT), "shared", "tfds")
 sys.path[:] = [REPO_ROOT] + [p for p in sys.path if p != REPO_ROOT]
 if not os.environ.get("TFDS_DATA_DIR") and os.path.isdir(SHARED_TFDS):
   os.environ["TFDS_DATA_DIR"] = SHARED_TFDS
+elif os.environ.get("TFDS_DATA_DIR") and "://" not in os.environ["TFDS_DATA_DIR"]:
+  # Relative to where the command was typed, also for the scripts and CLI runs
+  # started from other working directories.
+  os.environ["TFDS_DATA_DIR"] = os.path.abspath(os.path.expanduser(os.environ["TFDS_DATA_DIR"]))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 # -- machine -------------------------------------------------------------------

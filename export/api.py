@@ -17,6 +17,7 @@ imported; it therefore runs in a subprocess and is never imported here.
 """
 
 import dataclasses
+import json
 import logging
 import math
 import numbers
@@ -279,8 +280,12 @@ def export_all(model, output_dir: str, quantizations=convert_lib.QUANTIZATIONS, 
 def export_run(run_dir: str, quantizations=convert_lib.QUANTIZATIONS, calibration: str = "random",
                *, modes=None, qat_epochs: int = 0, mlflow_run_ids: Optional[dict] = None,
                tracking_uri: Optional[str] = None, max_in_memory_mb: Optional[float] = None,
-               **kwargs) -> dict:
+               export_at_chance: bool = False, **kwargs) -> dict:
   """Exports every `students/<mode>/model.keras` of a finished run.
+
+  A student whose `metrics.json` marks it at chance (`at_chance`: its test accuracy
+  is not clearly above 1 / classes) is left out unless `export_at_chance`; the others
+  are written first, then ExportError names the ones left out.
 
   Files go to `students/<mode>/tflite/model_<q>.tflite` (+ labels.txt and one
   sidecar per file; `model_int8_qat.tflite` when `qat_epochs > 0`).
@@ -295,6 +300,7 @@ def export_run(run_dir: str, quantizations=convert_lib.QUANTIZATIONS, calibratio
     tracking_uri: the MLflow store of those runs (default: the environment's).
     max_in_memory_mb: splits above this many MiB of pixels stay on disk (the
       run's `--max_in_memory_mb`; None: its default).
+    export_at_chance: also export students at chance.
     **kwargs: further `export_model` arguments.
 
   Returns:
@@ -310,8 +316,9 @@ def export_run(run_dir: str, quantizations=convert_lib.QUANTIZATIONS, calibratio
     found = [m for m in found if m in modes]
   if not found:
     raise ExportError(f"{run_dir}: no students/<mode>/model.keras to export")
+  held = [] if export_at_chance else [m for m in found if _at_chance(run.student(m))]
   results, data = {}, None
-  for mode in found:
+  for mode in (m for m in found if m not in held):
     stage = run.student(mode)
     student = source.load_student(stage.model, kwargs.get("dataset"), tracking_uri)
     # One load of each split for every student.
@@ -320,7 +327,19 @@ def export_run(run_dir: str, quantizations=convert_lib.QUANTIZATIONS, calibratio
                                qat_epochs=qat_epochs, data=data, tracking_uri=tracking_uri,
                                max_in_memory_mb=max_in_memory_mb,
                                mlflow_run_id=(mlflow_run_ids or {}).get(mode), **kwargs)
+  if held:
+    raise ExportError(f"{run_dir}: not exported: student(s) {', '.join(held)} at chance (their "
+                      "metrics.json: at_chance); pass --export_at_chance to export them"
+                      + (f"; the others were written ({', '.join(results)})" if results else ""))
   return results
+
+
+def _at_chance(stage) -> bool:
+  """Whether a student's metrics.json marks it at chance."""
+  if not os.path.exists(stage.metrics):
+    return False
+  with open(stage.metrics, encoding="utf-8") as f:
+    return bool(json.load(f).get("at_chance"))
 
 
 def export_qat(model, output: str, qat_epochs: int = 1, *, qat_learning_rate: float = 1e-4,

@@ -12,6 +12,7 @@ from typing import Optional
 
 from export import convert as convert_lib
 from export.errors import ExportError
+from tf_srkd import input_contract
 from tf_srkd import io_utils
 
 SIDECAR_VERSION = 1
@@ -76,6 +77,14 @@ def _resize(spec) -> Optional[dict]:
   return {"height": size[0], "width": size[1], "method": sources.RESIZE_METHOD}
 
 
+def _network_input(model) -> str:
+  """What the trained network inside takes (`tf_srkd.input_contract`), for the record."""
+  if input_contract.scaling_of(model) == "pixels":
+    return ("pixels: the network was trained on float pixels 0..255; the graph's "
+            f"{input_contract.ADAPTER_NAME} layer scales [0, 1] back up")
+  return "unit: the network was trained on [0, 1] images"
+
+
 def build_sidecar(student, output: str, tflite_bytes: bytes, quantization: str,
                   details: dict, verification: dict, calibration: Optional[dict] = None,
                   qat: Optional[dict] = None) -> dict:
@@ -99,7 +108,8 @@ def build_sidecar(student, output: str, tflite_bytes: bytes, quantization: str,
       "input": dict(
           _tensor(details["input"], convert_lib.INPUT_NAME), layout="NHWC", height=h, width=w,
           channels=c, value_range=[0, 255], description="raw image pixels, batch 1",
-          preprocessing=scaling, resize=_resize(student.spec)),
+          preprocessing=scaling, resize=_resize(student.spec),
+          network_input=_network_input(student.model)),
       "output": dict(
           _tensor(details["output"], convert_lib.OUTPUT_NAME),
           description="class probabilities (softmax); index i is line i of labels.txt",

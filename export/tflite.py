@@ -68,6 +68,8 @@ def _define_flags():
                      "stay on disk: calibration reads only its rows, verification reads the test "
                      "split in chunks (same results; 0: always). Default: tf-srkd's "
                      "--max_in_memory_mb default (2048). QAT keeps its splits in memory.")
+  flags.DEFINE_bool("export_at_chance", False, "--run_dir: also export students whose "
+                    "metrics.json marks them at chance (refused by default).")
   flags.DEFINE_string("mlflow_run_id", None, "Log the numbers and files into this MLflow run.")
   flags.DEFINE_string("mlflow_tracking_uri", None, "The MLflow store of --mlflow_run_id and of "
                       "a runs:/ --model (default: $MLFLOW_TRACKING_URI, else MLflow's default).")
@@ -91,7 +93,8 @@ def _export(f) -> list:
       raise ExportError("--mlflow_run_id: one run per model; with --run_dir use "
                         "export.tflite.export_run(..., mlflow_run_ids={mode: run_id})")
     results = export_run(f.run_dir, quantizations, qat_epochs=f.qat_epochs, dataset=f.dataset,
-                         qat_options=qat_options, **common)
+                         qat_options=qat_options, export_at_chance=f.export_at_chance,
+                         **common)
     return [(f"{mode}/{key}", r) for mode, by_key in results.items() for key, r in by_key.items()]
   if not f.model:
     raise ExportError("--model (or --run_dir) is required")

@@ -11,6 +11,10 @@ if ROOT not in sys.path:
 SHARED_TFDS = os.path.join(os.path.dirname(ROOT), "shared", "tfds")
 if not os.environ.get("TFDS_DATA_DIR") and os.path.isdir(SHARED_TFDS):
   os.environ["TFDS_DATA_DIR"] = SHARED_TFDS
+elif os.environ.get("TFDS_DATA_DIR") and "://" not in os.environ["TFDS_DATA_DIR"]:
+  # Relative to where the command was typed, also for the scripts and CLI runs
+  # started from other working directories.
+  os.environ["TFDS_DATA_DIR"] = os.path.abspath(os.path.expanduser(os.environ["TFDS_DATA_DIR"]))
 
 #: TensorFlow reads its thread-pool sizes from these at start-up (0 or unset: every core).
 TF_THREAD_VARIABLES = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")

@@ -89,6 +89,23 @@ def test_quiet_environment_keeps_what_the_user_set():
   assert environ == {"TF_CPP_MIN_LOG_LEVEL": "0", "MLFLOW_LOGGING_LEVEL": "WARNING"}
 
 
+def test_relative_tfds_data_dir_is_made_absolute_from_the_current_directory(tmp_path,
+                                                                            monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  environ = {"TFDS_DATA_DIR": "../shared/tfds"}
+  cli.prepare_environment(environ)
+  assert environ["TFDS_DATA_DIR"] == os.path.join(os.path.dirname(str(tmp_path)), "shared",
+                                                  "tfds")
+  assert environ["TF_CPP_MIN_LOG_LEVEL"] == "2"
+  for kept in ("/data/tfds", "gs://bucket/tfds"):
+    environ = {"TFDS_DATA_DIR": kept}
+    cli.absolute_data_dir(environ)
+    assert environ["TFDS_DATA_DIR"] == kept
+  environ = {}
+  cli.absolute_data_dir(environ)
+  assert environ == {}
+
+
 def test_python_logging_is_quiet_unless_verbosity_is_given():
   tf_logger = logging.getLogger("tensorflow")
   before = {name: logging.getLogger(name).level for name in cli.NOISY_LOGGERS}

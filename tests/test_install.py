@@ -2,15 +2,22 @@
 empty directory; its console says what it does and has none of the warnings our own calls
 used to cause.
 
-Offline: the venv sees this environment's packages (`--system-site-packages`) and
-the install neither resolves dependencies nor builds in isolation. The repository's
-tracked and new files are copied first, so build/ and *.egg-info stay out of the tree.
+Offline: the venv sees the packages of the environment that runs the tests (a `.pth`
+file adds its site directories behind the venv's own) and the install neither resolves
+dependencies nor builds in isolation, so the build backend is that environment's
+setuptools (requirements.txt pins one that builds wheels by itself). This works alike
+from the system Python, a venv, a virtualenv or conda: `--system-site-packages` would
+expose the *base* interpreter's packages instead, not the environment the user installed
+the requirements into. The repository's tracked and new files are copied first, so
+build/ and *.egg-info stay out of the tree.
 """
 
 import os
 import re
 import shutil
+import site
 import subprocess
+import sys
 import venv
 
 import pytest
@@ -38,18 +45,57 @@ def _copy_sources(dest):
     shutil.copy2(src, os.path.join(dest, rel), follow_symlinks=False)
 
 
+def current_site_dirs():
+  """This interpreter's site directories (site-packages and the user's), in path order."""
+  dirs = [p for p in sys.path if os.path.basename(p) in ("site-packages", "dist-packages")]
+  if site.ENABLE_USER_SITE and os.path.isdir(site.getusersitepackages()):
+    dirs.append(site.getusersitepackages())
+  return list(dict.fromkeys(os.path.abspath(d) for d in dirs))
+
+
+def make_venv_seeing_this_environment(env_dir):
+  """A venv whose Python sees its own site-packages first, then this environment's.
+
+  No pip or setuptools of its own (they would shadow this environment's): `python -m pip`
+  there is this environment's pip, installing into the venv. `site.addsitedir` also runs
+  the `.pth` files of those directories (editable installs, namespace packages).
+
+  Returns:
+    The venv's bin directory.
+  """
+  venv.create(str(env_dir), with_pip=False)
+  bin_dir = env_dir / "bin"
+  purelib = subprocess.run(
+      [str(bin_dir / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+      check=True, capture_output=True, text=True).stdout.strip()
+  lines = [f"import site; site.addsitedir({d!r})" for d in current_site_dirs()]
+  with open(os.path.join(purelib, "zz_outer_environment.pth"), "w", encoding="utf-8") as f:
+    f.write("\n".join(lines) + "\n")
+  return bin_dir
+
+
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory):
   """{"bin": the venv's bin directory} with the repository installed into it."""
   tmp = tmp_path_factory.mktemp("install")
   source, env_dir = tmp / "source", tmp / "venv"
   _copy_sources(str(source))
-  venv.create(str(env_dir), system_site_packages=True, with_pip=True)
-  bin_dir = env_dir / "bin"
+  bin_dir = make_venv_seeing_this_environment(env_dir)
   subprocess.run([str(bin_dir / "python"), "-m", "pip", "install", "--quiet", "--no-deps",
                   "--no-build-isolation", "--disable-pip-version-check", str(source)],
                  check=True, cwd=str(tmp), timeout=600)
   return {"bin": bin_dir}
+
+
+def test_the_test_venv_sees_this_environment_and_installs_into_itself(tmp_path):
+  bin_dir = make_venv_seeing_this_environment(tmp_path / "venv")
+  probe = subprocess.run(
+      [str(bin_dir / "python"), "-c",
+       "import sys, setuptools, absl; print(sys.prefix); print(absl.__file__)"],
+      check=True, capture_output=True, text=True).stdout.splitlines()
+  assert probe[0] == str(tmp_path / "venv")
+  import absl  # pylint: disable=import-outside-toplevel
+  assert probe[1] == absl.__file__  # This environment's package, not the base Python's.
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +103,9 @@ def smoke_run(installed, tmp_path_factory):
   """(result, output dir) of `tf-srkd --flagfile=smoke` run from an empty directory."""
   workdir = tmp_path_factory.mktemp("empty")
   env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "TF_CPP_MIN_LOG_LEVEL")}
+  # As a user would type it: relative to the directory the command runs in.
+  if env.get("TFDS_DATA_DIR") and os.path.isabs(env["TFDS_DATA_DIR"]):
+    env["TFDS_DATA_DIR"] = os.path.relpath(env["TFDS_DATA_DIR"], str(workdir))
   result = subprocess.run(
       [str(installed["bin"] / "tf-srkd"), "--flagfile=smoke", "--nomlflow", "--output_dir=out"],
       cwd=str(workdir), env=env, capture_output=True, text=True, timeout=900)

@@ -1,7 +1,8 @@
 """What every command-line entry point does before and around `absl.app.run`.
 
-`quiet_environment()` must run before TensorFlow or MLflow is first imported
-(it sets environment variables they read once); `run(main)` expands the
+`prepare_environment()` (quiet defaults, an absolute `TFDS_DATA_DIR`) must run
+before TensorFlow or MLflow is first imported (it sets environment variables they
+read once); `run(main)` expands the
 `--flagfile=` arguments (`flagfiles`), then lets absl parse and call `main`
 with the Python logging of TensorFlow and TFDS at WARNING; `run_program` is
 both, for a program whose flags are defined only when it runs. `fail` is the
@@ -34,6 +35,25 @@ def quiet_environment(environ=os.environ):
   """Sets the `QUIET_ENVIRONMENT` defaults that the user has not set."""
   for name, value in QUIET_ENVIRONMENT.items():
     environ.setdefault(name, value)
+
+
+def absolute_data_dir(environ=os.environ):
+  """Makes a relative `TFDS_DATA_DIR` absolute, relative to the current directory.
+
+  A relative value means the directory the user typed the command in. Resolved once,
+  at start-up, it keeps that meaning for TFDS, error messages and every process the
+  run starts (multi-worker workers, bench scripts), whatever their working directory.
+  URLs (`gs://...`) and absolute paths are left as they are.
+  """
+  value = environ.get("TFDS_DATA_DIR")
+  if value and "://" not in value:
+    environ["TFDS_DATA_DIR"] = os.path.abspath(os.path.expanduser(value))
+
+
+def prepare_environment(environ=os.environ):
+  """`quiet_environment` and `absolute_data_dir`: what every entry point does first."""
+  quiet_environment(environ)
+  absolute_data_dir(environ)
 
 
 def fail(message):
@@ -135,9 +155,9 @@ def run(main, argv=None):
 def run_program(main, define_flags):
   """A console script whose flags are defined only when it runs (not on import).
 
-  Quiets the environment first (the program has not imported TensorFlow or
+  Prepares the environment first (the program has not imported TensorFlow or
   MLflow yet), defines the flags with `define_flags()`, then `run(main)`.
   """
-  quiet_environment()
+  prepare_environment()
   define_flags()
   run(main)

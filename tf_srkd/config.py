@@ -19,6 +19,7 @@ from typing import Optional, Tuple
 
 from tf_srkd import datasets
 from tf_srkd import gates
+from tf_srkd import input_contract
 from tf_srkd import layout
 from tf_srkd import models
 from tf_srkd import modes as modes_lib
@@ -178,6 +179,23 @@ class Config:
       "sample id (identical results, flat memory); 0 keeps every split on disk. 2048: every "
       "common small benchmark (MNIST 47, CIFAR-100 150, EMNIST-byclass 550 MiB) stays in RAM, "
       "where the in-memory path needs about twice the split.")
+  # -- what the models take, and no model at chance shipped silently --------------
+  teacher_input: str = _flag(
+      "auto", "The pixel range the teacher takes: unit ([0, 1]), pixels (float 0..255, as "
+      "Keras' image loaders give; the pipeline scales inside the model) or auto (unit for a "
+      "model built here; a pre-trained teacher is scored on 1,000 training images under both "
+      "and the clearly better one is used; at chance under both, the run is refused).",
+      choices=input_contract.INPUTS)
+  student_input: str = _flag(
+      "auto", "The pixel range the students take; as --teacher_input (a pre-trained student at "
+      "chance under both is taken as unit).", choices=input_contract.INPUTS)
+  precise_bn_batches: int = _flag(
+      100, "Networks with BatchNormalization: after training, recompute the moving mean and "
+      "variance over this many training batches with the final weights (precise BN), before "
+      "evaluation, the teacher's logits and export. 0: keep the moving averages.")
+  export_at_chance: bool = _flag(
+      False, "Export students whose test accuracy is not clearly above chance (refused by "
+      "default).")
 
   @property
   def resolved_distill_epochs(self) -> int:
@@ -254,6 +272,11 @@ def validate(config: Config) -> Config:
   _require(config.batch_size > 0, f"--batch_size={config.batch_size}: expected an integer > 0")
   _require(config.eval_batch_size > 0, f"--eval_batch_size={config.eval_batch_size}: expected an integer > 0")
   _require(config.cpu_replicas >= 0, f"--cpu_replicas={config.cpu_replicas}: expected an integer >= 0")
+  _require(config.precise_bn_batches >= 0,
+           f"--precise_bn_batches={config.precise_bn_batches}: expected an integer >= 0 "
+           "(0: off)")
+  for flag in ("teacher_input", "student_input"):
+    _check_name(flag, getattr(config, flag), input_contract.INPUTS)
   _require(config.steps_per_execution >= 0,
            f"--steps_per_execution={config.steps_per_execution}: expected an integer >= 0")
   size = spec.train_size

@@ -14,7 +14,7 @@ from absl import logging
 
 from tf_srkd import cli
 
-cli.quiet_environment()  # Before anything imports TensorFlow or MLflow.
+cli.prepare_environment()  # Before anything imports TensorFlow or MLflow.
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from tf_srkd import config as config_lib
@@ -76,7 +76,8 @@ def export_students(config, modes, tracker):
   results = export_api.export_run(
       config.output_dir, config.export, modes=modes,
       mlflow_run_ids={m: run_id for m, run_id in run_ids.items() if run_id},
-      tracking_uri=tracker.tracking_uri, max_in_memory_mb=config.max_in_memory_mb)
+      tracking_uri=tracker.tracking_uri, max_in_memory_mb=config.max_in_memory_mb,
+      export_at_chance=config.export_at_chance)
   for mode, by_quantization in results.items():
     for quantization, result in by_quantization.items():
       console.say(f"export {mode}/{quantization}: " + str({
@@ -95,11 +96,32 @@ def run(config, strategy=None, tracker=None, is_chief=True) -> dict:
 
   tracker = tracker or tracking.NullTracker()
   summary = pipeline.run(config, strategy, tracker=tracker, is_chief=is_chief)
-  if config.export and summary["students"] and is_chief:
-    export_students(config, list(summary["students"]), tracker)
-  if config.register_model and summary["students"] and is_chief:
-    register_students(config, list(summary["students"]), tracker)
+  shippable = [m for m in summary["students"] if m not in students_at_chance(config, summary)]
+  if config.export and shippable and is_chief:
+    export_students(config, shippable, tracker)
+  if config.register_model and shippable and is_chief:
+    register_students(config, shippable, tracker)
   return summary
+
+
+def students_at_chance(config, summary) -> list:
+  """The students `--export` and `--register_model` leave out: those at chance, unless
+  `--export_at_chance`."""
+  if config.export_at_chance:
+    return []
+  return [m for m, s in summary["students"].items() if s.get("at_chance")]
+
+
+def refusal_at_chance(config, summary):
+  """The one line for students left unexported at chance, or None."""
+  held = students_at_chance(config, summary)
+  if not held or not (config.export or config.register_model):
+    return None
+  accuracies = ", ".join(f"{m} {summary['students'][m]['test_accuracy']:.4f}" for m in held)
+  flag = "--export" if config.export else "--register_model"
+  return (f"{flag}: nothing exported or registered for the student(s) at chance ({accuracies} "
+          f"test accuracy, {config.dataset_spec.num_classes} classes); every other file is "
+          "kept. Train longer (see the warnings above), or pass --export_at_chance")
 
 
 def register_students(config, modes, tracker):
@@ -161,6 +183,9 @@ def main(argv):
   if chief:
     print(pipeline.format_summary(summary))
     console.run_finished(config.output_dir, time.time() - started, tracker)
+    refusal = refusal_at_chance(config, summary)
+    if refusal:
+      cli.fail(refusal)
   logging.info("done")
 
 

@@ -111,6 +111,8 @@ def final_metrics(metrics: dict, regulate: bool) -> dict:
   out = {"test_accuracy": metrics.get("test_accuracy"), "zeta": metrics.get("zeta"),
          "participations": metrics.get("participations"),
          "num_parameters": metrics.get("params"), "wall_time_s": metrics.get("wall_time_s")}
+  if metrics.get("at_chance"):  # Filter with `metrics.at_chance = 1` in the UI.
+    out["at_chance"] = 1.0
   if not regulate and out["zeta"] is None:
     out["zeta"] = 1.0
     if metrics.get("epochs") and metrics.get("train_examples"):

@@ -20,7 +20,9 @@ from tf_srkd import config as config_lib
 from tf_srkd import config_flags
 from tf_srkd import data
 from tf_srkd import distillation
+from tf_srkd import console
 from tf_srkd import gates
+from tf_srkd import input_contract
 from tf_srkd import io_utils
 from tf_srkd import layout
 from tf_srkd import model_sources
@@ -37,7 +39,8 @@ from tf_srkd import validation
 
 def prepare_output_dir(config: config_lib.Config, is_chief: bool = True,
                        teacher_digest: Optional[str] = None,
-                       model_files_digest: Optional[str] = None):
+                       model_files_digest: Optional[str] = None,
+                       measured_inputs: Optional[dict] = None):
   """Checks that `output_dir` is new or was written by the same settings.
 
   A restart with the same result-determining settings (and, with
@@ -46,6 +49,10 @@ def prepare_output_dir(config: config_lib.Config, is_chief: bool = True,
   they were made, are refused unless `overwrite` is set, in which case the old
   directory is moved aside (renamed), never deleted.
 
+  `measured_inputs` (what `--teacher_input/--student_input=auto` measured) is
+  recorded beside the identity; it follows from the model files and the data, so a
+  `run_config.json` written before it was recorded still matches.
+
   Raises:
     config_lib.ConfigError: on a settings mismatch without `overwrite`.
   """
@@ -53,9 +60,13 @@ def prepare_output_dir(config: config_lib.Config, is_chief: bool = True,
   run_dir = layout.RunDir(out)
   marker = run_dir.run_config
   current = config_lib.identity(config, teacher_digest, model_files_digest)
+  if measured_inputs:
+    current["measured_inputs"] = measured_inputs
   problem = None
   if os.path.exists(marker):
     previous = validation.read_json(marker)
+    if "measured_inputs" not in previous:
+      current.pop("measured_inputs", None)
     if previous != current:
       changed = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
       problem = f"holds a run made with different settings ({', '.join(changed)})"
@@ -99,44 +110,81 @@ def load_teacher(config, strategy, train_size) -> Tuple[Optional[stages.StageRes
   return None, None
 
 
-def check_models(config, build_teacher: bool) -> Optional[str]:
+def check_models(config, train, build_teacher: bool) -> Tuple[Optional[str], dict, dict]:
   """Builds (or loads) the run's models once, so a bad source stops the run before
-  anything is written; returns the content hash of the model files they read.
+  anything is written; settles the pixel range each takes (`input_contract`).
 
   Args:
     config: the run's configuration.
+    train: the transfer set (a pre-trained model's range is measured on its images).
     build_teacher: False when the teacher is read back from a run (`load_teacher`).
 
   Returns:
-    The digest of the `.keras` and weights files of the sources (None: no such file).
+    (the digest of the `.keras` and weights files of the sources, None without such
+    files; {"teacher": scaling, "student": scaling}; {flag: what `auto` measured, as a
+    dict} for the models it measured, recorded in run_config.json).
 
   Raises:
-    config_lib.ConfigError: one line naming the model flag and the problem.
+    config_lib.ConfigError: one line naming the model flag (or file) and the problem,
+      or a pre-trained teacher at chance under both scalings.
   """
   spec = config.dataset_spec
-  sources = [("student_model", config.student_model, config.student_weights)]
+  sources = [("student", config.student_model, config.student_weights, config.student_input)]
   if build_teacher:
-    sources.append(("teacher_model", config.teacher_model, config.teacher_weights))
-  files = []
-  for flag, name, weights in sources:
-    model_sources.build(name, spec.image_shape, spec.num_classes, weights, flag=flag)
+    sources.append(("teacher", config.teacher_model, config.teacher_weights,
+                    config.teacher_input))
+  files, scalings, measured = [], {"teacher": "unit", "student": "unit"}, {}
+  for role, name, weights, requested in sources:
+    network = model_sources.build(name, spec.image_shape, spec.num_classes, weights,
+                                  flag=f"{role}_model")
     files += model_sources.files_of(name, weights)
-  return validation.digest(files) if files else None
+    scalings[role] = "unit" if requested == "auto" else requested
+    if requested == "auto" and model_sources.is_pretrained(name, weights):
+      scalings[role], measured[f"{role}_input"] = _measure_input(config, role, name, weights,
+                                                                 network, train)
+  return (validation.digest(files) if files else None), scalings, measured
+
+
+def _measure_input(config, role, name, weights, network, train):
+  """`auto` for a pre-trained model: (its scaling, the measurement as a dict)."""
+  spec = config.dataset_spec
+  ids = input_contract.detection_ids(train.size, config.seed)
+  m = input_contract.measure(network, data.take_rows(train.images, ids), train.labels[ids],
+                             spec.num_classes, min(config.eval_batch_size, len(ids)))
+  source = weights or name
+  if m.choice is None and role == "teacher":
+    raise config_lib.ConfigError(input_contract.refusal(f"{role}_input", source, m,
+                                                        spec.num_classes))
+  if m.choice is None:  # An untrained student architecture saved as .keras is common.
+    console.say(f"--{role}_input=auto: {source} is at chance under both scalings "
+                f"({m.unit_accuracy:.4f} on [0, 1], {m.pixels_accuracy:.4f} on 0..255); "
+                "taking it as unit (pass --student_input=pixels if it takes 0..255)")
+    choice = "unit"
+  else:
+    console.say(input_contract.describe(f"{role}_input", source, m))
+    choice = m.choice
+  return choice, {"choice": choice, "unit_accuracy": round(m.unit_accuracy, 6),
+                  "pixels_accuracy": round(m.pixels_accuracy, 6), "images": m.images}
 
 
 # -- teacher and students -------------------------------------------------------------
 
 
-def train_teacher(config, strategy, train, test, tracker, is_chief=True) -> stages.StageResult:
-  """Algorithm 1 (self-regulated teacher) then Algorithm 2 (significance)."""
+def train_teacher(config, strategy, train, test, tracker, is_chief=True,
+                  scaling: str = "unit") -> stages.StageResult:
+  """Algorithm 1 (self-regulated teacher) then Algorithm 2 (significance).
+
+  `scaling`: the pixel range the teacher takes (`input_contract`; `check_models`).
+  """
   spec = config.dataset_spec
   # A pre-trained teacher trains only its fine-tuning epochs (0: used as is).
   pretrained = model_sources.is_pretrained(config.teacher_model, config.teacher_weights)
   epochs = config.teacher_finetune_epochs if pretrained else config.epochs
 
   def build():
-    network = model_sources.build(config.teacher_model, spec.image_shape, spec.num_classes,
-                                  config.teacher_weights, flag="teacher_model")
+    network = input_contract.wrap(
+        model_sources.build(config.teacher_model, spec.image_shape, spec.num_classes,
+                            config.teacher_weights, flag="teacher_model"), scaling)
     policy = gates.make_policy(config.gate, train.size, epochs, config.seed,
                                gates.GateSettings.of(config))
     return training.SelfRegulatedModel(
@@ -147,14 +195,18 @@ def train_teacher(config, strategy, train, test, tracker, is_chief=True) -> stag
   stage = stages.StageSpec(name="teacher", role="teacher", model_name=config.teacher_model,
                            stage_dir=layout.RunDir(config.output_dir).teacher,
                            epochs=epochs, alpha=config.alpha,
-                           learning_rate=config.teacher_lr, gate=config.gate)
+                           learning_rate=config.teacher_lr, gate=config.gate,
+                           input_scaling=scaling)
   return stages.run_stage(stage, config, strategy, train, test, tracker, build,
                           is_chief=is_chief)
 
 
 def distill_students(config, strategy, train, test, teacher: stages.StageResult, tracker,
-                     is_chief=True) -> dict:
-  """Algorithm 3 in every requested mode; returns mode -> metrics."""
+                     is_chief=True, scaling: str = "unit") -> dict:
+  """Algorithm 3 in every requested mode; returns mode -> metrics.
+
+  `scaling`: the pixel range the students take (`input_contract`; `check_models`).
+  """
   spec = config.dataset_spec
   run_dir = layout.RunDir(config.output_dir)
   cached = {}
@@ -181,8 +233,9 @@ def distill_students(config, strategy, train, test, teacher: stages.StageResult,
       return extras
 
     def build(mode=mode):
-      student = model_sources.build(config.student_model, spec.image_shape, spec.num_classes,
-                                    config.student_weights, flag="student_model")
+      student = input_contract.wrap(
+          model_sources.build(config.student_model, spec.image_shape, spec.num_classes,
+                              config.student_weights, flag="student_model"), scaling)
       policy = (gates.make_policy(config.distill_gate, train.size, config.resolved_distill_epochs,
                                   config.seed, gates.GateSettings.of(config))
                 if mode.regulate else None)
@@ -201,7 +254,7 @@ def distill_students(config, strategy, train, test, teacher: stages.StageResult,
         stage_dir=run_dir.student(mode_name), epochs=config.resolved_distill_epochs,
         alpha=config.distill_alpha if mode.regulate else float("inf"),
         learning_rate=config.distill_lr, mode=mode_name,
-        gate=config.distill_gate if mode.regulate else None)
+        gate=config.distill_gate if mode.regulate else None, input_scaling=scaling)
     results[mode_name] = stages.run_stage(stage, config, strategy, train, test, tracker, build,
                                           make_extras, is_chief=is_chief).metrics
   return results
@@ -214,7 +267,11 @@ def summarize(config, train_size, teacher_metrics, student_metrics) -> dict:
   """The `summary.json` contract."""
 
   def pick(m):
-    return {"test_accuracy": m.get("test_accuracy"), "zeta": m.get("zeta"), "params": m.get("params")}
+    picked = {"test_accuracy": m.get("test_accuracy"), "zeta": m.get("zeta"),
+              "params": m.get("params")}
+    if m.get("at_chance"):  # `stage_health.chance_check`
+      picked["at_chance"] = True
+    return picked
 
   return {
       "dataset": config.dataset,
@@ -239,7 +296,8 @@ def format_summary(summary) -> str:
     if m.get("zeta") is None and m.get("test_accuracy") is not None:
       m = dict(m, zeta=1.0)  # Not self-regulating: every sample, every epoch (as in MLflow).
     lines.append(f"{name:<22} {fmt(m.get('test_accuracy'), '{:.4f}'):>9} "
-                 f"{fmt(m.get('zeta'), '{:.4f}'):>9} {fmt(m.get('params'), '{:,}'):>9}")
+                 f"{fmt(m.get('zeta'), '{:.4f}'):>9} {fmt(m.get('params'), '{:,}'):>9}"
+                 + ("  AT CHANCE" if m.get("at_chance") else ""))
   return "\n".join(lines)
 
 
@@ -269,14 +327,17 @@ def run(config: config_lib.Config, strategy=None, tracker=None, is_chief=True) -
                          config.max_in_memory_mb)
   test = streaming.load(spec, "test", 0, config.download, config.max_in_memory_mb)
   teacher, teacher_digest = load_teacher(config, strategy, train.size)
-  prepare_output_dir(config, is_chief, teacher_digest, check_models(config, teacher is None))
+  files_digest, scalings, measured = check_models(config, train, teacher is None)
+  prepare_output_dir(config, is_chief, teacher_digest, files_digest, measured)
   with tracker.run(config, config_flags.to_flagfile(config)):
     if not config.teacher_dir and config.stage != "distill":
       # The run's own teacher: trained, or (finished) checked, reused and tracked.
-      teacher = train_teacher(config, strategy, train, test, tracker, is_chief)
+      teacher = train_teacher(config, strategy, train, test, tracker, is_chief,
+                              scalings["teacher"])
     students = {}
     if config.stage in ("distill", "all"):
-      students = distill_students(config, strategy, train, test, teacher, tracker, is_chief)
+      students = distill_students(config, strategy, train, test, teacher, tracker, is_chief,
+                                  scalings["student"])
     summary = summarize(config, train.size, teacher.metrics, students)
     if is_chief:
       io_utils.write_json(layout.RunDir(config.output_dir).summary, summary)

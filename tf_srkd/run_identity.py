@@ -31,6 +31,8 @@ _NON_IDENTITY_FIELDS = _NON_IDENTITY_FIELDS | {"reuse_margins"}
 _NON_IDENTITY_FIELDS |= {"register_model"}  # issue 16
 # issue 14: steps per compiled call change the Python round trips, not the steps.
 _NON_IDENTITY_FIELDS |= {"steps_per_execution"}
+# Whether an at-chance student is exported does not change any stage.
+_NON_IDENTITY_FIELDS |= {"export_at_chance"}
 
 
 def _json_value(value):
@@ -57,6 +59,9 @@ _ADDED_IDENTITY_FIELDS.update(teacher_weights=None, student_weights=None,
                               teacher_finetune_epochs=0)
 # issue 17: Adam's epsilon (Keras' default before the flag).
 _ADDED_IDENTITY_FIELDS.update(adam_epsilon=1e-7)
+# Input scaling and precise BN: at their defaults, every model built here computes what it
+# did before them (precise BN changes only BatchNorm networks, none of the registry's).
+_ADDED_IDENTITY_FIELDS.update(teacher_input="auto", student_input="auto", precise_bn_batches=100)
 
 
 def identity(config: "Config", teacher_digest: Optional[str] = None,

@@ -24,8 +24,10 @@ from tf_srkd import io_utils
 from tf_srkd import layout
 from tf_srkd import margin_cache
 from tf_srkd import model_sources
+from tf_srkd import precise_bn
 from tf_srkd import regulation
 from tf_srkd import resume
+from tf_srkd import stage_health
 from tf_srkd import validation
 
 
@@ -53,6 +55,7 @@ class StageSpec:
     learning_rate: Adam's learning rate.
     mode: the distillation mode of a student.
     gate: the gate policy of a self-regulating stage (`tf_srkd.gates`), else None.
+    input_scaling: the pixel range the model takes (`input_contract`: unit or pixels).
   """
 
   name: str
@@ -64,6 +67,7 @@ class StageSpec:
   learning_rate: float
   mode: Optional[str] = None
   gate: Optional[str] = None
+  input_scaling: str = "unit"
 
 
 def execution_steps(requested: int, steps_per_epoch: int) -> int:
@@ -265,6 +269,8 @@ def run_stage(spec: StageSpec, config, strategy, train, test, tracker, build: Ca
   with strategy.scope():
     model = build()
     compile_model(model, spec.learning_rate, config)
+  stage_health.say_if_too_few_steps(spec, config, train.size,
+                                    model_sources.has_batch_norm(model.network))
   with tracker.stage(spec.name, **tracked) as stage:
     history, wall = fit_stage(model, train, config, stage_dir=spec.stage_dir.path,
                               epochs=spec.epochs, alpha=spec.alpha, extras=extras,
@@ -284,10 +290,17 @@ def _trained_result(spec, model, train, test, config, history, wall) -> StageRes
   counts = model.participation_counts()
   significance = None
   trained = spec.epochs > 0  # 0: a pre-trained teacher used as is, without counts.
+  bn_batches = 0
+  if trained and config.precise_bn_batches:
+    # Before evaluation, the teacher's logits for the students and export: the moving
+    # statistics must belong to the final weights, not to the average of the run's.
+    bn_batches = precise_bn.recompute(network, train.images, config.batch_size,
+                                      config.precise_bn_batches, config.seed)
   if spec.role == "teacher" and trained:
     significance = regulation.significance(counts, train.labels, config.dataset_spec.num_classes)
+  test_accuracy = evaluate_accuracy(network, test, config.eval_batch_size)
   metrics = {
-      "test_accuracy": evaluate_accuracy(network, test, config.eval_batch_size),
+      "test_accuracy": test_accuracy,
       "zeta": (regulation.sample_efficiency(counts, spec.epochs)
                if model.regulate and trained else None),
       "participations": int(counts.sum()) if model.regulate and trained else None,
@@ -303,6 +316,12 @@ def _trained_result(spec, model, train, test, config, history, wall) -> StageRes
     metrics["mode"] = spec.mode
   if spec.gate not in (None, "self_regulated"):
     metrics["gate"] = spec.gate
+  if spec.input_scaling != "unit":
+    metrics["input_scaling"] = spec.input_scaling
+  if bn_batches:
+    metrics["precise_bn_batches"] = bn_batches
+  metrics.update(stage_health.chance_check(spec, network, model, train, test, config,
+                                           test_accuracy))
   return StageResult(network, metrics, counts if model.regulate and trained else None,
                      significance)
 
@@ -329,6 +348,9 @@ def _log_result(stage, result: StageResult, train, test, config):
   stage.log_history(metrics.get("history"))
   if result.participation is not None:
     stage.log_participation(result.participation, metrics.get("history"))
+  params = {k: metrics[k] for k in ("input_scaling", "precise_bn_batches") if k in metrics}
+  if params:
+    stage.log_params(params)
   stage.log_final(metrics)
   stage.log_model(result.network, config.dataset_spec, test.images)
   if result.significance is not None:

@@ -34,6 +34,9 @@ class NullStage:
   def log_artifact(self, path, artifact_path=None):
     del path, artifact_path
 
+  def log_params(self, params):
+    del params
+
   def log_final(self, metrics):
     """A stage's `metrics.json` as its final metrics, at the last epoch's step."""
     del metrics
