@@ -25,6 +25,8 @@ and user sample weights multiplied into the gate. Create and compile them
 under `strategy.scope()` to train on several replicas.
 """
 
+import inspect
+import math
 from typing import Optional
 
 import keras
@@ -58,9 +60,17 @@ def with_sample_ids(dataset: tf.data.Dataset) -> tf.data.Dataset:
     A dataset of `({"image": x, "id": i[, "sample_weight": w]}, y)`.
   """
 
+  spec = dataset.element_spec
+  if not isinstance(spec, tuple) or len(spec) not in (2, 3):
+    raise ValueError("with_sample_ids: expected (x, y) or (x, y, sample_weight) elements, e.g. "
+                     "tf.data.Dataset.from_tensor_slices((images, labels))")
+  label_shape = getattr(spec[1], "shape", None)
+  if label_shape is not None and label_shape.rank and label_shape[0] is None:
+    raise ValueError("with_sample_ids: the dataset looks batched (its labels have shape "
+                     f"{label_shape}); call with_sample_ids on the unbatched dataset, then "
+                     ".shuffle(...).batch(...): each element must be one sample")
+
   def attach(i, element):
-    if not isinstance(element, tuple) or len(element) not in (2, 3):
-      raise ValueError("with_sample_ids: expected (x, y) or (x, y, sample_weight) elements")
     features = {"image": element[0], "id": tf.cast(i, tf.int32)}
     if len(element) == 3:
       features["sample_weight"] = tf.cast(element[2], tf.float32)
@@ -69,11 +79,64 @@ def with_sample_ids(dataset: tf.data.Dataset) -> tf.data.Dataset:
   return dataset.enumerate().map(attach, num_parallel_calls=tf.data.AUTOTUNE)
 
 
+def _with_ids(arguments: dict, num_examples: int) -> dict:
+  """`fit`'s arguments with a sample id on every row.
+
+  A dataset must already carry them (`with_sample_ids`). NumPy arrays or tensors get
+  `{"image": x, "id": row}` features (and the rows of `validation_split` become
+  `validation_data`, as Keras would split them), so Keras' own shuffling of arrays
+  keeps each id with its row.
+
+  Raises:
+    ValueError: a dataset without ids, or a row count other than `num_examples`.
+  """
+  x = arguments.get("x")
+  if isinstance(x, tf.data.Dataset):
+    spec = x.element_spec
+    features = spec[0] if isinstance(spec, tuple) else spec
+    if not (isinstance(features, dict) and "id" in features):
+      raise ValueError("fit: the dataset's elements carry no sample ids; build it as "
+                       "tf_srkd.with_sample_ids(unbatched).shuffle(n).batch(b), or pass "
+                       "NumPy arrays fit(x, y)")
+    arguments.setdefault("shuffle", False)  # A dataset shuffles itself; Keras warns otherwise.
+    return arguments
+  if x is None or isinstance(x, dict) or not hasattr(x, "shape"):
+    return arguments  # Keras' own error for what it does not take either.
+  y, weights = arguments.get("y"), arguments.pop("sample_weight", None)
+  split = arguments.pop("validation_split", 0.0) or 0.0
+  rows = int(x.shape[0])
+  if split and arguments.get("validation_data") is None:
+    at = int(math.ceil(rows * (1.0 - split)))  # Keras' rule: the last rows validate.
+    arguments["validation_data"] = ((x[at:], y[at:]) if weights is None
+                                    else (x[at:], y[at:], weights[at:]))
+    x, y = x[:at], y[:at]
+    weights = None if weights is None else weights[:at]
+    rows = at
+  if rows != num_examples:
+    after = f" (after validation_split={split})" if split else ""
+    raise ValueError(f"fit: {rows} training rows{after} but num_examples={num_examples}; "
+                     f"a sample's id is its row, so create the model with num_examples={rows}")
+  features = {"image": x, "id": np.arange(rows, dtype=np.int32)}
+  if weights is not None:
+    features["sample_weight"] = np.asarray(weights, np.float32)
+  arguments["x"], arguments["y"] = features, y
+  return arguments
+
+
 class _KerasWorkflow:
   """What a plain Keras user needs on top of the library's step (a mixin)."""
 
-  def _init_workflow(self, alpha, significance_values):
+  def _init_workflow(self, alpha, significance_values, participation=None, epochs_trained=0):
     self.alpha = float(alpha)
+    # Epochs trained over every `fit` call: eta continues, and zeta's denominator.
+    self.epochs_trained = keras.Variable(int(epochs_trained), dtype="int32", trainable=False,
+                                         name="epochs_trained")
+    if participation is not None:
+      counts = np.asarray(participation)
+      if counts.shape != (self.num_examples,):
+        raise ValueError(f"participation: expected shape ({self.num_examples},), got "
+                         f"{counts.shape}")
+      self.set_participation(counts)
     self._significance_table = None
     if significance_values is not None:
       values = np.asarray(significance_values, np.float32)
@@ -88,17 +151,97 @@ class _KerasWorkflow:
     super().compile(optimizer=optimizer, **kwargs)
     self.optimizer.build(self.network.trainable_variables)
 
-  def fit(self, x=None, *args, callbacks=None, initial_epoch=0, **kwargs):
-    """`keras.Model.fit` with the threshold schedule eta(n) = 1 - exp(-alpha n) added."""
-    callbacks = list(callbacks or [])
+  def fit(self, x=None, y=None, *args, **kwargs):
+    """`keras.Model.fit`, with self-regulation's schedule and sample ids.
+
+    Takes what `keras.Model.fit` takes: a dataset from `with_sample_ids` (ids travel
+    with the rows), or NumPy arrays / tensors `x, y` (a sample's id is its row; Keras'
+    shuffling keeps it with the row), `sample_weight`, `validation_data` and
+    `validation_split` (validation runs the network without the gate: `val_loss`,
+    `val_accuracy`). Training continues across calls: eta(n) counts the epochs this
+    model has trained (or starts at `initial_epoch` when given).
+    """
+    bound = inspect.signature(keras.Model.fit).bind(self, x, y, *args, **kwargs).arguments
+    bound.pop("self")
+    extra = bound.pop("kwargs", {})
+    bound.update(extra)
+    if bound.get("initial_epoch") is None or "initial_epoch" not in bound:
+      # Keras' fit(epochs=E) trains E epochs; continuing, they are epochs k..k+E-1.
+      done = int(self.epochs_trained.numpy())
+      bound["initial_epoch"] = done
+      bound["epochs"] = done + int(bound.get("epochs", 1))
+    bound = _with_ids(bound, self.num_examples)
+    callbacks = list(bound.get("callbacks") or [])
     if not any(isinstance(c, callbacks_lib.RegulationSchedule) for c in callbacks):
       callbacks.insert(0, callbacks_lib.RegulationSchedule(self.alpha, self.num_examples,
-                                                           initial_epoch))
-    kwargs.setdefault("shuffle", False)  # tf.data datasets shuffle themselves.
-    return super().fit(x, *args, callbacks=callbacks, initial_epoch=initial_epoch, **kwargs)
+                                                           bound["initial_epoch"]))
+    for callback in callbacks:
+      # Keras infers a monitor's direction from compiled metrics; these models log their
+      # accuracy without compiled ones, so say what Keras would have inferred.
+      if (getattr(callback, "mode", None) == "auto"
+          and str(getattr(callback, "monitor", "")).removeprefix("val_") == "accuracy"):
+        callback.mode = "max"
+    if not any(isinstance(c, keras.callbacks.ProgbarLogger) for c in callbacks):
+      callbacks.append(callbacks_lib.ConsoleProgbar())  # Last: after the logs are complete.
+    bound["callbacks"] = callbacks
+    self._val_trackers_reset()
+    return super().fit(**bound)
+
+  # -- plain data: validation, evaluate, predict ----------------------------------
+
+  def call(self, inputs, training=False):
+    """The network on images (or on a `with_sample_ids` feature dict)."""
+    if isinstance(inputs, dict):
+      inputs = inputs["image"]
+    return self.network(inputs, training=training)
+
+  def evaluate(self, *args, **kwargs):
+    """`keras.Model.evaluate` on plain `(x, y)` data: the network's loss and accuracy."""
+    self._val_trackers_reset()
+    return super().evaluate(*args, **kwargs)
+
+  def test_step(self, data):
+    """Cross-entropy and accuracy of the network in inference mode; no gate, no counts."""
+    x, y, weight = keras.utils.unpack_x_y_sample_weight(data)
+    logits = self(x, training=False)
+    labels = tf.reshape(tf.cast(y, tf.int32), [-1])
+    ce = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+    correct = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), tf.float32)
+    loss_tracker, accuracy_tracker = self._val_trackers()
+    loss_tracker.update_state(ce, sample_weight=weight)
+    accuracy_tracker.update_state(correct, sample_weight=weight)
+    return {"loss": loss_tracker.result(), "accuracy": accuracy_tracker.result()}
+
+  def _val_trackers(self):
+    if getattr(self, "_validation_trackers", None) is None:
+      self._validation_trackers = (keras.metrics.Mean(name="loss"),
+                                   keras.metrics.Mean(name="accuracy"))
+    return self._validation_trackers
+
+  def _val_trackers_reset(self):
+    for tracker in self._val_trackers():
+      tracker.reset_state()
+
+  def save(self, filepath, *args, **kwargs):
+    """Not supported: the network is what you keep (see the error)."""
+    del args, kwargs
+    raise NotImplementedError(
+        f"{type(self).__name__}.save({filepath!r}): save the network and its counts instead: "
+        "model.network.save('net.keras'); np.save('counts.npy', model.participation_counts()); "
+        "resume with " + type(self).__name__ + "(keras.saving.load_model('net.keras'), ..., "
+        "participation=np.load('counts.npy'), epochs_trained=EPOCHS)")
 
   def _train_step(self, data, backward):
+    if not isinstance(data[0], dict) or "id" not in data[0]:
+      raise ValueError(
+          f"{type(self).__name__}.fit: the batches carry no sample ids; pass NumPy arrays "
+          "(fit(x, y)) or a dataset built as tf_srkd.with_sample_ids(unbatched).shuffle(n)"
+          ".batch(b)")
     features = dict(data[0])
+    tf.debugging.assert_less(
+        features["id"], self.num_examples,
+        message=f"a sample id is >= num_examples={self.num_examples}: pass "
+        "num_examples=len(your unbatched dataset)")
     if self._significance_table is not None:
       features["significance"] = tf.gather(self._significance_table, features["id"])
     return super()._train_step((features,) + tuple(data[1:]), backward)
@@ -128,13 +271,16 @@ class SelfRegulated(_KerasWorkflow, training.SelfRegulatedModel):
       (forward and backward on the participants only) or "auto".
     gate_temperature: softmax temperature of the gate's margin.
     normaliser: "participants", "batch" or "weights" (README Choices).
+    participation, epochs_trained: the counts and epochs of an earlier training of
+      `network` (from `participation_counts()` and `epochs_trained`), to continue it.
   """
 
   def __init__(self, network, num_examples, *, alpha=0.02, backward="masked",
-               gate_temperature=1.0, normaliser="participants", **kwargs):
+               gate_temperature=1.0, normaliser="participants", participation=None,
+               epochs_trained=0, **kwargs):
     super().__init__(network, num_examples, regulate=True, backward=backward,
                      gate_temperature=gate_temperature, normaliser=normaliser, **kwargs)
-    self._init_workflow(alpha, None)
+    self._init_workflow(alpha, None, participation, epochs_trained)
 
 
 class Distiller(_KerasWorkflow, distillation.Distiller):
@@ -150,13 +296,15 @@ class Distiller(_KerasWorkflow, distillation.Distiller):
       teacher's counts); required by "significance" and "hybrid".
     alpha: the student's own self-regulation rate (regulated, hybrid).
     temperature, kd_lambda, scale_temperature_squared: the loss (README).
-    backward, gate_temperature, normaliser: as `SelfRegulated`.
+    backward, gate_temperature, normaliser, participation, epochs_trained: as
+      `SelfRegulated`.
   """
 
   def __init__(self, teacher, student, num_examples, *, mode="regulated",
                significance: Optional[np.ndarray] = None, alpha=0.02, temperature=20.0,
                kd_lambda=0.3, scale_temperature_squared=True, backward="masked",
-               gate_temperature=1.0, normaliser="participants", **kwargs):
+               gate_temperature=1.0, normaliser="participants", participation=None,
+               epochs_trained=0, **kwargs):
     mode = modes_lib.get_mode(mode) if isinstance(mode, str) else mode
     if mode.weight_by_significance and significance is None:
       raise ValueError(f"mode {mode.name!r} weights each sample by the teacher's significance: "
@@ -167,4 +315,5 @@ class Distiller(_KerasWorkflow, distillation.Distiller):
                      backward=backward if mode.regulate else "masked", normaliser=normaliser,
                      teacher=teacher, **kwargs)
     self._init_workflow(alpha if mode.regulate else float("inf"),
-                        significance if mode.weight_by_significance else None)
+                        significance if mode.weight_by_significance else None, participation,
+                        epochs_trained)

@@ -36,6 +36,39 @@ COMPACT_BREAK_EVEN = 0.65
 AUTO_FIRST_BACKWARD = "masked"
 
 
+#: What the per-epoch console line shows: what a person reads while a stage trains. The
+#: diagnostics (loss parts, gate_from_cache, compact_backward, skipped_epoch, zeta) stay
+#: in the epoch logs, so history.json and MLflow keep every one of them.
+CONSOLE_KEYS = ("loss", "accuracy", "participation_fraction", "eta", "val_loss", "val_accuracy")
+
+
+def _shown(logs):
+  if logs is None:
+    return None
+  return {("participation" if k == "participation_fraction" else k): v
+          for k, v in logs.items() if k in CONSOLE_KEYS}
+
+
+class ConsoleProgbar(keras.callbacks.ProgbarLogger):
+  """Keras' progress bar and epoch line, showing `CONSOLE_KEYS` only.
+
+  Given to `fit` after the callbacks that add to the logs (`RegulationSchedule`), it
+  replaces the one Keras would add; the logs other callbacks see are not changed.
+  """
+
+  def on_train_batch_end(self, batch, logs=None):
+    super().on_train_batch_end(batch, _shown(logs))
+
+  def on_test_batch_end(self, batch, logs=None):
+    super().on_test_batch_end(batch, _shown(logs))
+
+  def on_epoch_end(self, epoch, logs=None):
+    super().on_epoch_end(epoch, _shown(logs))
+
+  def on_test_end(self, logs=None):
+    super().on_test_end(_shown(logs))
+
+
 class RegulationSchedule(keras.callbacks.Callback):
   """Sets eta(n) at each epoch start, picks the backward for `auto`, and adds
   eta, the backward used and the cumulative zeta to the epoch logs.
@@ -72,7 +105,12 @@ class RegulationSchedule(keras.callbacks.Callback):
     logs["skipped_epoch"] = 0.0
     logs["compact_backward"] = float(self.model.active_backward == "compact")
     counts = self.model.participation_counts()
-    logs["zeta"] = regulation.sample_efficiency(counts, epoch + 1)
+    trained = getattr(self.model, "epochs_trained", None)  # `tf_srkd.api`: over every fit.
+    if trained is not None:
+      trained.assign_add(1)
+      logs["zeta"] = regulation.sample_efficiency(counts, int(trained.numpy()))
+    else:
+      logs["zeta"] = regulation.sample_efficiency(counts, epoch + 1)
 
 
 class IdleEpochSkipper(keras.callbacks.Callback):

@@ -178,7 +178,8 @@ def fit_stage(model, split, config, *, stage_dir, epochs, alpha, extras=None, ca
     model.fit(dataset, epochs=epochs, initial_epoch=epoch, shuffle=False,
               steps_per_epoch=data.steps_per_epoch(split.size, config.batch_size),
               callbacks=[schedule, *[c for c in (rollover, skipper) if c], guard, history,
-                         callbacks_lib.CheckpointCallback(checkpoint), *callbacks],
+                         callbacks_lib.CheckpointCallback(checkpoint), *callbacks,
+                         callbacks_lib.ConsoleProgbar()],
               verbose=config.verbose)
     if skipper is None or skipper.idle_from is None:
       break
