@@ -174,3 +174,29 @@ def test_every_entry_point_refuses_a_bad_flag_in_one_line_with_status_2(module, 
   errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
   assert len(errors) == 1 and culprit in errors[0], result.stderr[-2000:]
   assert "Traceback" not in result.stderr and "USAGE" not in result.stderr
+
+
+def test_every_flag_of_the_main_job_is_in_one_help_group():
+  from tf_srkd import config_flags  # pylint: disable=import-outside-toplevel
+
+  grouped = [name for _, names in config_flags.HELP_GROUPS for name in names]
+  assert sorted(grouped) == sorted(spec.name for spec in config_flags.flag_specs())
+  assert len(grouped) == len(set(grouped))
+
+
+@pytest.mark.parametrize("module,expected", [
+    ("tf_srkd.main", ["data:", "models:", "gate:", "training:", "outputs and tracking:",
+                      "export:", "--dataset (default: mnist)", "--teacher_input (default: auto)",
+                      "--modes (default: conventional,significance,regulated,hybrid)"]),
+    ("export.tflite", ["--quantization (default: float32)", "--export_at_chance"]),
+    ("tf_srkd.report", ["--experiment"]),
+    ("tf_srkd.subset", ["--fractions"]),
+])
+def test_help_lists_the_programs_own_flags_with_defaults(module, expected):
+  result = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True,
+                          text=True, timeout=300, cwd=os.path.dirname(os.path.dirname(
+                              os.path.abspath(__file__))), check=False)
+  assert result.returncode == 0, result.stderr[-2000:]
+  for text in expected:
+    assert text in result.stdout, (text, result.stdout[:3000])
+  assert "--helpfull" in result.stdout and "--log_dir" not in result.stdout  # absl's own

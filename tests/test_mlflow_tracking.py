@@ -567,3 +567,24 @@ def test_a_failure_inside_a_run_goes_offline_and_keeps_the_calls(tmp_path, caplo
   kept = json.loads((tmp_path / "run/mlflow_pending/calls.json").read_text())
   assert [c["method"] for c in kept["calls"]] == ["log_batch"] * 3
   assert [c["kwargs"]["metrics"][0]["step"] for c in kept["calls"]] == [0, 1, 2]
+
+
+def test_a_stage_logs_its_own_epochs_so_the_report_lists_them(tmp_path):
+  """A pre-trained teacher fine-tuned 3 epochs in a run of --epochs=8 is a 3-epoch stage."""
+  from tf_srkd import report_records  # pylint: disable=import-outside-toplevel
+
+  config = dataclasses.replace(_tiny_config(tmp_path / "run", f"sqlite:///{tmp_path}/m.db",
+                                            ("regulated",)), epochs=8)
+  tracker = mlflow_tracking.connect(config, strict=True)
+  with tracker.run(config, "--epochs=8\n"):
+    with tracker.stage("teacher", role="teacher", model_name="t.keras", alpha=0.02, epochs=3):
+      pass
+    with tracker.stage("student-regulated", role="student", model_name="lenet5_half",
+                       mode="regulated", alpha=0.02):
+      pass
+  client = mlflow.MlflowClient(tracking_uri=tracker.tracking_uri)
+  epochs = {}
+  for name in ("teacher", "student-regulated"):
+    record = report_records.record_from_run(client.get_run(tracker.stage_run_id(name)))
+    epochs[record.role] = record.epochs
+  assert epochs == {"teacher": 3, "student": 8}

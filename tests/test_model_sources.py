@@ -161,8 +161,10 @@ def test_keras_teacher_factory_and_application_students_end_to_end(tmp_path):
   student in hybrid mode, then an application student distilled from the same teacher, exported."""
   teacher = str(tmp_path / "teacher.keras")
   model_sources.build("lenet5", MNIST, 10).save(teacher)
+  # An untrained stand-in for a trained teacher: its input range is pinned, since `auto`
+  # refuses a teacher at chance (tests/test_first_hour.py).
   common = ["--train_examples=128", "--batch_size=64", f"--teacher_model={teacher}",
-            "--teacher_finetune_epochs=1", "--distill_epochs=1"]
+            "--teacher_input=unit", "--teacher_finetune_epochs=1", "--distill_epochs=1"]
   first = tmp_path / "factory"
   result = _cli(*common, "--student_model=tests.model_factories:tiny_cnn",
                 "--modes=conventional,hybrid", f"--output_dir={first}")
@@ -176,7 +178,7 @@ def test_keras_teacher_factory_and_application_students_end_to_end(tmp_path):
   second = tmp_path / "application"
   result = _cli(*common[:2], f"--teacher_dir={first}", "--stage=distill",
                 "--student_model=MobileNetV3Small", "--modes=regulated", "--export=float32",
-                f"--output_dir={second}")
+                "--export_at_chance", f"--output_dir={second}")  # 2 steps: at chance.
   assert result.returncode == 0, result.stderr[-3000:]
   summary = json.loads((second / "summary.json").read_text())
   assert summary["students"]["regulated"]["params"] > 1_000_000
@@ -189,7 +191,8 @@ def test_pretrained_teacher_used_as_is_has_no_significance(tmp_path):
   model_sources.build("lenet5", MNIST, 10).save(teacher)
   out = tmp_path / "run"
   result = _cli("--train_examples=128", "--batch_size=64", f"--teacher_model={teacher}",
-                "--distill_epochs=1", "--modes=conventional,regulated", f"--output_dir={out}")
+                "--teacher_input=unit", "--distill_epochs=1", "--modes=conventional,regulated",
+                f"--output_dir={out}")
   assert result.returncode == 0, result.stderr[-3000:]
   metrics = json.loads((out / "teacher" / "metrics.json").read_text())
   assert metrics["epochs"] == 0 and metrics["zeta"] is None and metrics["history"] == []
@@ -199,3 +202,31 @@ def test_pretrained_teacher_used_as_is_has_no_significance(tmp_path):
   assert summary["students"]["regulated"]["zeta"] is not None
   # The pre-trained weights are the teacher's: its accuracy is the loaded model's (untrained).
   assert summary["teacher"]["test_accuracy"] < 0.5
+
+
+def test_saved_applications_load_in_a_fresh_process_without_this_package(tmp_path):
+  """Keras' own layers only: `keras.saving.load_model` (safe mode) with no tf_srkd import."""
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+
+  from tf_srkd import input_contract  # pylint: disable=import-outside-toplevel
+
+  images = np.random.default_rng(2).random((2, 32, 32, 3), np.float32)
+  np.save(tmp_path / "x.npy", images)
+  for name in ("MobileNetV3Small", "ResNet50"):
+    model = input_contract.wrap(model_sources.build(name, (32, 32, 3), 10), "pixels")
+    model.save(tmp_path / f"{name}.keras")
+    np.save(tmp_path / f"{name}.npy", np.asarray(model(images / 255.0)))
+  script = ("import sys, numpy as np, keras\n"
+            "x = np.load(sys.argv[1] + '/x.npy')\n"
+            "for name in ('MobileNetV3Small', 'ResNet50'):\n"
+            "  m = keras.saving.load_model(sys.argv[1] + f'/{name}.keras', safe_mode=True)\n"
+            "  np.testing.assert_allclose(np.asarray(m(x / 255.0)), np.load(sys.argv[1] + "
+            "f'/{name}.npy'), atol=1e-4)\n"
+            "assert not any(k.startswith('tf_srkd') for k in sys.modules)\n"
+            "print('loaded')\n")
+  result = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True,
+                          text=True, timeout=300, cwd=str(tmp_path),
+                          env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+                          check=False)
+  assert result.returncode == 0 and "loaded" in result.stdout, result.stderr[-3000:]

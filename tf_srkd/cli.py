@@ -130,11 +130,58 @@ def parse_flags(argv):
     fail(" ".join(str(e).split()).removeprefix("ERROR:: "))
 
 
-def run(main, argv=None):
+#: The arguments that print `help_text` instead of running (absl's --helpfull stays absl's).
+HELP_ARGUMENTS = ("--help", "-help", "-h", "--helpshort", "-?")
+
+
+def _wrap(text: str, indent: str, width: int = 88) -> str:
+  import textwrap  # pylint: disable=import-outside-toplevel
+
+  return textwrap.fill(" ".join(text.split()), width=width, initial_indent=indent,
+                       subsequent_indent=indent)
+
+
+def help_text(program: str, groups=None) -> str:
+  """The program's own flags with their help and defaults.
+
+  Args:
+    program: the command's name, for the usage line.
+    groups: ((heading, (flag names...)), ...); None: one group per module that
+      defines flags, bar absl's, TensorFlow's, TFDS', Keras' and MLflow's.
+
+  Returns:
+    The text `--help` prints (`--helpfull` adds absl's and TensorFlow's own flags).
+  """
+  from absl import flags  # pylint: disable=import-outside-toplevel
+
+  if groups is None:  # The flags this program defines, not its libraries' (absl, TF, ...).
+    foreign = ("absl", "tensorflow", "tensorflow_datasets", "keras", "mlflow")
+    names = [f.name for module, module_flags in flags.FLAGS.flags_by_module_dict().items()
+             if module.split(".")[0] not in foreign for f in module_flags]
+    groups = [("flags", tuple(dict.fromkeys(names)))]
+  lines = [f"usage: {program} [--flagfile=FILE] [--flag=value ...]", "",
+           "Flags (--helpfull also lists absl's and TensorFlow's):"]
+  for heading, names in groups:
+    lines += ["", f"{heading}:"]
+    for name in names:
+      if name not in flags.FLAGS:
+        continue
+      flag = flags.FLAGS[name]
+      default = flag.default
+      if isinstance(default, (list, tuple)):
+        default = ",".join(str(v) for v in default)
+      default = "" if default is None else f" (default: {default})"
+      lines.append(f"  --{name}{default}")
+      lines.append(_wrap(flag.help, "      "))
+  return "\n".join(lines) + "\n"
+
+
+def run(main, argv=None, help_groups=None):
   """`absl.app.run(main)` on `argv` (default `sys.argv`) with flagfiles expanded.
 
   A missing or self-including flagfile, an unknown flag or a value absl cannot
-  parse exits with status 2 and one line (`parse_flags`).
+  parse exits with status 2 and one line (`parse_flags`). `--help` prints the
+  program's own flags (`help_text`, grouped by `help_groups`) and exits 0.
   """
   from absl import app  # pylint: disable=import-outside-toplevel
   from absl import flags  # pylint: disable=import-outside-toplevel
@@ -144,6 +191,9 @@ def run(main, argv=None):
     argv = flagfiles.expand(sys.argv if argv is None else argv)
   except (flagfiles.FlagfileError, OSError) as e:
     fail(e)
+  if any(arg in HELP_ARGUMENTS for arg in argv[1:]):
+    sys.stdout.write(help_text(os.path.basename(argv[0]), help_groups))
+    sys.exit(0)
 
   def quiet_main(args):
     quiet_python_logging(flags.FLAGS)

@@ -53,6 +53,28 @@ class FlagSpec:
   choices: Optional[Tuple[str, ...]] = None
 
 
+#: `tf-srkd --help`: the flags by concern, in the order a user meets them. Every `Config`
+#: field is in exactly one group (tests/test_console.py checks it).
+HELP_GROUPS = (
+    ("data", ("dataset", "train_examples", "train_split", "test_split", "image_size",
+              "channels", "test_folder", "validation_fraction", "download",
+              "max_in_memory_mb")),
+    ("models", ("teacher_model", "student_model", "teacher_weights", "student_weights",
+                "teacher_finetune_epochs", "teacher_input", "student_input", "teacher_dir")),
+    ("gate", ("alpha", "distill_alpha", "gate", "distill_gate", "gate_temperature",
+              "backward", "infobatch_ratio", "infobatch_delta", "sb_beta", "keep_fraction",
+              "skip_idle_epochs", "reuse_margins")),
+    ("training", ("modes", "stage", "epochs", "distill_epochs", "batch_size", "teacher_lr",
+                  "distill_lr", "adam_epsilon", "temperature", "kd_lambda",
+                  "kd_scale_temperature_squared", "distill_loss_normaliser", "augment", "seed",
+                  "precise_bn_batches", "eval_batch_size", "steps_per_execution", "strategy",
+                  "cpu_replicas", "jit_compile", "deterministic")),
+    ("outputs and tracking", ("output_dir", "overwrite", "verbose", "mlflow",
+                              "mlflow_experiment", "mlflow_tracking_uri", "register_model")),
+    ("export", ("export", "export_at_chance")),
+)
+
+
 def flag_specs() -> Tuple[FlagSpec, ...]:
   """One `FlagSpec` per `Config` field, in field order."""
   specs = []

@@ -191,7 +191,7 @@ def main(argv):
 
 def run_main():
   """The `tf-srkd` console script (flagfiles resolved as `tf_srkd.flagfiles` says)."""
-  cli.run(main)
+  cli.run(main, help_groups=config_flags.HELP_GROUPS)
 
 
 if __name__ == "__main__":

@@ -244,8 +244,9 @@ class MlflowTracker:
                  synchronous=True)
 
   @contextlib.contextmanager
-  def stage(self, name, *, role, model_name, mode=None, alpha=None, gate=None):
-    """A child run of the parent for one trained model."""
+  def stage(self, name, *, role, model_name, mode=None, alpha=None, gate=None, epochs=None):
+    """A child run of the parent for one trained model (`epochs`: the stage's own epoch
+    count, e.g. a pre-trained teacher's fine-tuning epochs; None: from the config)."""
     if self.config is None:
       raise RuntimeError("MlflowTracker.stage() must be called inside MlflowTracker.run()")
     if self.disabled:
@@ -266,7 +267,8 @@ class MlflowTracker:
       return
     run_id = active.info.run_id
     self.stage_run_ids[name] = run_id
-    epochs = config.epochs if role == "teacher" else config.resolved_distill_epochs
+    if epochs is None:
+      epochs = config.epochs if role == "teacher" else config.resolved_distill_epochs
     params = dict(config_params(config), stage_epochs=str(epochs),
                   stage_alpha=format_alpha(alpha) or "None")
     self.guard("log params", self.client.log_batch, run_id,

@@ -110,7 +110,7 @@ def _application(flag, name, input_shape, num_classes):
     pad_h, pad_w = size[0] - input_shape[0], size[1] - input_shape[1]
     x = keras.layers.ZeroPadding2D(((pad_h // 2, pad_h - pad_h // 2),
                                     (pad_w // 2, pad_w - pad_w // 2)), name="pad_to_min_size")(x)
-  x = app_preprocessing.FoldedPreprocessing(name, name="preprocess")(x)
+  x = app_preprocessing.folded_layer(name, channels)(x)
   return keras.Model(inputs, base(x), name=name.lower())
 
 

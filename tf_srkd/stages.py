@@ -260,7 +260,7 @@ def run_stage(spec: StageSpec, config, strategy, train, test, tracker, build: Ca
   if spec.stage_dir.finished:
     console.stage_reused(description, spec.stage_dir.path)
     result = load_stage(spec.stage_dir, strategy, config.dataset_spec, train.size)
-    with tracker.stage(spec.name, **tracked) as stage:
+    with tracker.stage(spec.name, epochs=spec.epochs, **tracked) as stage:
       _log_result(stage, result, train, test, config)
     return result
   began = time.time()
@@ -272,7 +272,7 @@ def run_stage(spec: StageSpec, config, strategy, train, test, tracker, build: Ca
     compile_model(model, spec.learning_rate, config)
   stage_health.say_if_too_few_steps(spec, config, train.size,
                                     model_sources.has_batch_norm(model.network))
-  with tracker.stage(spec.name, **tracked) as stage:
+  with tracker.stage(spec.name, epochs=spec.epochs, **tracked) as stage:
     history, wall = fit_stage(model, train, config, stage_dir=spec.stage_dir.path,
                               epochs=spec.epochs, alpha=spec.alpha, extras=extras,
                               callbacks=stage.callbacks(), epoch_listeners=[stage.log_epoch],

@@ -86,7 +86,7 @@ class NullTracker:
     yield self
 
   @contextlib.contextmanager
-  def stage(self, name, *, role, model_name, mode=None, alpha=None, gate=None):
+  def stage(self, name, *, role, model_name, mode=None, alpha=None, gate=None, epochs=None):
     """A child run for one trained model; yields the stage object that logs into it."""
-    del name, role, model_name, mode, alpha, gate
+    del name, role, model_name, mode, alpha, gate, epochs
     yield NullStage()
