@@ -38,17 +38,18 @@ def parse_args(argv=None):
   p.add_argument("--test_examples", type=int, default=0, help="0: the whole test split")
   p.add_argument("--calibration_samples", type=int, default=200)
   p.add_argument("--precise_bn_batches", type=int, default=100)
+  p.add_argument("--modes", default=",".join(MODES), help="comma list of distillation modes")
   whole_runs.add_run_args(p, "bench_precise_bn",
                           "a seconds-scale check: 128 examples, 1 epoch, 20 test images")
   return whole_runs.apply_quick(p.parse_args(argv), test_examples=20, calibration_samples=16,
-                                precise_bn_batches=2)
+                                precise_bn_batches=2, modes="hybrid")
 
 
 def train(args, run_dir, log):
   flags = ["--flagfile=cifar10", "--nomlflow", "--verbose=2", f"--teacher_model={args.teacher}",
            f"--student_model={args.student}", f"--epochs={args.epochs}",
            f"--distill_epochs={args.distill_epochs}", f"--train_examples={args.train_examples}",
-           f"--batch_size={args.batch_size}", f"--modes={','.join(MODES)}",
+           f"--batch_size={args.batch_size}", f"--modes={args.modes}",
            "--precise_bn_batches=0", *args.extra]
   log("running: tf_srkd.main " + " ".join(flags))
   return whole_runs.run_main(flags, run_dir, os.path.join(args.output_root, "main.log"))
@@ -96,7 +97,7 @@ def main(argv=None):
   test = streaming.load(spec, "test")
   teacher = whole_runs.read_metrics(os.path.join(run_dir, "teacher"))
   rows = []
-  for mode in MODES:
+  for mode in args.modes.split(","):
     metrics = whole_runs.read_metrics(os.path.join(run_dir, "students", mode))
     variants = evaluate_variants(args, run_dir, mode, train_split, test, spec.num_classes)
     row = [mode, f"{metrics.get('zeta') or 1.0:.2%}"]

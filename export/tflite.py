@@ -92,9 +92,17 @@ def _export(f) -> list:
     if f.mlflow_run_id:
       raise ExportError("--mlflow_run_id: one run per model; with --run_dir use "
                         "export.tflite.export_run(..., mlflow_run_ids={mode: run_id})")
-    results = export_run(f.run_dir, quantizations, qat_epochs=f.qat_epochs, dataset=f.dataset,
-                         qat_options=qat_options, export_at_chance=f.export_at_chance,
-                         **common)
+    from tf_srkd import run_lock  # pylint: disable=import-outside-toplevel
+
+    if not os.path.isdir(f.run_dir):
+      raise ExportError(f"--run_dir={f.run_dir}: not a directory")
+    try:  # One writer per run directory: not while a run (or another export) writes it.
+      with run_lock.RunDirLock(f.run_dir, "--run_dir"):
+        results = export_run(f.run_dir, quantizations, qat_epochs=f.qat_epochs,
+                             dataset=f.dataset, qat_options=qat_options,
+                             export_at_chance=f.export_at_chance, **common)
+    except run_lock.RunDirBusy as e:
+      raise ExportError(str(e)) from e
     return [(f"{mode}/{key}", r) for mode, by_key in results.items() for key, r in by_key.items()]
   if not f.model:
     raise ExportError("--model (or --run_dir) is required")

@@ -23,7 +23,7 @@ BENCH = os.path.join(ROOT, "bench")
 QUICK_RUNS = {
     "bn_gate": (["--output_root={tmp}/run"], ["| regulated | masked |", "| hybrid | compact |"]),
     "mobile": (["--output_root={tmp}/run"], ["| conventional |", "| hybrid |"]),
-    "precise_bn_case": (["--output_root={tmp}/run"], ["| conventional |", "| hybrid |"]),
+    "precise_bn_case": (["--output_root={tmp}/run"], ["| hybrid |", "precise BN"]),
     "peers": ([], ["| mnist | teacher | self_regulated |", "| mnist | student | infobatch |",
                    "| mnist | student | selective_backprop |", "| mnist | student | random |"]),
     "streaming": ([], ["| on disk / in memory (throughput) |", "| 1024 |"]),

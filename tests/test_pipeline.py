@@ -143,7 +143,12 @@ def test_export_flag_writes_verified_tflite_students(tmp_path):
     config = smoke_config(out, epochs=1, modes=("regulated",), export=("float32",))
     pipeline.run(config)
     assert not (out / "students/regulated/tflite").exists()
-    main_lib.run(config)
+    # Mock data are noise: the student is at chance, and is not exported unless asked.
+    summary = main_lib.run(config)
+    assert summary["students"]["regulated"]["at_chance"] is True
+    assert not (out / "students/regulated/tflite").exists()
+    assert "--export_at_chance" in main_lib.refusal_at_chance(config, summary)
+    main_lib.run(dataclasses.replace(config, export_at_chance=True))
   tflite_dir = out / "students/regulated/tflite"
   assert (tflite_dir / "model_float32.tflite").is_file()
   assert (tflite_dir / "labels.txt").read_text().splitlines()[:2] == ["0", "1"]

@@ -3,12 +3,14 @@
 Every application documents the pixels it expects through its module's
 `preprocess_input` (``caffe``: BGR minus the ImageNet mean, ``tf``: [-1, 1],
 ``torch``: ImageNet mean/std, or identity for models that rescale inside, such
-as MobileNetV3 and EfficientNet). The pipeline feeds [0, 1] images, so
-`FoldedPreprocessing` multiplies by 255 and calls that very `preprocess_input`:
-the application's rule is used, not re-typed here. The layer is registered
-with Keras' serialization (config: the application's name), so a saved student
-loads in safe mode as long as this module is imported (`validation.load_model`
-and `export.source` import it).
+as MobileNetV3 and EfficientNet). The pipeline feeds [0, 1] images, so the
+model starts with `preprocess_input(255 x)`: `folded_layer` measures that very
+function on probe pixels (the application's rule is used, not re-typed here) and
+rebuilds it from Keras' own layers, so a saved model loads anywhere with plain
+`keras.saving.load_model`. `FoldedPreprocessing`, which calls `preprocess_input`
+itself, remains for a rule that is not affine and for models saved before; it is
+registered with Keras' serialization, so those load in safe mode once this module
+is imported (`validation.load_model` and `export.source` import it).
 """
 
 from typing import Optional

@@ -6,6 +6,7 @@ creates the distribution strategy once, calls `pipeline.run`, and, with
 never imports `export/`, which sits on top of it).
 """
 
+import contextlib
 import os
 import time
 
@@ -94,13 +95,17 @@ def run(config, strategy=None, tracker=None, is_chief=True) -> dict:
   from tf_srkd import pipeline  # pylint: disable=import-outside-toplevel
   from tf_srkd import tracking  # pylint: disable=import-outside-toplevel
 
+  from tf_srkd import run_lock  # pylint: disable=import-outside-toplevel
+
   tracker = tracker or tracking.NullTracker()
-  summary = pipeline.run(config, strategy, tracker=tracker, is_chief=is_chief)
-  shippable = [m for m in summary["students"] if m not in students_at_chance(config, summary)]
-  if config.export and shippable and is_chief:
-    export_students(config, shippable, tracker)
-  if config.register_model and shippable and is_chief:
-    register_students(config, shippable, tracker)
+  # One writer for the whole run, exports included (taken once every check passed).
+  with contextlib.closing(run_lock.RunDirLock(config.output_dir)) as lock:
+    summary = pipeline.run(config, strategy, tracker=tracker, is_chief=is_chief, lock=lock)
+    shippable = [m for m in summary["students"] if m not in students_at_chance(config, summary)]
+    if config.export and shippable and is_chief:
+      export_students(config, shippable, tracker)
+    if config.register_model and shippable and is_chief:
+      register_students(config, shippable, tracker)
   return summary
 
 
@@ -178,7 +183,9 @@ def main(argv):
   started = time.time()
   from export.errors import ExportError  # pylint: disable=import-outside-toplevel
 
-  with cli.failing_on(config_lib.ConfigError, data.DataError, ExportError):
+  from tf_srkd.run_lock import RunDirBusy  # pylint: disable=import-outside-toplevel
+
+  with cli.failing_on(config_lib.ConfigError, data.DataError, ExportError, RunDirBusy):
     summary = run(config, strategy, tracker=tracker, is_chief=chief)
   if chief:
     print(pipeline.format_summary(summary))

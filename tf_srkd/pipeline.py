@@ -27,6 +27,7 @@ from tf_srkd import io_utils
 from tf_srkd import layout
 from tf_srkd import model_sources
 from tf_srkd import modes as modes_lib
+from tf_srkd import run_lock
 from tf_srkd import stages
 from tf_srkd import streaming
 from tf_srkd import tracking
@@ -40,7 +41,8 @@ from tf_srkd import validation
 def prepare_output_dir(config: config_lib.Config, is_chief: bool = True,
                        teacher_digest: Optional[str] = None,
                        model_files_digest: Optional[str] = None,
-                       measured_inputs: Optional[dict] = None):
+                       measured_inputs: Optional[dict] = None,
+                       lock: Optional[run_lock.RunDirLock] = None):
   """Checks that `output_dir` is new or was written by the same settings.
 
   A restart with the same result-determining settings (and, with
@@ -49,6 +51,8 @@ def prepare_output_dir(config: config_lib.Config, is_chief: bool = True,
   they were made, are refused unless `overwrite` is set, in which case the old
   directory is moved aside (renamed), never deleted.
 
+  `lock` (the chief's `run_lock.RunDirLock` of `output_dir`, already held) is taken
+  again on the new directory after an old one is moved aside.
   `measured_inputs` (what `--teacher_input/--student_input=auto` measured) is
   recorded beside the identity; it follows from the model files and the data, so a
   `run_config.json` written before it was recorded still matches.
@@ -82,6 +86,8 @@ def prepare_output_dir(config: config_lib.Config, is_chief: bool = True,
       aside = f"{out.rstrip(os.sep)}.old-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}"
       os.replace(out, aside)
       logging.warning("moved the previous run in %s to %s", out, aside)
+      if lock is not None:
+        lock.acquire()  # The held lock moved aside with the old directory.
   if is_chief:
     io_utils.write_text(run_dir.flags, config_flags.to_flagfile(config))
     io_utils.write_json(marker, current)
@@ -301,7 +307,8 @@ def format_summary(summary) -> str:
   return "\n".join(lines)
 
 
-def run(config: config_lib.Config, strategy=None, tracker=None, is_chief=True) -> dict:
+def run(config: config_lib.Config, strategy=None, tracker=None, is_chief=True,
+        lock: Optional[run_lock.RunDirLock] = None) -> dict:
   """Runs the configured stages and returns the summary.
 
   Args:
@@ -309,6 +316,12 @@ def run(config: config_lib.Config, strategy=None, tracker=None, is_chief=True) -
     strategy: a `tf.distribute.Strategy` (default: the default strategy).
     tracker: a tracker (default: `tracking.NullTracker()`).
     is_chief: False on non-chief workers, which write nothing.
+    lock: the chief's lock of `output_dir` (`run_lock`), taken here right before the
+      first write and left held for the caller to release (the entry point exports
+      after this returns); None: one of its own, released on return.
+
+  Raises:
+    run_lock.RunDirBusy: another process is writing `output_dir`.
 
   Returns:
     The `summary.json` dict (teacher and the students trained or reused).
@@ -328,7 +341,21 @@ def run(config: config_lib.Config, strategy=None, tracker=None, is_chief=True) -
   test = streaming.load(spec, "test", 0, config.download, config.max_in_memory_mb)
   teacher, teacher_digest = load_teacher(config, strategy, train.size)
   files_digest, scalings, measured = check_models(config, train, teacher is None)
-  prepare_output_dir(config, is_chief, teacher_digest, files_digest, measured)
+  own_lock = lock is None and is_chief
+  if own_lock:
+    lock = run_lock.RunDirLock(config.output_dir)
+  try:
+    if is_chief:
+      lock.acquire()  # Every check passed: the first write of the run comes next.
+    prepare_output_dir(config, is_chief, teacher_digest, files_digest, measured, lock)
+    return _run_stages(config, strategy, tracker, is_chief, train, test, teacher, scalings)
+  finally:
+    if own_lock:
+      lock.release()
+
+
+def _run_stages(config, strategy, tracker, is_chief, train, test, teacher, scalings) -> dict:
+  """The stages of `run` after the output directory is ready; returns the summary."""
   with tracker.run(config, config_flags.to_flagfile(config)):
     if not config.teacher_dir and config.stage != "distill":
       # The run's own teacher: trained, or (finished) checked, reused and tracked.

@@ -180,11 +180,8 @@ def run(plan: Plan, tracker=None) -> list:
   """Trains every student of the plan (reusing finished ones); returns the result rows."""
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
-  from tf_srkd import data  # pylint: disable=import-outside-toplevel
-  from tf_srkd import io_utils  # pylint: disable=import-outside-toplevel
   from tf_srkd import stages  # pylint: disable=import-outside-toplevel
   from tf_srkd import streaming  # pylint: disable=import-outside-toplevel
-  from tf_srkd import tracking  # pylint: disable=import-outside-toplevel
 
   config = plan.config
   spec = config.dataset_spec
@@ -196,6 +193,27 @@ def run(plan: Plan, tracker=None) -> list:
   teacher = stages.load_stage(layout.teacher_stage(config.teacher_dir), strategy, spec, train.size)
   _check_output_dir(plan)
   out = config.output_dir
+  from tf_srkd import run_lock  # pylint: disable=import-outside-toplevel
+
+  lock = run_lock.RunDirLock(out)
+  try:
+    lock.acquire()
+  except run_lock.RunDirBusy as e:
+    raise config_lib.ConfigError(str(e)) from e
+  try:
+    return _run_locked(plan, tracker, config, spec, strategy, train, test, teacher, out)
+  finally:
+    lock.release()
+
+
+def _run_locked(plan, tracker, config, spec, strategy, train, test, teacher, out):
+  """`run` once the output directory is this process' alone."""
+  from tf_srkd import data  # pylint: disable=import-outside-toplevel
+  from tf_srkd import io_utils  # pylint: disable=import-outside-toplevel
+  from tf_srkd import stages  # pylint: disable=import-outside-toplevel
+  from tf_srkd import streaming  # pylint: disable=import-outside-toplevel
+  from tf_srkd import tracking  # pylint: disable=import-outside-toplevel
+
   os.makedirs(os.path.join(out, "ids"), exist_ok=True)
   io_utils.write_json(os.path.join(out, "settings.json"), settings_record(plan))
   if data.is_stored(train.images):  # On disk too, as in `pipeline.distill_students`.
