@@ -24,7 +24,7 @@ from tf_srkd import validation
 #: Run settings an MLflow run's params provide in place of run_config.json.
 _RUN_PARAMS = ("dataset", "train_examples", "student_model", "teacher_model", "temperature",
                "kd_lambda",
-               # issue 11: the data settings that shape the dataset's spec.
+               # The data settings that shape the dataset's spec.
                "train_split", "test_split", "image_size", "channels", "test_folder",
                "validation_fraction", "seed")
 

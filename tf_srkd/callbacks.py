@@ -28,7 +28,7 @@ from tf_srkd import validation
 #: break-even lies near 0.65-0.7.
 COMPACT_BREAK_EVEN = 0.65
 
-#: issue 14: `auto`'s backward for a regulated run's first epoch, which has no
+#: `auto`'s backward for a regulated run's first epoch, which has no
 #: previous participation to choose from. At eta(0) = 0 the participants are
 #: the misclassified samples; bench/trickle_floor.py (section `auto_epoch0`)
 #: times epoch 0 both ways from the same weights. "masked" until that

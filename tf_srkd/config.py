@@ -18,6 +18,7 @@ import os
 from typing import Optional, Tuple
 
 from tf_srkd import datasets
+from tf_srkd import errors
 from tf_srkd import gates
 from tf_srkd import input_contract
 from tf_srkd import layout
@@ -35,8 +36,7 @@ STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
 QUANTIZATIONS = ("float32", "dynamic", "float16", "int8")
 
 
-class ConfigError(ValueError):
-  """Bad input; the message names the flag or file and what was expected."""
+ConfigError = errors.ConfigError  # Raised by `validate`; importable from here too.
 
 
 def _flag(default, help_text, **flag):
@@ -121,7 +121,7 @@ class Config:
   verbose: int = _flag(2, "Keras fit verbosity: 0 silent, 1 a progress bar with ETA, 2 one line "
                        "per epoch (default: 1 when stdout is a terminal, else 2).",
                        flag_default=None)
-  # -- issue 13: gate policies (tf_srkd.gates) ---------------------------------------
+  # -- gate policies (tf_srkd.gates) ------------------------------------------------
   gate: str = _flag(gates.DEFAULT, "The teacher's gate policy: "
                     + "; ".join(f"{p.name}: {p.summary}" for p in gates.POLICIES.values()) + ".",
                     choices=tuple(gates.POLICIES))
@@ -135,7 +135,7 @@ class Config:
   sb_beta: float = _flag(1.0, "Selective Backprop's beta: keep probability = "
                          "percentile(loss)^beta, > 0.")
   keep_fraction: float = _flag(0.5, "The random gate's keep probability p, in (0, 1].")
-  # -- issue 12: models from any source ------------------------------------------
+  # -- models from any source ---------------------------------------------------
   teacher_weights: Optional[str] = _flag(None, "Weights file (model.load_weights) loaded into "
                                          "the teacher after building it: a pre-trained teacher.")
   student_weights: Optional[str] = _flag(None, "Weights file loaded into every student after "
@@ -145,7 +145,7 @@ class Config:
       "many self-regulated epochs from its weights; their participation counts give the "
       "significance. 0: used as is, without significance (modes significance and hybrid are "
       "then refused).")
-  # -- issue 14: exact margin reuse ---------------------------------------------
+  # -- exact margin reuse ------------------------------------------------------
   reuse_margins: bool = _flag(True, "Compact gate: rows whose margin was computed with the "
                               "current weights skip the inference pass (bit-identical; "
                               "--noreuse_margins runs every row).")
@@ -156,12 +156,12 @@ class Config:
       "epoch's step count not above K, so that no call straddles two epochs. Under "
       "--strategy=mirrored/multi_worker: always 1.")
 
-  # -- issue 16 (MLflow Model Registry) --
+  # -- MLflow Model Registry --
   register_model: Optional[str] = _flag(
       None, "Register each student's MLflow model in the Model Registry as <NAME>-<mode>, "
       "with its TFLite files (--export) attached (needs --mlflow).")
 
-  # -- issue 11: any TFDS dataset or an image folder ---------------------------------
+  # -- any TFDS dataset or an image folder -----------------------------------------
   train_split: str = _flag("train", "TFDS split of the transfer set; slices and percentages "
                            "allowed ('train[:85%]'). Sample id i = its i-th example in file "
                            "order.")
@@ -300,11 +300,11 @@ def validate(config: Config) -> Config:
   if config.teacher_dir:
     _validate_teacher_dir(config)
   _validate_gates(config)
-  _validate_register_model(config)  # issue 16
+  _validate_register_model(config)
   return config
 
 
-# -- issue 13: gate policies --------------------------------------------------------
+# -- gate policies -----------------------------------------------------------------
 
 
 def _validate_gates(config: Config):
@@ -319,7 +319,7 @@ def _validate_gates(config: Config):
     _require(not math.isnan(value) and good(value), f"--{flag}={value}: expected {expected}")
 
 
-# -- issue 16: MLflow Model Registry ------------------------------------------------
+# -- MLflow Model Registry ---------------------------------------------------------
 
 
 def _validate_register_model(config: Config):
@@ -352,7 +352,7 @@ def validate_tf_config(text: Optional[str]):
 
 
 def _validate_model_sources(config: Config):
-  """Issue 12: the model flags' syntax and files, and a pre-trained teacher's significance."""
+  """The model flags' syntax and files, and a pre-trained teacher's significance."""
   from tf_srkd import model_sources  # pylint: disable=import-outside-toplevel  (imports config)
 
   model_sources.check_name("teacher_model", config.teacher_model)

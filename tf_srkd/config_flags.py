@@ -10,7 +10,7 @@ import math
 from typing import Optional, Tuple
 
 from tf_srkd.config import Config
-from tf_srkd.config import ConfigError
+from tf_srkd.errors import ConfigError
 
 
 def to_flagfile(config: Config) -> str:

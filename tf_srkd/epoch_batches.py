@@ -7,7 +7,7 @@ arrays, and a batch is a slice of them, as a plain `fit` on in-memory tensors
 does. The batches are the same, bit for bit and in the same order (same
 `data.epoch_permutation`, same `data.preprocess`, same augmentation), so the
 two pipelines are interchangeable; this one is what `stages.fit_stage` uses
-(issue 14: the per-batch gathers cost conventional distillation ~5 % of an
+(the per-batch gathers cost conventional distillation ~5 % of an
 epoch). The per-epoch arrays of the next epoch are built while the last
 batches of the current one train (prefetch).
 """

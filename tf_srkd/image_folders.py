@@ -27,8 +27,8 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from tf_srkd import datasets
-from tf_srkd.datasets import DatasetError
+from tf_srkd import dataset_specs as datasets
+from tf_srkd.dataset_specs import DatasetError
 
 #: Pillow formats TensorFlow's `decode_image` reads.
 FORMATS = ("JPEG", "PNG", "BMP", "GIF")

@@ -27,7 +27,7 @@ import re
 from typing import Optional
 
 from tf_srkd import models
-from tf_srkd.config import ConfigError
+from tf_srkd.errors import ConfigError
 
 KINDS = ("registry", "application", "factory", "file")
 _FACTORY = re.compile(r"[A-Za-z_][\w]*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")

@@ -52,7 +52,7 @@ class StageCheckpoint:
                  participation=self._participation,
                  **{f"policy_{name}": v for name, v in self._policy_state.items()})
     self._checkpoint = tf.train.Checkpoint(margins=self._margins, **state)
-    self._without_margins = tf.train.Checkpoint(**state)  # Checkpoints from before issue 14.
+    self._without_margins = tf.train.Checkpoint(**state)  # Checkpoints written without a margin cache.
     self._manager = tf.train.CheckpointManager(self._checkpoint, directory, max_to_keep=1)
 
   def restore(self, epochs: Optional[int] = None) -> int:

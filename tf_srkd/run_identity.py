@@ -11,12 +11,9 @@ re-exports `identity`.
 
 import dataclasses
 import math
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
 from tf_srkd import gates
-
-if TYPE_CHECKING:  # Only for the annotation: tf_srkd.config imports this module.
-  from tf_srkd.config import Config  # pylint: disable=cyclic-import
 
 
 #: Fields that do not change what a stage computes: a restart may change them.
@@ -24,12 +21,12 @@ _NON_IDENTITY_FIELDS = frozenset({
     "stage", "overwrite", "verbose", "mlflow", "mlflow_experiment", "mlflow_tracking_uri",
     "export", "output_dir", "eval_batch_size", "download", "strategy", "cpu_replicas",
     "jit_compile", "teacher_dir", "modes", "deterministic",
-    "max_in_memory_mb",  # issue 11: in memory or on disk, the results are identical.
+    "max_in_memory_mb",  # In memory or on disk, the results are identical.
 })
-# issue 14: reusing exact margins changes how fast a stage runs, not what it computes.
+# Reusing exact margins changes how fast a stage runs, not what it computes.
 _NON_IDENTITY_FIELDS = _NON_IDENTITY_FIELDS | {"reuse_margins"}
-_NON_IDENTITY_FIELDS |= {"register_model"}  # issue 16
-# issue 14: steps per compiled call change the Python round trips, not the steps.
+_NON_IDENTITY_FIELDS |= {"register_model"}  # Registering happens after every stage.
+# Steps per compiled call change the Python round trips, not the steps.
 _NON_IDENTITY_FIELDS |= {"steps_per_execution"}
 # Whether an at-chance student is exported does not change any stage.
 _NON_IDENTITY_FIELDS |= {"export_at_chance"}
@@ -48,23 +45,23 @@ def _json_value(value):
 #: value those runs used: a field at that value is left out of the identity, so
 #: the older runs' `run_config.json` still matches (and resumes).
 _ADDED_IDENTITY_FIELDS = {"distill_loss_normaliser": "participants"}
-# issue 13: gate policies (the defaults are the behaviour before them).
+# Gate policies (the defaults are the behaviour without them).
 _ADDED_IDENTITY_FIELDS.update(gate=gates.DEFAULT, distill_gate=gates.DEFAULT, infobatch_ratio=0.5,
                               infobatch_delta=0.875, sb_beta=1.0, keep_fraction=0.5)
-# issue 11: data settings (the defaults are the behaviour before them).
+# Data settings (the defaults are the behaviour without them).
 _ADDED_IDENTITY_FIELDS.update(train_split="train", test_split="test", image_size="", channels=0,
                               test_folder=None, validation_fraction=0.0)
-# issue 12: models from any source.
+# Models from any source.
 _ADDED_IDENTITY_FIELDS.update(teacher_weights=None, student_weights=None,
                               teacher_finetune_epochs=0)
-# issue 17: Adam's epsilon (Keras' default before the flag).
+# Adam's epsilon (Keras' default, which runs without the flag used).
 _ADDED_IDENTITY_FIELDS.update(adam_epsilon=1e-7)
 # Input scaling and precise BN: at their defaults, every model built here computes what it
 # did before them (precise BN changes only BatchNorm networks, none of the registry's).
 _ADDED_IDENTITY_FIELDS.update(teacher_input="auto", student_input="auto", precise_bn_batches=100)
 
 
-def identity(config: "Config", teacher_digest: Optional[str] = None,
+def identity(config: "tf_srkd.config.Config", teacher_digest: Optional[str] = None,
              model_files_digest: Optional[str] = None) -> dict:
   """The settings that determine a run's results, as strict-JSON values, for
   restart-compatibility checks.
@@ -84,6 +81,6 @@ def identity(config: "Config", teacher_digest: Optional[str] = None,
             and not (k in _ADDED_IDENTITY_FIELDS and v == _ADDED_IDENTITY_FIELDS[k])}
   if teacher_digest is not None:
     fields["teacher_sha256"] = teacher_digest
-  if model_files_digest is not None:  # issue 12: .keras / weights files of the model flags.
+  if model_files_digest is not None:  # .keras / weights files of the model flags.
     fields["model_files_sha256"] = model_files_digest
   return fields

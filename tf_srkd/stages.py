@@ -92,7 +92,7 @@ def compile_model(model, learning_rate, config):
   Whole epochs per compiled call by default (`config.steps_per_execution`):
   a trickle epoch of the self-regulated teacher is ~118 steps of which most
   apply no update, so the per-call Python round trip of Keras' loop was a
-  large share of it (issue 14, bench/RESULTS.md "trickle").
+  large share of it (bench/RESULTS.md "trickle").
   """
   per_call = config.steps_per_execution
   if tf.distribute.has_strategy():
@@ -119,7 +119,7 @@ def fit_stage(model, split, config, *, stage_dir, epochs, alpha, extras=None, ca
   as the epochs that ran, and training resumes at the first epoch with a
   participant. The result is bit-identical to running them. With
   `config.reuse_margins`, compact steps take the gate of every row whose
-  margin is still exact from the model's `margin_cache` (issue 14).
+  margin is still exact from the model's `margin_cache`.
 
   Args:
     model: a compiled `SelfRegulatedModel`.

@@ -152,10 +152,10 @@ class GatedSteps:
     """(grads, per-sample loss, its parts, predicted class) of the chosen rows; no
     forward at all when this replica chose none.
 
-    A trickle epoch's batches are mostly empty: the one padded row (weight 0)
-    used to go through a training-mode forward and backward for a zero
-    gradient, about 1 ms a step on LeNet-5 (issue 14). The skipped branch
-    returns what that pass gave: zero gradients, zero loss for the pad row.
+    A trickle epoch's batches are mostly empty: a training-mode forward and
+    backward of the one padded row (weight 0) would give a zero gradient for
+    about 1 ms a step on LeNet-5. The skipped branch returns what that pass
+    would give: zero gradients, zero loss for the pad row.
     Replica-local and free of collectives (the divisor is computed outside),
     so each replica may take its own branch.
     """

@@ -12,8 +12,8 @@ import difflib
 
 import numpy as np
 
-from tf_srkd import datasets
-from tf_srkd.datasets import DatasetError
+from tf_srkd import dataset_specs as datasets
+from tf_srkd.dataset_specs import DatasetError
 
 #: Example of the fix shown when a dataset has no `test` split.
 _SPLIT_FIX = "--train_split='train[:85%]' --test_split='train[85%:]'"

@@ -92,7 +92,7 @@ class SelfRegulatedModel(steps.GatedSteps, keras.Model):
         synchronization="on_read", aggregation="sum", name="participation")
     self.eta = keras.Variable(0.0, dtype="float32", trainable=False, name="eta")
     # The compact (inference-mode) gate's margins and predictions, by id, with
-    # the optimizer iteration they were computed at (issue 14).
+    # the optimizer iteration they were computed at.
     self.margin_cache = margin_cache.MarginCache(self.num_examples)
     self.reuse_margins = True  # Read when the step is traced; `stages.fit_stage` sets it.
     self._trackers = {

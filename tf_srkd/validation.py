@@ -22,7 +22,7 @@ from typing import Iterable, Optional
 
 import numpy as np
 
-from tf_srkd.config import ConfigError
+from tf_srkd.errors import ConfigError
 
 #: The dtype kinds (`numpy.dtype.kind`) each array may have.
 FLOAT_KINDS = "f"
