@@ -41,3 +41,14 @@ def mobilenet_v3_small(input_shape, num_classes):
 def mobilenet_v3_large(input_shape, num_classes):
   """`MobileNetV3Large` as `--teacher_model` builds it, BatchNorm momentum 0.9."""
   return _with_bn_momentum(model_sources.build("MobileNetV3Large", input_shape, num_classes))
+
+
+def tiny_bn_cnn(input_shape, num_classes):
+  """A few-thousand-parameter CNN with Keras' application BatchNorm momentum (0.999), for
+  the seconds-scale `--quick` checks of the BN scripts (their code paths, not their figures)."""
+  inputs = keras.Input(shape=input_shape, name="image")
+  x = keras.layers.Conv2D(8, 3, strides=2, padding="same", use_bias=False)(inputs)
+  x = keras.layers.BatchNormalization(momentum=0.999)(x)
+  x = keras.layers.Activation("relu")(x)
+  x = keras.layers.GlobalAveragePooling2D()(x)
+  return keras.Model(inputs, keras.layers.Dense(num_classes, name="logits")(x), name="tiny_bn")

@@ -40,9 +40,11 @@ def parse_args(argv=None):
   p.add_argument("--precise_bn_batches", type=int, default=100)
   p.add_argument("--modes", default=",".join(MODES), help="comma list of distillation modes")
   whole_runs.add_run_args(p, "bench_precise_bn",
-                          "a seconds-scale check: 128 examples, 1 epoch, 20 test images")
+                          "a seconds-scale check: 128 examples, 1 epoch, 20 test images, "
+                          "the hybrid mode, a tiny BN student")
   return whole_runs.apply_quick(p.parse_args(argv), test_examples=20, calibration_samples=16,
-                                precise_bn_batches=2, modes="hybrid")
+                                precise_bn_batches=2, modes="hybrid",
+                                student="mobile_models:tiny_bn_cnn")
 
 
 def train(args, run_dir, log):
