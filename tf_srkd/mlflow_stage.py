@@ -217,10 +217,15 @@ class MlflowStage:
 
   def _log_keras_model(self, network, input_example, metadata, requirements):
     # What `mlflow.keras.log_model` does, through `_KerasFlavor` (see there).
+    # No serving-input validation: MLflow would reload the model and predict on the
+    # example, tracing one more predict function per stage, and TensorFlow warns about
+    # retracing from the third stage on. tests/test_mlflow_tracking.py loads each logged
+    # model back and checks its predictions instead.
     return mlflow.models.Model.log(
         artifact_path=None, name=self.name, flavor=_KerasFlavor, model=network,
         signature=_signature(network), input_example=input_example,
-        pip_requirements=requirements, metadata=metadata, tags=self.tags, step=self.final_step)
+        pip_requirements=requirements, metadata=metadata, tags=self.tags, step=self.final_step,
+        validate_serving_input=False)
 
   def log_significance(self, significance, labels, class_names):
     """significance.npy + class-wise histograms (the paper's Figures 3-5)."""
@@ -258,6 +263,7 @@ class _KerasFlavor:
 
   @staticmethod
   def save_model(path, **kwargs):
+    kwargs.pop("validate_serving_input", None)  # `Model.log`'s own option, not the flavor's.
     os.makedirs(path, exist_ok=True)
     return mlflow.keras.save_model(path=path, **kwargs)
 
