@@ -117,6 +117,9 @@ def test_misuse_names_the_fix():
   too_many = tf_srkd.with_sample_ids(tf.data.Dataset.from_tensor_slices((x, y))).batch(50)
   with pytest.raises(tf.errors.InvalidArgumentError, match=r"num_examples=len"):
     model.fit(too_many, epochs=1, verbose=0)
+  too_few = tf_srkd.with_sample_ids(tf.data.Dataset.from_tensor_slices((x[:100], y[:100])))
+  with pytest.raises(ValueError, match=r"has 100 samples .* num_examples=100"):
+    _teacher().fit(too_few.batch(32), epochs=2, verbose=0)
 
 
 def test_the_epoch_line_shows_what_a_person_reads(capsys):

@@ -123,6 +123,34 @@ def _with_ids(arguments: dict, num_examples: int) -> dict:
   return arguments
 
 
+class _EpochSizeCheck(keras.callbacks.Callback):
+  """After the first epoch of a `fit`, compares the rows it saw with `num_examples`.
+
+  Ids at or above `num_examples` stop the step itself; this catches the other way a
+  dataset disagrees with the model, fewer rows than `num_examples`, which would
+  leave counts at 0 and deflate zeta without any error.
+  """
+
+  def __init__(self, num_examples):
+    super().__init__()
+    self.num_examples = int(num_examples)
+    self.checked = False
+
+  def on_epoch_begin(self, epoch, logs=None):
+    self.model.rows_at_validation = None
+
+  def on_epoch_end(self, epoch, logs=None):
+    if self.checked:
+      return
+    self.checked = True
+    seen = int(round(float(self.model.rows_seen_this_epoch())))
+    if seen != self.num_examples:
+      raise ValueError(
+          f"fit: an epoch of this dataset has {seen} samples but num_examples="
+          f"{self.num_examples}; create the model with num_examples={seen} (the size of the "
+          "unbatched dataset given to with_sample_ids), or pass steps_per_epoch")
+
+
 class _KerasWorkflow:
   """What a plain Keras user needs on top of the library's step (a mixin)."""
 
@@ -172,6 +200,8 @@ class _KerasWorkflow:
       bound["epochs"] = done + int(bound.get("epochs", 1))
     bound = _with_ids(bound, self.num_examples)
     callbacks = list(bound.get("callbacks") or [])
+    if bound.get("steps_per_epoch") is None:
+      callbacks.append(_EpochSizeCheck(self.num_examples))
     if not any(isinstance(c, callbacks_lib.RegulationSchedule) for c in callbacks):
       callbacks.insert(0, callbacks_lib.RegulationSchedule(self.alpha, self.num_examples,
                                                            bound["initial_epoch"]))
@@ -187,6 +217,12 @@ class _KerasWorkflow:
     self._val_trackers_reset()
     return super().fit(**bound)
 
+  def rows_seen_this_epoch(self):
+    """Rows the train steps saw since the epoch began (every replica's); validation
+    resets the trackers, so its start keeps the count (`evaluate`)."""
+    kept = getattr(self, "rows_at_validation", None)
+    return kept if kept is not None else self._trackers["participation_fraction"].count.numpy()
+
   # -- plain data: validation, evaluate, predict ----------------------------------
 
   def call(self, inputs, training=False):
@@ -197,6 +233,8 @@ class _KerasWorkflow:
 
   def evaluate(self, *args, **kwargs):
     """`keras.Model.evaluate` on plain `(x, y)` data: the network's loss and accuracy."""
+    if getattr(self, "rows_at_validation", 0) is None:  # Inside a `fit` epoch: keep its count.
+      self.rows_at_validation = self._trackers["participation_fraction"].count.numpy()
     self._val_trackers_reset()
     return super().evaluate(*args, **kwargs)
 
