@@ -88,3 +88,40 @@ def test_the_data_and_error_layers_import_nothing_above_them():
   graph = import_graph()
   assert graph["tf_srkd.errors"] == set()
   assert graph["tf_srkd.dataset_specs"] <= {"tf_srkd.registry"}
+
+
+#: The entry points: they read flags, build the tracker and call the library.
+ENTRY_POINTS = {"tf_srkd.main", "tf_srkd.subset", "tf_srkd.report",
+                "export.tflite", "export.qat"}
+#: The run: data, models, the gated steps and the stages. They log through the tracker
+#: interface they are handed (`tracking`), never through MLflow itself.
+RUN_MODULES = {"tf_srkd.pipeline", "tf_srkd.stages", "tf_srkd.stage_health", "tf_srkd.training",
+               "tf_srkd.distillation", "tf_srkd.steps", "tf_srkd.callbacks", "tf_srkd.resume",
+               "tf_srkd.regulation", "tf_srkd.losses", "tf_srkd.modes", "tf_srkd.chance",
+               "tf_srkd.precise_bn", "tf_srkd.input_contract", "tf_srkd.data",
+               "tf_srkd.datasets", "tf_srkd.dataset_specs", "tf_srkd.streaming",
+               "tf_srkd.model_sources", "tf_srkd.models", "tf_srkd.config", "tf_srkd.api"}
+
+
+def _imports_mlflow(module):
+  path = _modules()[module]
+  with open(path, encoding="utf-8") as f:
+    tree = ast.parse(f.read())
+  for node in ast.walk(tree):
+    names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+             else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+    if any(n == "mlflow" or n.startswith("mlflow.") for n in names):
+      return True
+  return False
+
+
+def test_the_walls_hold():
+  graph = import_graph()
+  assert RUN_MODULES | ENTRY_POINTS <= set(graph), (RUN_MODULES | ENTRY_POINTS) - set(graph)
+  for module, imported in graph.items():
+    # Nothing but another entry point imports an entry point.
+    assert not (imported & ENTRY_POINTS) or module in ENTRY_POINTS, (module, imported)
+  for module in RUN_MODULES:
+    mlflow_modules = {m for m in graph[module] if m.startswith("tf_srkd.mlflow_")}
+    assert not mlflow_modules and not _imports_mlflow(module), module
+    assert not any(m.startswith("export") for m in graph[module]), module

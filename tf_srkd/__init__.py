@@ -8,6 +8,12 @@ it, and `tensorflow_model_optimization` is never imported here (it switches the
 whole process to legacy Keras). The public API for your own Keras code
 (`SelfRegulated`, `Distiller`, `with_sample_ids`, `significance`,
 `sample_efficiency`, `build_model`; see `tf_srkd.api`) is loaded on first use.
+
+Walls (tests/test_import_graph.py keeps them): the import graph has no circles,
+lazy imports included; nothing imports an entry point (`main`, `subset`, `report`,
+`export.tflite`); the run (data, models, gates, steps, stages, pipeline) logs
+through the tracker it is handed and imports neither MLflow nor `export`; bad input
+is `errors.ConfigError`, at the bottom of the graph.
 """
 
 __version__ = "0.1.0"
