@@ -7,7 +7,7 @@ non-participants only get loss weight 0. This script trains one teacher (reused 
 finished), then distils the same student (default MobileNetV3Small) in the self-regulating
 modes twice from it, once per backward, and reports test accuracy, zeta, the last
 epoch's participation fraction and seconds per epoch. It informs the default rule
-(`--backward=auto` means `masked` for BatchNorm networks; README Choices).
+(`--backward=auto` means `masked` for BatchNorm networks; docs/choices.md).
 
   python bench/bn_gate.py                       # the measured setting
   python bench/bn_gate.py --quick --no_write    # seconds-scale check of the script

@@ -45,7 +45,7 @@ def test_standardised_lenet_is_the_registry_model_on_standardised_pixels():
   model = standardised_models.lenet5_half((28, 28, 1), 10)
   normalisation, inner = model.layers[1], model.layers[-1]
   assert isinstance(normalisation, keras.layers.Normalization)
-  assert inner.count_params() == 35_820  # README, Choices: LeNet-5-half
+  assert inner.count_params() == 35_820  # docs/choices.md: LeNet-5-half
   images = np.random.default_rng(0).random((4, 28, 28, 1)).astype("float32")
   np.testing.assert_allclose(model(images).numpy(), inner((images - 0.1307) / 0.3081).numpy(),
                              rtol=1e-5, atol=1e-5)

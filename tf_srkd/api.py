@@ -308,7 +308,7 @@ class SelfRegulated(_KerasWorkflow, training.SelfRegulatedModel):
     backward: "masked" (the default; BatchNorm sees whole batches), "compact"
       (forward and backward on the participants only) or "auto".
     gate_temperature: softmax temperature of the gate's margin.
-    normaliser: "participants", "batch" or "weights" (README Choices).
+    normaliser: "participants", "batch" or "weights" (docs/choices.md).
     participation, epochs_trained: the counts and epochs of an earlier training of
       `network` (from `participation_counts()` and `epochs_trained`), to continue it.
   """
@@ -333,7 +333,7 @@ class Distiller(_KerasWorkflow, distillation.Distiller):
     significance: float [N] in [0, 1] by sample id (`significance(...)` of the
       teacher's counts); required by "significance" and "hybrid".
     alpha: the student's own self-regulation rate (regulated, hybrid).
-    temperature, kd_lambda, scale_temperature_squared: the loss (README).
+    temperature, kd_lambda, scale_temperature_squared: the loss (README, "What a run does").
     backward, gate_temperature, normaliser, participation, epochs_trained: as
       `SelfRegulated`.
   """

@@ -18,7 +18,7 @@ CHANCE_P_VALUE = 1e-3
 #: Optimizer steps below which a stage says it may be too short. Networks with
 #: BatchNormalization need more: `keras.applications` use BN momentum 0.99-0.999, and
 #: a MobileNetV3Small student at ~500 steps on 4,000 CIFAR-10 images was still at
-#: chance with batch statistics (README, Choices "too few steps").
+#: chance with batch statistics (docs/choices.md, "too few steps").
 MIN_STEPS = 500
 MIN_STEPS_BATCH_NORM = 2000
 

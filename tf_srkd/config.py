@@ -58,7 +58,7 @@ class Config:
 
   dataset: str = _flag("mnist", "A TFDS image-classification builder, optionally with config "
                        "and version (mnist, cifar100, emnist/balanced, cifar100:3.0.2), or "
-                       "folder:PATH (one sub-folder per class); README, Your own data.")
+                       "folder:PATH (one sub-folder per class); docs/cli.md, Your own data.")
   teacher_model: str = _flag("lenet5", f"One of {sorted(models.MODELS)}, a keras.applications "
                              "name, a package.module:function factory or a .keras file.")
   student_model: str = _flag("lenet5_half", f"One of {sorted(models.MODELS)}, a "
@@ -84,7 +84,7 @@ class Config:
   distill_loss_normaliser: str = _flag(
       "participants", "Students: divide the gated loss sum by the number of participants "
       "(mean over participants), the batch size (mean over the batch) or the participants' "
-      "summed significance weights (weighted mean); the paper is silent (README, Choices). "
+      "summed significance weights (weighted mean); the paper is silent (docs/choices.md). "
       "The teacher always uses the mean over participants.", choices=LOSS_NORMALISERS)
   modes: Tuple[str, ...] = _flag(("conventional", "significance", "regulated", "hybrid"),
                                  f"Distillation modes, a subset of {list(modes_lib.MODES)}.")

@@ -1,6 +1,6 @@
 """What a run puts where in MLflow: names of runs, models, params and metrics. Pure.
 
-The one list of the names the tracker logs and the report and the README read.
+The one list of the names the tracker logs and the report and docs/mlflow.md read.
 Units: ζ (`zeta`, `cumulative_zeta`, `*_zeta`) is always a fraction in [0, 1]
 (participations / (epochs · examples), eq. 5); accuracies are fractions too.
 
@@ -27,7 +27,7 @@ REGULATION_KEYS = ("participation_fraction", "eta", "cumulative_zeta")
 #: Per-epoch diagnostics that are constant in most stages: kept back until the stage
 #: ends and logged per epoch only when they changed.
 DIAGNOSTIC_KEYS = ("compact_backward", "gate_from_cache", "skipped_epoch")
-#: The final metrics of a stage, in the order the README lists them.
+#: The final metrics of a stage, in the order docs/mlflow.md lists them.
 FINAL_KEYS = ("test_accuracy", "zeta", "participations", "num_parameters", "wall_time_s")
 #: The final metrics repeated on the parent run, per stage (`<stage>_<key>`).
 SUMMARY_KEYS = ("test_accuracy", "zeta", "num_parameters")

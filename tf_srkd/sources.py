@@ -17,7 +17,7 @@ import tensorflow as tf
 
 from tf_srkd import datasets
 
-#: How `--image_size` resizes, for the README and the export sidecar.
+#: How `--image_size` resizes, for docs/cli.md and the export sidecar.
 RESIZE_METHOD = "aspect-preserving scale to cover, centre crop; bilinear, antialiased"
 
 

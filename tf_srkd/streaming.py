@@ -12,7 +12,7 @@ participation counts are bit-identical to an in-memory run, resumed epochs
 replay exactly, and under a multi-worker strategy each worker reads only the
 ids of its share of every global batch (ids stay global). A shuffle buffer
 over the in-order stream was the alternative; it would give every run
-different batches than the in-memory path (README, Choices).
+different batches than the in-memory path (docs/choices.md).
 
 The files live in a per-process temporary directory (under $TMPDIR), removed
 when the process ends; nothing is written to the run's directory.

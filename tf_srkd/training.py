@@ -13,7 +13,7 @@ Two backward strategies compute the same update:
   * ``compact``: an inference-mode forward decides the gate, then forward and
     backward run only on the participating rows. For models with dropout the
     inference-mode gate differs from the training-mode one (documented in
-    README); for deterministic models both give the same gates.
+    docs/performance.md); for deterministic models both give the same gates.
 ``auto`` switches between the two per epoch from the previous epoch's
 participation fraction (`callbacks.RegulationSchedule`).
 

@@ -11,7 +11,7 @@ of recent losses <= L. The reference implementation's recent losses are the
 last R = 1024 losses seen (two batches of 512); here they are the losses of the
 current *global* batch (every replica's rows, gathered), a window whose content
 does not depend on how the batch is split over replicas, so the decisions are
-exact under any strategy (README, Choices). Sample i is kept iff
+exact under any strategy (docs/choices.md). Sample i is kept iff
 u[i] < P(L_i), u = `base.uniforms("selective_backprop", seed, n, N)`.
 
 The gate's forward runs in inference mode, like the compact step's; its loss is
