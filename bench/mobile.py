@@ -44,16 +44,18 @@ def parse_args(argv=None):
   p.add_argument("--test_examples", type=int, default=0, help="LiteRT verification (0: all)")
   p.add_argument("--calibration_samples", type=int, default=200)
   p.add_argument("--fresh", action="store_true", help="retrain even if the run finished")
+  p.add_argument("--modes", default=",".join(MODES), help="comma list of distillation modes")
   whole_runs.add_run_args(p, "bench_mobile",
                           "a seconds-scale check: 128 examples, 1 epoch, 20 test images")
-  return whole_runs.apply_quick(p.parse_args(argv), test_examples=20, calibration_samples=16)
+  return whole_runs.apply_quick(p.parse_args(argv), test_examples=20, calibration_samples=16,
+                                modes="conventional,hybrid")
 
 
 def train(args, run_dir, log):
   flags = ["--flagfile=cifar10", "--nomlflow", "--verbose=2", f"--teacher_model={args.teacher}",
            f"--student_model={args.student}", f"--epochs={args.epochs}",
            f"--distill_epochs={args.distill_epochs}", f"--train_examples={args.train_examples}",
-           f"--batch_size={args.batch_size}", f"--modes={','.join(MODES)}", *args.extra]
+           f"--batch_size={args.batch_size}", f"--modes={args.modes}", *args.extra]
   if args.fresh:
     flags.append("--overwrite")
   log("running: tf_srkd.main " + " ".join(flags))
@@ -106,7 +108,7 @@ def main(argv=None):
   process_s = train(args, run_dir, print)
   teacher = whole_runs.read_metrics(os.path.join(run_dir, "teacher"))
   rows, epoch_times = [], [f"teacher {teacher['epoch_s']:.1f} s"]
-  for mode in MODES:
+  for mode in args.modes.split(","):
     metrics = whole_runs.read_metrics(os.path.join(run_dir, "students", mode))
     epoch_times.append(f"{mode} {metrics['epoch_s']:.1f} s")
     exports = export_mode(args, run_dir, mode)

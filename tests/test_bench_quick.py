@@ -57,8 +57,9 @@ def test_quick_run_prints_its_table_and_leaves_bench_alone(script, tmp_path):
   for line in expected:
     assert line in run.stdout, f"{script}: no {line!r} in\n{run.stdout[-3000:]}"
   if script == "mobile":
-    # Every mode's int8 file passed the op check (full-integer, HARD_SWISH as an op).
-    assert run.stdout.count(" | ok |\n") == 4, run.stdout[-3000:]
+    # Every mode's int8 file passed the op check (full-integer, HARD_SWISH as an op);
+    # --quick runs two of the four modes.
+    assert run.stdout.count(" | ok |\n") == 2, run.stdout[-3000:]
   assert _digests() == before, f"{script} --no_write changed bench/"
 
 
