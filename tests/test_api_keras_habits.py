@@ -132,3 +132,21 @@ def test_the_epoch_line_shows_what_a_person_reads(capsys):
   for hidden in ("gate_from_cache", "compact_backward", "skipped_epoch", "ce_loss", "zeta"):
     assert hidden not in line, line
     assert hidden in history.history  # Still in the logs (history.json, MLflow).
+
+
+def test_keras_rules_for_splits_remainders_and_unsupported_arguments():
+  x, y = _arrays()
+  # Keras' rule: floor((1 - split) * rows) rows train; 200 * 0.7 = 140.
+  model = tf_srkd.SelfRegulated(_net(), 140, alpha=0.5)
+  model.compile(optimizer="adam")
+  history = model.fit(x, y, batch_size=32, epochs=1, validation_split=0.3, verbose=0)
+  assert "val_accuracy" in history.history
+  with pytest.raises(ValueError, match=r"both need rows"):
+    model.fit(x[:3], y[:3], validation_split=0.9, verbose=0)  # 0 rows left to train
+  with pytest.raises(ValueError, match=r"labels y"):
+    model.fit(x[:140], verbose=0)
+  with pytest.raises(ValueError, match=r"class_weight"):
+    model.fit(x[:140], y[:140], class_weight={0: 1.0, 1: 2.0}, verbose=0)
+  # drop_remainder leaves out less than a batch: not a size mismatch.
+  train = tf_srkd.with_sample_ids(tf.data.Dataset.from_tensor_slices((x[:N], y[:N])))
+  _teacher().fit(train.batch(48, drop_remainder=True), epochs=1, verbose=0)

@@ -56,3 +56,15 @@ def test_at_chance_line_names_what_was_measured():
                "--student_input"):
     assert part in line, part
   assert "\n" not in line
+
+
+def test_too_few_images_cannot_tell_and_are_not_called_at_chance():
+  assert not chance.can_tell(9, 2) and chance.can_tell(10, 2)
+  assert chance.can_tell(1000, 10)
+  from tf_srkd import input_contract  # pylint: disable=import-outside-toplevel
+
+  # Five images of two classes cannot tell: the better scaling wins, nothing is refused.
+  assert not chance.can_tell(5, 2)
+  assert input_contract.choose(0.2, 0.8, 5, 2) == "pixels"
+  assert input_contract.choose(0.2, 0.0, 5, 2) == "unit"
+  assert input_contract.choose(0.2, 0.0, 5, 10) is None  # 5 images of 10 classes can.

@@ -167,3 +167,18 @@ def test_summary_table_states_zeta_as_a_fraction_for_every_model():
   assert lines[2].split() == ["teacher", "0.9800", "0.2141", "61,706"]
   assert lines[3].split() == ["student/conventional", "0.9000", "1.0000", "35,820"]
   assert lines[4].split() == ["student/hybrid", "-", "-", "-"]
+
+
+def test_measured_inputs_are_recorded_but_not_compared_on_restart(tmp_path):
+  """A --stage=distill restart does not measure the teacher again; a measurement that
+  differs in the last digit (other hardware) does not refuse the run either."""
+  out = tmp_path / "run"
+  config = smoke_config(out, epochs=1, modes=("regulated",))
+  first = {"teacher_input": {"choice": "pixels", "unit_accuracy": 0.1, "pixels_accuracy": 0.7,
+                             "images": 1000}}
+  pipeline.prepare_output_dir(config, True, None, None, first)
+  student = {"student_input": {"choice": "unit", "unit_accuracy": 0.5, "pixels_accuracy": 0.1,
+                               "images": 1000}}
+  pipeline.prepare_output_dir(config, True, None, None, student)  # no error
+  recorded = json.loads((out / "run_config.json").read_text())["measured_inputs"]
+  assert set(recorded) == {"teacher_input", "student_input"}

@@ -79,3 +79,17 @@ def test_two_runs_on_one_directory_exactly_one_runs(tmp_path):
   assert second.returncode == 2, second.stderr[-3000:]
   errors = [line for line in second.stderr.splitlines() if line.startswith("error:")]
   assert len(errors) == 1 and f"pid {first.pid})" in errors[0] and "same" in errors[0]
+
+
+def test_a_filesystem_without_locks_runs_unlocked_with_a_warning(tmp_path, monkeypatch, caplog):
+  import errno  # pylint: disable=import-outside-toplevel
+  import fcntl  # pylint: disable=import-outside-toplevel
+
+  def no_locks(fd, operation):
+    del fd, operation
+    raise OSError(errno.ENOLCK, "No locks available")
+
+  monkeypatch.setattr(fcntl, "flock", no_locks)
+  lock = run_lock.RunDirLock(str(tmp_path / "run"))
+  lock.acquire()
+  assert not lock.held and "no file locks" in caplog.text

@@ -26,7 +26,6 @@ under `strategy.scope()` to train on several replicas.
 """
 
 import inspect
-import math
 from typing import Optional
 
 import keras
@@ -103,10 +102,18 @@ def _with_ids(arguments: dict, num_examples: int) -> dict:
   if x is None or isinstance(x, dict) or not hasattr(x, "shape"):
     return arguments  # Keras' own error for what it does not take either.
   y, weights = arguments.get("y"), arguments.pop("sample_weight", None)
+  if y is None:
+    raise ValueError("fit: arrays x need their labels y (fit(x, y, ...))")
+  if arguments.get("class_weight") is not None:
+    raise ValueError("fit: class_weight is not supported; pass sample_weight=class_weights[y] "
+                     "(it multiplies the gate)")
   split = arguments.pop("validation_split", 0.0) or 0.0
   rows = int(x.shape[0])
   if split and arguments.get("validation_data") is None:
-    at = int(math.ceil(rows * (1.0 - split)))  # Keras' rule: the last rows validate.
+    at = int(rows * (1.0 - split))  # Keras' rule: the last rows validate.
+    if at <= 0 or at >= rows:
+      raise ValueError(f"fit: validation_split={split} of {rows} rows leaves "
+                       f"{at} for training and {rows - at} for validation; both need rows")
     arguments["validation_data"] = ((x[at:], y[at:]) if weights is None
                                     else (x[at:], y[at:], weights[at:]))
     x, y = x[:at], y[:at]
@@ -144,7 +151,10 @@ class _EpochSizeCheck(keras.callbacks.Callback):
       return
     self.checked = True
     seen = int(round(float(self.model.rows_seen_this_epoch())))
-    if seen != self.num_examples:
+    steps = (self.params or {}).get("steps") or 0
+    # `batch(..., drop_remainder=True)` leaves out less than one batch: not a mismatch.
+    dropped = steps and 0 < self.num_examples - seen < seen / steps
+    if seen != self.num_examples and not dropped:
       raise ValueError(
           f"fit: an epoch of this dataset has {seen} samples but num_examples="
           f"{self.num_examples}; create the model with num_examples={seen} (the size of the "

@@ -52,9 +52,15 @@ def chance_bound(n: int, num_classes: int, p_value: float = CHANCE_P_VALUE) -> i
   return 0
 
 
+def can_tell(n: int, num_classes: int, p_value: float = CHANCE_P_VALUE) -> bool:
+  """Whether `n` images can show a model above chance at all (a perfect score passes)."""
+  return chance_bound(n, num_classes, p_value) <= n
+
+
 def clearly_above_chance(accuracy: float, n: int, num_classes: int,
                          p_value: float = CHANCE_P_VALUE) -> bool:
-  """Whether `accuracy` measured on `n` images is clearly above 1 / num_classes."""
+  """Whether `accuracy` measured on `n` images is clearly above 1 / num_classes (always
+  False when `can_tell` is: check that first)."""
   correct = int(round(accuracy * n))
   return correct >= chance_bound(n, num_classes, p_value)
 
@@ -80,8 +86,8 @@ def too_few_steps_line(stage: str, steps: int, batch_norm: bool, epochs: int,
 
 def at_chance_line(stage: str, *, test_accuracy: float, test_images: int,
                    train_accuracy: float, train_images: int, num_classes: int, steps: int,
-                   batch_norm: bool, input_scaling: str, input_flag: str = "--student_input"
-                   ) -> str:
+                   batch_norm: bool, input_scaling: str, input_flag: str = "--student_input",
+                   exported: bool = True) -> str:
   """The warning for a model whose test accuracy is not clearly above chance."""
   causes = []
   if train_accuracy is not None and clearly_above_chance(train_accuracy, train_images,
@@ -102,4 +108,5 @@ def at_chance_line(stage: str, *, test_accuracy: float, test_images: int,
           f"is not clearly above 1/{num_classes} = {1 / num_classes:.4f} (binomial bound, "
           f"p={CHANCE_P_VALUE:g}); train accuracy {train}, {steps} optimizer steps, "
           f"BatchNorm {'yes' if batch_norm else 'no'}, input {input_scaling}. Possible causes: "
-          + "; ".join(causes) + ". Its --export is refused unless --export_at_chance.")
+          + "; ".join(causes) + "."
+          + (" Its --export is refused unless --export_at_chance." if exported else ""))

@@ -184,7 +184,8 @@ class Config:
       "auto", "The pixel range the teacher takes: unit ([0, 1]), pixels (float 0..255, as "
       "Keras' image loaders give; the pipeline scales inside the model) or auto (unit for a "
       "model built here; a pre-trained teacher is scored on 1,000 training images under both "
-      "and the clearly better one is used; at chance under both, the run is refused).",
+      "and the better one is used if it is clearly above chance; at chance under both, a "
+      "teacher used as is is refused).",
       choices=input_contract.INPUTS)
   student_input: str = _flag(
       "auto", "The pixel range the students take; as --teacher_input (a pre-trained student at "
@@ -194,8 +195,8 @@ class Config:
       "variance over this many training batches with the final weights (precise BN), before "
       "evaluation, the teacher's logits and export. 0: keep the moving averages.")
   export_at_chance: bool = _flag(
-      False, "Export students whose test accuracy is not clearly above chance (refused by "
-      "default).")
+      False, "Export (and --register_model) students whose test accuracy is not clearly above "
+      "chance (left out by default).")
 
   @property
   def resolved_distill_epochs(self) -> int:

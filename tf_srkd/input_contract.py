@@ -11,7 +11,7 @@ Keras' guides train one often divides by 255 itself (a `Rescaling(1/255)` layer)
   * ``pixels``: float pixels 0..255; the model is wrapped in a `Rescaling(255)`
     layer, so the rest of the pipeline, the saved `.keras` file and the exported
     `.tflite` (which takes raw uint8 pixels) all stay correct with no other change;
-  * ``auto``: ``unit`` for a model built here (today's behaviour, bit for bit);
+  * ``auto``: ``unit`` for a model built here (nothing is wrapped);
     for a pre-trained model (a `.keras` file or a weights file), measured: its
     accuracy on a fixed, seeded sample of training images under both scalings,
     the clearly better one kept (`choose`).
@@ -62,6 +62,8 @@ def choose(unit_accuracy: float, pixels_accuracy: float, images: int,
   """
   best, accuracy = (("pixels", pixels_accuracy) if pixels_accuracy > unit_accuracy
                     else ("unit", unit_accuracy))
+  if not chance.can_tell(images, num_classes):  # Too few images to refuse anything.
+    return best
   return best if chance.clearly_above_chance(accuracy, images, num_classes) else None
 
 
@@ -72,16 +74,17 @@ def detection_ids(num_examples: int, seed: int, count: int = DETECTION_IMAGES) -
   return np.sort(ids)
 
 
-def wrap(network, scaling: str):
+def wrap(network, scaling: str, input_shape=None):
   """`network` taking [0, 1] images: as is for ``unit``, behind `Rescaling(255)` for
-  ``pixels``."""
+  ``pixels`` (`input_shape`: the images' (H, W, C); default: the network's input)."""
   if scaling == "unit":
     return network
   if scaling != "pixels":
     raise ValueError(f"expected 'unit' or 'pixels', got {scaling!r}")
   import keras  # pylint: disable=import-outside-toplevel
 
-  inputs = keras.Input(shape=tuple(network.inputs[0].shape[1:]), name="image")
+  shape = input_shape if input_shape is not None else network.inputs[0].shape[1:]
+  inputs = keras.Input(shape=tuple(shape), name="image")
   outputs = network(keras.layers.Rescaling(255.0, name=ADAPTER_NAME)(inputs))
   return keras.Model(inputs, outputs, name=network.name)
 

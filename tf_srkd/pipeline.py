@@ -54,8 +54,9 @@ def prepare_output_dir(config: config_lib.Config, is_chief: bool = True,
   `lock` (the chief's `run_lock.RunDirLock` of `output_dir`, already held) is taken
   again on the new directory after an old one is moved aside.
   `measured_inputs` (what `--teacher_input/--student_input=auto` measured) is
-  recorded beside the identity; it follows from the model files and the data, so a
-  `run_config.json` written before it was recorded still matches.
+  recorded beside the identity but not compared: it follows from the model files
+  and the data, which the identity holds, and a `--stage=distill` restart does not
+  measure the teacher again.
 
   Raises:
     config_lib.ConfigError: on a settings mismatch without `overwrite`.
@@ -69,11 +70,13 @@ def prepare_output_dir(config: config_lib.Config, is_chief: bool = True,
   problem = None
   if os.path.exists(marker):
     previous = validation.read_json(marker)
-    if "measured_inputs" not in previous:
-      current.pop("measured_inputs", None)
-    if previous != current:
-      changed = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
+    compared = [k for k in set(previous) | set(current) if k != "measured_inputs"]
+    changed = sorted(k for k in compared if previous.get(k) != current.get(k))
+    if changed:
       problem = f"holds a run made with different settings ({', '.join(changed)})"
+    elif isinstance(previous.get("measured_inputs"), dict):  # Keep what is not measured now.
+      current["measured_inputs"] = {**previous["measured_inputs"],
+                                    **current.get("measured_inputs", {})}
   elif os.path.isdir(run_dir.teacher.path) or os.path.isdir(run_dir.students):
     # Without the record of their settings, stages cannot be trusted to match these.
     problem = f"holds stages but no {os.path.basename(marker)} saying how they were made"
@@ -158,13 +161,17 @@ def _measure_input(config, role, name, weights, network, train):
   m = input_contract.measure(network, data.take_rows(train.images, ids), train.labels[ids],
                              spec.num_classes, min(config.eval_batch_size, len(ids)))
   source = weights or name
-  if m.choice is None and role == "teacher":
+  # A teacher used as is must already be trained; one that is fine-tuned here (perhaps
+  # from another label set) or a student (an untrained .keras architecture is common)
+  # may start at chance.
+  may_start_at_chance = role == "student" or config.teacher_finetune_epochs > 0
+  if m.choice is None and not may_start_at_chance:
     raise config_lib.ConfigError(input_contract.refusal(f"{role}_input", source, m,
                                                         spec.num_classes))
-  if m.choice is None:  # An untrained student architecture saved as .keras is common.
+  if m.choice is None:
     console.say(f"--{role}_input=auto: {source} is at chance under both scalings "
                 f"({m.unit_accuracy:.4f} on [0, 1], {m.pixels_accuracy:.4f} on 0..255); "
-                "taking it as unit (pass --student_input=pixels if it takes 0..255)")
+                f"taking it as unit (pass --{role}_input=pixels if it takes 0..255)")
     choice = "unit"
   else:
     console.say(input_contract.describe(f"{role}_input", source, m))
@@ -190,7 +197,8 @@ def train_teacher(config, strategy, train, test, tracker, is_chief=True,
   def build():
     network = input_contract.wrap(
         model_sources.build(config.teacher_model, spec.image_shape, spec.num_classes,
-                            config.teacher_weights, flag="teacher_model"), scaling)
+                            config.teacher_weights, flag="teacher_model"), scaling,
+        spec.image_shape)
     policy = gates.make_policy(config.gate, train.size, epochs, config.seed,
                                gates.GateSettings.of(config))
     return training.SelfRegulatedModel(
@@ -241,7 +249,8 @@ def distill_students(config, strategy, train, test, teacher: stages.StageResult,
     def build(mode=mode):
       student = input_contract.wrap(
           model_sources.build(config.student_model, spec.image_shape, spec.num_classes,
-                              config.student_weights, flag="student_model"), scaling)
+                              config.student_weights, flag="student_model"), scaling,
+          spec.image_shape)
       policy = (gates.make_policy(config.distill_gate, train.size, config.resolved_distill_epochs,
                                   config.seed, gates.GateSettings.of(config))
                 if mode.regulate else None)

@@ -83,4 +83,12 @@ def identity(config: "tf_srkd.config.Config", teacher_digest: Optional[str] = No
     fields["teacher_sha256"] = teacher_digest
   if model_files_digest is not None:  # .keras / weights files of the model flags.
     fields["model_files_sha256"] = model_files_digest
+  from tf_srkd import model_sources  # pylint: disable=import-outside-toplevel
+
+  if any(model_sources.kind_of(name) == "application"
+         for name in (config.teacher_model, config.student_model)):
+    # Applications fold their preprocessing in as Keras' own layers (other weights and
+    # rounding than the earlier custom layer) and get precise BN: runs written before
+    # are refused by name instead of failing on a checkpoint that no longer fits.
+    fields["application_preprocessing"] = "keras_layers"
   return fields

@@ -8,15 +8,21 @@ directory fails to take it, reads the holder's pid from the file and stops with
 one line, before it writes anything.
 
 The lock is taken as late as possible (`acquire`, right before the first write of
-the run), so that a run refused for bad input creates nothing, not even the lock.
+the run), so that a run refused for bad flags, data or models creates nothing, not
+even the lock; a directory that holds another run's settings is refused after it.
+On a filesystem without file locks the run goes on unlocked, with a warning.
 """
 
 import errno
 import fcntl
+import logging
 import os
 from typing import Optional
 
 LOCK_NAME = ".lock"
+#: flock errors that mean the filesystem has no locks, not that another process holds one.
+_UNSUPPORTED = tuple(getattr(errno, name) for name in ("ENOSYS", "ENOLCK", "EOPNOTSUPP",
+                                                       "ENOTSUP") if hasattr(errno, name))
 
 
 class RunDirBusy(RuntimeError):
@@ -60,6 +66,10 @@ class RunDirLock:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
       except OSError as e:
         os.close(fd)
+        if e.errno in _UNSUPPORTED:  # Some network filesystems (NFS, Lustre, FUSE) have none.
+          logging.warning("%s: this filesystem has no file locks (%s); running without the "
+                          "one-writer check", self.directory, os.strerror(e.errno))
+          return
         if e.errno not in (errno.EAGAIN, errno.EACCES):
           raise
         raise RunDirBusy(self._busy_message()) from e

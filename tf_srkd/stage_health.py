@@ -50,6 +50,10 @@ def chance_check(spec, network, model, train, test, config, test_accuracy) -> di
     its accuracy on a seeded sample of training images}, after one warning line.
   """
   num_classes = config.dataset_spec.num_classes
+  if not chance.can_tell(test.size, num_classes):
+    console.say(f"note: {spec.name}: {test.size} test images cannot show a model above "
+                f"chance (1/{num_classes}); not checked")
+    return {}
   if chance.clearly_above_chance(test_accuracy, test.size, num_classes):
     return {}
   ids = np.sort(np.random.default_rng([config.seed, 0xc4]).choice(
@@ -63,5 +67,6 @@ def chance_check(spec, network, model, train, test, config, test_accuracy) -> di
       spec.name, test_accuracy=test_accuracy, test_images=test.size,
       train_accuracy=train_accuracy, train_images=len(ids), num_classes=num_classes,
       steps=steps, batch_norm=model_sources.has_batch_norm(network),
-      input_scaling=spec.input_scaling, input_flag=f"--{spec.role}_input"))
+      input_scaling=spec.input_scaling, input_flag=f"--{spec.role}_input",
+      exported=spec.role == "student"))
   return {"at_chance": True, "train_accuracy_sample": train_accuracy}

@@ -319,8 +319,8 @@ def _trained_result(spec, model, train, test, config, history, wall) -> StageRes
     metrics["gate"] = spec.gate
   if spec.input_scaling != "unit":
     metrics["input_scaling"] = spec.input_scaling
-  if bn_batches:
-    metrics["precise_bn_batches"] = bn_batches
+  if bn_batches:  # Not the flag's name: the run's params already hold the flag's value.
+    metrics["precise_bn_batches_used"] = bn_batches
   metrics.update(stage_health.chance_check(spec, network, model, train, test, config,
                                            test_accuracy))
   return StageResult(network, metrics, counts if model.regulate and trained else None,
@@ -349,7 +349,7 @@ def _log_result(stage, result: StageResult, train, test, config):
   stage.log_history(metrics.get("history"))
   if result.participation is not None:
     stage.log_participation(result.participation, metrics.get("history"))
-  params = {k: metrics[k] for k in ("input_scaling", "precise_bn_batches") if k in metrics}
+  params = {k: metrics[k] for k in ("input_scaling", "precise_bn_batches_used") if k in metrics}
   if params:
     stage.log_params(params)
   stage.log_final(metrics)
