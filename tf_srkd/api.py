@@ -201,8 +201,6 @@ class _KerasWorkflow:
     """
     bound = inspect.signature(keras.Model.fit).bind(self, x, y, *args, **kwargs).arguments
     bound.pop("self")
-    extra = bound.pop("kwargs", {})
-    bound.update(extra)
     if bound.get("initial_epoch") is None or "initial_epoch" not in bound:
       # Keras' fit(epochs=E) trains E epochs; continuing, they are epochs k..k+E-1.
       done = int(self.epochs_trained.numpy())
