@@ -28,7 +28,7 @@ def py_module_binary(name, module, **kwargs):
     """A py_binary that runs `python -m <module>`.
 
     Running the module file as a script instead would put its directory
-    (tf_srkd/, export/) first on sys.path, where e.g. tf_srkd/datasets.py shadows
+    (tf_srkd/, export/) first on sys.path, where e.g. tf_srkd/data/datasets.py shadows
     the `datasets` package. Relative paths in the arguments (--flagfile=flags/...)
     resolve against the directory `bazel run` was called from.
     """
@@ -41,7 +41,7 @@ def pytest_test(name, deps = [], data = [], **kwargs):
 
     For tests/BUILD only (it uses tests/pytest_runner.py and the :support
     library there). Every test file tests/test_*.py needs one of these (checked by
-    tests/test_build_sync.py). Extra kwargs (size, tags, ...) go to py_test; a
+    tests/project/test_build_sync.py). Extra kwargs (size, tags, ...) go to py_test; a
     size = "large" test file is left out of `bazel test --config=fast`.
     """
     src = name + ".py"

@@ -317,8 +317,8 @@ def command_line():
 
 def load_mnist(limit=0):
   """The MNIST train and test splits as `data.SplitArrays`."""
-  from tf_srkd import data  # pylint: disable=import-outside-toplevel
-  from tf_srkd import datasets  # pylint: disable=import-outside-toplevel
+  from tf_srkd.data import arrays as data  # pylint: disable=import-outside-toplevel
+  from tf_srkd.data import datasets  # pylint: disable=import-outside-toplevel
 
   spec = datasets.get_dataset_spec("mnist")
   return spec, data.load_split(spec, "train", limit), data.load_split(spec, "test")
@@ -330,7 +330,7 @@ def plain_dataset(split, batch_size):
   per-example work)."""
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
-  from tf_srkd import data  # pylint: disable=import-outside-toplevel
+  from tf_srkd.data import arrays as data  # pylint: disable=import-outside-toplevel
 
   images = data.preprocess(tf.constant(split.images))
   labels = tf.constant(split.labels)

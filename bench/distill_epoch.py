@@ -38,15 +38,15 @@ import common  # pylint: disable=wrong-import-position
 import keras  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
-from tf_srkd import callbacks  # pylint: disable=wrong-import-position
-from tf_srkd import data  # pylint: disable=wrong-import-position
-from tf_srkd import distillation  # pylint: disable=wrong-import-position
-from tf_srkd import epoch_batches  # pylint: disable=wrong-import-position
-from tf_srkd import models  # pylint: disable=wrong-import-position
-from tf_srkd import modes as modes_lib  # pylint: disable=wrong-import-position
-from tf_srkd import regulation  # pylint: disable=wrong-import-position
-from tf_srkd import stages  # pylint: disable=wrong-import-position
-from tf_srkd import training  # pylint: disable=wrong-import-position
+from tf_srkd.core import callbacks  # pylint: disable=wrong-import-position
+from tf_srkd.data import arrays as data  # pylint: disable=wrong-import-position
+from tf_srkd.core import distillation  # pylint: disable=wrong-import-position
+from tf_srkd.data import epoch_batches  # pylint: disable=wrong-import-position
+from tf_srkd.models import zoo as models  # pylint: disable=wrong-import-position
+from tf_srkd.core import modes as modes_lib  # pylint: disable=wrong-import-position
+from tf_srkd.core import regulation  # pylint: disable=wrong-import-position
+from tf_srkd.run import stages  # pylint: disable=wrong-import-position
+from tf_srkd.core import training  # pylint: disable=wrong-import-position
 
 TEMPERATURE = 20.0
 KD_LAMBDA = 0.3

@@ -4,7 +4,7 @@ For each seed the script trains (or reuses) one self-regulated teacher with the
 dataset's paper flagfile, then distills the requested students from it, each
 run a separate `python -m tf_srkd.main` process, one at a time. It then prints
 and stores (section `fidelity_<dataset>_<label>` of bench/RESULTS.md) the
-paper-vs-ours table (`tf_srkd.fidelity`): accuracy and zeta as mean +- std over the seeds, the
+paper-vs-ours table (`tf_srkd.reporting.fidelity`): accuracy and zeta as mean +- std over the seeds, the
 difference to the paper, and whether each self-regulating model reaches the
 paper's accuracy at no more than the paper's zeta.
 
@@ -30,8 +30,8 @@ import time
 import numpy as np
 from common import REPO_ROOT, load_average, machine_description, publish
 
-from tf_srkd import fidelity
-from tf_srkd import layout
+from tf_srkd.reporting import fidelity
+from tf_srkd.storage import layout
 
 
 def parse_args(argv):

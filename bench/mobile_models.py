@@ -17,7 +17,7 @@ PYTHONPATH by `whole_runs.run_main`):
 
 import keras
 
-from tf_srkd import model_sources
+from tf_srkd.models import sources as model_sources
 
 BN_MOMENTUM = 0.9
 

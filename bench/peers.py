@@ -79,7 +79,7 @@ class Row:
 
 def base_config(dataset, args):
   """The dataset's paper flagfile as a Config, with this benchmark's epochs and data."""
-  from tf_srkd import config_flags  # pylint: disable=import-outside-toplevel
+  from tf_srkd.run import config_flags  # pylint: disable=import-outside-toplevel
 
   path = os.path.join(common.REPO_ROOT, "tf_srkd", "flags", f"{dataset}.flags")
   with open(path, encoding="utf-8") as f:
@@ -110,12 +110,13 @@ class Runner:
   """Trains one stage in-process with a given gate policy and reports (acc, zeta, wall)."""
 
   def __init__(self, dataset, args, root):
-    from tf_srkd import data  # pylint: disable=import-outside-toplevel
+    from tf_srkd.data import arrays as data  # pylint: disable=import-outside-toplevel
+    from tf_srkd.run import config as config_lib  # pylint: disable=import-outside-toplevel
 
     self.args = args
     self.root = root
     self.config = base_config(dataset, args)
-    spec = self.config.dataset_spec
+    spec = config_lib.dataset_spec(self.config)
     self.train = data.load_split(spec, "train", self.config.train_examples)
     self.test = data.load_split(spec, "test")
     self.teacher_logits = None
@@ -126,16 +127,17 @@ class Runner:
     import keras  # pylint: disable=import-outside-toplevel
     import numpy as np  # pylint: disable=import-outside-toplevel
 
-    from tf_srkd import distillation  # pylint: disable=import-outside-toplevel
-    from tf_srkd import gates  # pylint: disable=import-outside-toplevel
-    from tf_srkd import models  # pylint: disable=import-outside-toplevel
-    from tf_srkd import modes  # pylint: disable=import-outside-toplevel
-    from tf_srkd import regulation  # pylint: disable=import-outside-toplevel
-    from tf_srkd import stages  # pylint: disable=import-outside-toplevel
-    from tf_srkd import training  # pylint: disable=import-outside-toplevel
+    from tf_srkd.core import distillation  # pylint: disable=import-outside-toplevel
+    from tf_srkd.core import gates  # pylint: disable=import-outside-toplevel
+    from tf_srkd.models import zoo as models  # pylint: disable=import-outside-toplevel
+    from tf_srkd.core import modes  # pylint: disable=import-outside-toplevel
+    from tf_srkd.core import regulation  # pylint: disable=import-outside-toplevel
+    from tf_srkd.run import stages  # pylint: disable=import-outside-toplevel
+    from tf_srkd.core import training  # pylint: disable=import-outside-toplevel
+    from tf_srkd.run import config as config_lib  # pylint: disable=import-outside-toplevel
 
     config = self.config
-    spec = config.dataset_spec
+    spec = config_lib.dataset_spec(config)
     n = self.train.size
     keras.utils.set_random_seed(config.seed)
     policy_object = gates.make_policy(policy, n, config.epochs, config.seed,

@@ -5,7 +5,7 @@ modes, with and without precise BN.
 One run of the main job with `--precise_bn_batches=0` (the students keep the moving
 averages their training left; reused when its summary.json exists). Then, per mode, the
 same weights are evaluated twice: with those moving averages, and after
-`tf_srkd.precise_bn.recompute` over the run's `--precise_bn_batches` default of training
+`tf_srkd.models.precise_bn.recompute` over the run's `--precise_bn_batches` default of training
 batches. Each variant is exported to int8 (raw uint8 input, 200 random calibration images)
 and verified in LiteRT on the test split. The table gives Keras test accuracy, whether the
 chance guard flags the model, and the int8 - Keras accuracy delta, for both variants.
@@ -62,10 +62,10 @@ def evaluate_variants(args, run_dir, mode, train, test, num_classes):
   import keras  # pylint: disable=import-outside-toplevel
 
   from export import api as export_api  # pylint: disable=import-outside-toplevel
-  from tf_srkd import app_preprocessing  # pylint: disable=import-outside-toplevel,unused-import
-  from tf_srkd import chance  # pylint: disable=import-outside-toplevel
-  from tf_srkd import precise_bn  # pylint: disable=import-outside-toplevel
-  from tf_srkd import stages  # pylint: disable=import-outside-toplevel
+  from tf_srkd.models import app_preprocessing  # pylint: disable=import-outside-toplevel,unused-import
+  from tf_srkd.core import chance  # pylint: disable=import-outside-toplevel
+  from tf_srkd.models import precise_bn  # pylint: disable=import-outside-toplevel
+  from tf_srkd.run import stages  # pylint: disable=import-outside-toplevel
 
   stage = os.path.join(run_dir, "students", mode)
   out = {}
@@ -91,8 +91,8 @@ def main(argv=None):
   machine = common.machine_description()
   run_dir = os.path.join(args.output_root, "run")
   process_s = train(args, run_dir, print)
-  from tf_srkd import datasets  # pylint: disable=import-outside-toplevel
-  from tf_srkd import streaming  # pylint: disable=import-outside-toplevel
+  from tf_srkd.data import datasets  # pylint: disable=import-outside-toplevel
+  from tf_srkd.data import streaming  # pylint: disable=import-outside-toplevel
 
   spec = datasets.resolve("cifar10")
   train_split = streaming.load(spec, "train", args.train_examples)
@@ -126,7 +126,7 @@ def main(argv=None):
       "images; LiteRT on the test split"
       + ("" if process_s is None else f"; whole training run {process_s:.0f} s"),
       "at chance: test accuracy not clearly above 1/10 (exact binomial bound, p = 0.001; "
-      "`tf_srkd.chance`)",
+      "`tf_srkd.core.chance`)",
   ]
   common.publish("precise_bn_case",
                  "Short-schedule BatchNorm: MobileNetV3Small with and without precise BN",

@@ -12,7 +12,7 @@ MNIST's training-set mean and standard deviation (0.1307 and 0.3081). Used as
 
 import keras
 
-from tf_srkd import models
+from tf_srkd.models import zoo as models
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081  # Of the training images in [0, 1].
 

@@ -1,5 +1,5 @@
 """Streaming vs in-memory: a self-regulated teacher epoch on CIFAR-10 from a split on disk
-(`--max_in_memory_mb` exceeded, `tf_srkd.streaming`) against the same epoch from memory.
+(`--max_in_memory_mb` exceeded, `tf_srkd.data.streaming`) against the same epoch from memory.
 
 Table 1 (one process, interleaved epochs, same initial weights and batches):
 throughput of the on-disk path relative to the in-memory path (in-memory epoch
@@ -16,7 +16,7 @@ peak also rises with the steps trained, by up to ~25 MiB over the first ~120 ste
 sizes pay the same fixed costs (TensorFlow's runtime and traced functions,
 tf.data buffers), so the growth is the part that scales with the split. Goal: the
 on-disk path grows only by its per-sample bookkeeping (`BOOKKEEPING_BYTES`,
-see `tf_srkd.streaming`) plus at most `SLACK_MIB` (or the cells' own
+see `tf_srkd.data.streaming`) plus at most `SLACK_MIB` (or the cells' own
 run-to-run spread, shown, if larger) of noise; a copy of
 the split would add a whole image (3072 B on CIFAR-10) per example.
 
@@ -35,7 +35,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # pylint: disable=wrong-import-position
 
-#: Bytes per example the on-disk path keeps in memory by design (`tf_srkd.streaming`).
+#: Bytes per example the on-disk path keeps in memory by design (`tf_srkd.data.streaming`).
 BOOKKEEPING_BYTES = 44
 #: Noise allowed on top of the bookkeeping, MiB: this, or the on-disk cells' own
 #: run-to-run spread (max - min peak over the repeats; tf.data autotuning, allocator
@@ -71,8 +71,8 @@ def parse_args(argv=None):
 
 def load(examples, path):
   """CIFAR-10's train split, in memory or on disk."""
-  from tf_srkd import datasets  # pylint: disable=import-outside-toplevel
-  from tf_srkd import streaming  # pylint: disable=import-outside-toplevel
+  from tf_srkd.data import datasets  # pylint: disable=import-outside-toplevel
+  from tf_srkd.data import streaming  # pylint: disable=import-outside-toplevel
 
   spec = datasets.get_dataset_spec("cifar10")
   limit = examples if examples and examples < spec.train_size else 0
@@ -84,9 +84,9 @@ def load(examples, path):
 def teacher(spec, n, model_name, seed, weights=None):
   import keras  # pylint: disable=import-outside-toplevel
 
-  from tf_srkd import models  # pylint: disable=import-outside-toplevel
-  from tf_srkd import stages  # pylint: disable=import-outside-toplevel
-  from tf_srkd import training  # pylint: disable=import-outside-toplevel
+  from tf_srkd.models import zoo as models  # pylint: disable=import-outside-toplevel
+  from tf_srkd.run import stages  # pylint: disable=import-outside-toplevel
+  from tf_srkd.core import training  # pylint: disable=import-outside-toplevel
 
   keras.utils.set_random_seed(seed)
   network = models.build_model(model_name, spec.image_shape, spec.num_classes)
@@ -98,8 +98,8 @@ def teacher(spec, n, model_name, seed, weights=None):
 
 
 def epoch_runner(model, split, args):
-  from tf_srkd import callbacks  # pylint: disable=import-outside-toplevel
-  from tf_srkd import data  # pylint: disable=import-outside-toplevel
+  from tf_srkd.core import callbacks  # pylint: disable=import-outside-toplevel
+  from tf_srkd.data import arrays as data  # pylint: disable=import-outside-toplevel
 
   dataset = data.train_dataset(split, args.batch_size, args.seed, 0, 1)
   steps = data.steps_per_epoch(split.size, args.batch_size)
@@ -136,8 +136,8 @@ def rss_child(args):
   import keras  # pylint: disable=import-outside-toplevel
   import tensorflow_datasets  # pylint: disable=import-outside-toplevel,unused-import
 
-  from tf_srkd import callbacks  # pylint: disable=import-outside-toplevel
-  from tf_srkd import data  # pylint: disable=import-outside-toplevel
+  from tf_srkd.core import callbacks  # pylint: disable=import-outside-toplevel
+  from tf_srkd.data import arrays as data  # pylint: disable=import-outside-toplevel
 
   baseline = _peak_rss_mib()
   spec, split = load(args.examples, args.rss_child)
@@ -241,7 +241,7 @@ def main():
            f"On-disk bookkeeping by design, {BOOKKEEPING_BYTES} B per example: labels (int32, "
            "numpy + graph constant: 8 B), participation counts and the margin cache (7 "
            "int32/float32 variables: 28 B), the epoch permutation (int32 ids before and after "
-           "the shuffle: 8 B); `tf_srkd.streaming`."]
+           "the shuffle: 8 B); `tf_srkd.data.streaming`."]
   common.publish("streaming", "Streaming (split on disk) vs in memory, CIFAR-10", machine,
                  notes, table, write=not args.no_write)
 

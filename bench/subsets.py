@@ -1,4 +1,4 @@
-"""Significance-ranked subsets into bench/RESULTS.md: `python -m tf_srkd.subset` on a
+"""Significance-ranked subsets into bench/RESULTS.md: `python -m tf_srkd.cli.subset` on a
 teacher run, its table published as section `subsets_<dataset>`.
 
 Trains (or reuses) a self-regulated teacher with the dataset's paper flagfile at
@@ -70,7 +70,7 @@ def main(argv=None):
                     "--stage=teacher", f"--epochs={args.epochs}", f"--output_dir={run}",
                     f"--train_examples={args.train_examples}", *mlflow],
                    cwd=common.REPO_ROOT, check=True)
-  subprocess.run([sys.executable, "-m", "tf_srkd.subset", f"--teacher_dir={run}",
+  subprocess.run([sys.executable, "-m", "tf_srkd.cli.subset", f"--teacher_dir={run}",
                   f"--fractions={args.fractions}", f"--epochs={args.epochs}", *mlflow],
                  cwd=common.REPO_ROOT, check=True)
   with open(os.path.join(run, "subsets", "table.md"), encoding="utf-8") as f:
@@ -84,7 +84,7 @@ def main(argv=None):
       f"Teacher: `flags/{args.dataset}.flags` at {args.epochs} epochs (the paper: 200 for "
       "MNIST/Fashion-MNIST, 1000 for CIFAR-10), self-regulated; every student trains "
       f"{args.epochs} epochs on its subset (`--schedule=epochs`: a smaller subset costs less).",
-      "Subsets per class (tf_srkd/subsets.py): k_c = max(1, ⌊f·n_c⌋); ties in significance "
+      "Subsets per class (tf_srkd/data/subsets.py): k_c = max(1, ⌊f·n_c⌋); ties in significance "
       "(most samples are exactly 0) broken by a seeded hash of the sample id; kd = conventional "
       "KD from the teacher, supervised = cross-entropy only. Cells: test accuracy.",
       f"Run directory: `{os.path.relpath(run, common.REPO_ROOT)}` (ids/*.npy, curve.png); "

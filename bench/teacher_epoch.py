@@ -31,11 +31,11 @@ import common  # pylint: disable=wrong-import-position
 import keras  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
-from tf_srkd import callbacks  # pylint: disable=wrong-import-position
-from tf_srkd import data  # pylint: disable=wrong-import-position
-from tf_srkd import models  # pylint: disable=wrong-import-position
-from tf_srkd import stages  # pylint: disable=wrong-import-position
-from tf_srkd import training  # pylint: disable=wrong-import-position
+from tf_srkd.core import callbacks  # pylint: disable=wrong-import-position
+from tf_srkd.data import arrays as data  # pylint: disable=wrong-import-position
+from tf_srkd.models import zoo as models  # pylint: disable=wrong-import-position
+from tf_srkd.run import stages  # pylint: disable=wrong-import-position
+from tf_srkd.core import training  # pylint: disable=wrong-import-position
 
 
 def parse_args():

@@ -39,13 +39,13 @@ import keras  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 import tensorflow as tf  # pylint: disable=wrong-import-position
 
-from tf_srkd import callbacks  # pylint: disable=wrong-import-position
-from tf_srkd import config_flags  # pylint: disable=wrong-import-position
-from tf_srkd import data  # pylint: disable=wrong-import-position
-from tf_srkd import models  # pylint: disable=wrong-import-position
-from tf_srkd import regulation  # pylint: disable=wrong-import-position
-from tf_srkd import stages  # pylint: disable=wrong-import-position
-from tf_srkd import training  # pylint: disable=wrong-import-position
+from tf_srkd.core import callbacks  # pylint: disable=wrong-import-position
+from tf_srkd.run import config_flags  # pylint: disable=wrong-import-position
+from tf_srkd.data import arrays as data  # pylint: disable=wrong-import-position
+from tf_srkd.models import zoo as models  # pylint: disable=wrong-import-position
+from tf_srkd.core import regulation  # pylint: disable=wrong-import-position
+from tf_srkd.run import stages  # pylint: disable=wrong-import-position
+from tf_srkd.core import training  # pylint: disable=wrong-import-position
 
 VARIANTS = {  # name -> (alpha, backward, reuse_margins)
     "SR": (None, "compact", True),

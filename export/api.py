@@ -8,7 +8,7 @@
 Each step is its own module (`source`, `calibration`, `convert`, `verify`,
 `sidecar`, `mlflow_log`); this one strings them together. The data splits an
 export needs are loaded once per call (`ExportData`) and dropped with it; a
-split above `max_in_memory_mb` stays on disk as in training (`tf_srkd.streaming`):
+split above `max_in_memory_mb` stays on disk as in training (`tf_srkd.data.streaming`):
 calibration reads only its rows, verification reads the test split in chunks.
 
 Quantization-aware training needs tensorflow-model-optimization, which only
@@ -35,9 +35,9 @@ from export import sidecar as sidecar_lib
 from export import source
 from export import verify as verify_lib
 from export.errors import ExportError
-from tf_srkd import datasets
-from tf_srkd import io_utils
-from tf_srkd import layout
+from tf_srkd.data import datasets
+from tf_srkd.storage import io_utils
+from tf_srkd.storage import layout
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -60,14 +60,14 @@ def load_split(dataset, split: str, limit: int = 0, max_in_memory_mb: Optional[f
     split: "train" or "test".
     limit: if > 0, only the first `limit` examples.
     max_in_memory_mb: a split whose uint8 pixels exceed this stays on disk
-      (`tf_srkd.streaming.load`; 0: always); None: the default of tf-srkd's
+      (`tf_srkd.data.streaming.load`; 0: always); None: the default of tf-srkd's
       `--max_in_memory_mb`.
 
   Returns:
     `data.SplitArrays`; its `images` an ndarray, or a `streaming.StoredArray`.
   """
-  from tf_srkd import data  # pylint: disable=import-outside-toplevel
-  from tf_srkd import streaming  # pylint: disable=import-outside-toplevel
+  from tf_srkd.data import arrays as data  # pylint: disable=import-outside-toplevel
+  from tf_srkd.data import streaming  # pylint: disable=import-outside-toplevel
 
   spec = dataset if isinstance(dataset, datasets.DatasetSpec) else datasets.get_dataset_spec(dataset)
   if check_max_in_memory_mb(max_in_memory_mb) is None:

@@ -75,7 +75,7 @@ def calibration_set(spec, train, method: str, num_samples: int, seed: int,
     seed: seed of the random draw.
     significance: the teacher's significance by sample id (`significant`).
   """
-  from tf_srkd import data  # pylint: disable=import-outside-toplevel
+  from tf_srkd.data import arrays as data  # pylint: disable=import-outside-toplevel
 
   check_calibration(method, num_samples)
   ids = calibration_indices(method, num_samples, train.size, significance, seed)

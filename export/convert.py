@@ -14,7 +14,7 @@ from typing import Optional
 import numpy as np
 
 from export.errors import ExportError
-from tf_srkd import config as config_lib
+from tf_srkd.run import config as config_lib
 
 #: The quantizations this package writes (defined with the run's flags, which check them).
 QUANTIZATIONS = config_lib.QUANTIZATIONS
@@ -69,7 +69,7 @@ def convert(student, quantization: str, calibration_images: Optional[np.ndarray]
   import keras  # pylint: disable=import-outside-toplevel
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
-  from tf_srkd import data  # pylint: disable=import-outside-toplevel
+  from tf_srkd.data import arrays as data  # pylint: disable=import-outside-toplevel
 
   check_quantization(quantization)
   model = student.model

@@ -11,7 +11,7 @@ import tempfile
 from typing import Optional
 
 from export.errors import ExportError
-from tf_srkd import mlflow_store
+from tf_srkd.tracking import mlflow_store
 
 #: Model references that are MLflow URIs rather than files.
 MLFLOW_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/")

@@ -27,6 +27,7 @@ Steps:
 """
 
 import os
+import sys
 import time
 
 import numpy as np
@@ -36,12 +37,11 @@ from export import convert as convert_lib
 from export import sidecar as sidecar_lib
 from export import source
 from export.errors import ExportError
-from tf_srkd import cli
-from tf_srkd import data
-from tf_srkd import layout
-from tf_srkd import losses
-from tf_srkd import models
-from tf_srkd import modes as modes_lib
+from tf_srkd.data import arrays as data
+from tf_srkd.storage import layout
+from tf_srkd.core import losses
+from tf_srkd.models import zoo as models
+from tf_srkd.core import modes as modes_lib
 
 
 def import_tfmot():
@@ -304,7 +304,9 @@ def main(argv):
         batch_size=f.batch_size, dataset=f.dataset, test_examples=f.test_examples,
         mlflow_run_id=f.mlflow_run_id, tracking_uri=f.mlflow_tracking_uri, seed=f.seed)
   except ExportError as e:
-    cli.fail(e)
+    # The parent process (`export.api`) shows this line to the user as the error.
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
   print(api.format_results([("int8_qat", result)]))
   print(f"wrote {result['paths']['tflite']}")
 

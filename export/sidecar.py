@@ -12,8 +12,8 @@ from typing import Optional
 
 from export import convert as convert_lib
 from export.errors import ExportError
-from tf_srkd import input_contract
-from tf_srkd import io_utils
+from tf_srkd.models import input_contract
+from tf_srkd.storage import io_utils
 
 SIDECAR_VERSION = 1
 LABELS_FILE = "labels.txt"
@@ -72,13 +72,13 @@ def _resize(spec) -> Optional[dict]:
   size = getattr(spec, "image_size", None)
   if not size:
     return None
-  from tf_srkd import sources  # pylint: disable=import-outside-toplevel
+  from tf_srkd.data import sources  # pylint: disable=import-outside-toplevel
 
   return {"height": size[0], "width": size[1], "method": sources.RESIZE_METHOD}
 
 
 def _network_input(model) -> str:
-  """What the trained network inside takes (`tf_srkd.input_contract`), for the record."""
+  """What the trained network inside takes (`tf_srkd.models.input_contract`), for the record."""
   if input_contract.scaling_of(model) == "pixels":
     return ("pixels: the network was trained on float pixels 0..255; the graph's "
             f"{input_contract.ADAPTER_NAME} layer scales [0, 1] back up")

@@ -2,7 +2,7 @@
 
 `load_student` resolves what the caller passed into a `Student`: the loaded
 network, its dataset, its architecture's registry name and, when the model
-sits in a run directory (`tf_srkd.layout`), the run, its role and mode, the
+sits in a run directory (`tf_srkd.storage.layout`), the run, its role and mode, the
 run's settings and the teacher's significance.
 """
 
@@ -14,12 +14,12 @@ import numpy as np
 
 from export import mlflow_log
 from export.errors import ExportError
-from tf_srkd import config as config_lib
-from tf_srkd import config_flags
-from tf_srkd import datasets
-from tf_srkd import layout
-from tf_srkd import models
-from tf_srkd import validation
+from tf_srkd.run import config as config_lib
+from tf_srkd.run import config_flags
+from tf_srkd.data import datasets
+from tf_srkd.storage import layout
+from tf_srkd.models import zoo as models
+from tf_srkd.storage import checked_reads
 
 #: Run settings an MLflow run's params provide in place of run_config.json.
 _RUN_PARAMS = ("dataset", "train_examples", "student_model", "teacher_model", "temperature",
@@ -80,7 +80,7 @@ class Student:
 
 
 def _checked(read, *args, **kwargs):
-  """`read(*args, **kwargs)` from `tf_srkd.validation`, its refusal as an `ExportError`."""
+  """`read(*args, **kwargs)` from `tf_srkd.storage.checked_reads`, its refusal as an `ExportError`."""
   try:
     return read(*args, **kwargs)
   except config_lib.ConfigError as e:
@@ -95,8 +95,8 @@ def _run_context(model_path):
   if role == "student":
     stage = run.student(mode)
     if os.path.exists(stage.metrics):
-      mode = _checked(validation.read_json, stage.metrics).get("mode", mode)
-  run_config = (_checked(validation.read_json, run.run_config)
+      mode = _checked(checked_reads.read_json, stage.metrics).get("mode", mode)
+  run_config = (_checked(checked_reads.read_json, run.run_config)
                 if os.path.exists(run.run_config) else {})
   return run.path, role, mode, run_config
 
@@ -185,7 +185,7 @@ def load_student(model_ref: str, dataset: Optional[str] = None,
   except (datasets.DatasetError, KeyError) as e:
     raise ExportError(str(e) if isinstance(e, datasets.DatasetError) else
                       f"--dataset={name}: unknown") from e
-  from tf_srkd import app_preprocessing  # pylint: disable=import-outside-toplevel,unused-import  (registers its layer)
+  from tf_srkd.models import app_preprocessing  # pylint: disable=import-outside-toplevel,unused-import  (registers its layer)
 
   try:
     model = keras.models.load_model(path, compile=False)
@@ -235,6 +235,6 @@ def load_significance(student: Student, significance_path: Optional[str] = None)
   if not os.path.isfile(path):
     raise ExportError(f"--calibration=significant: no significance file at {path}")
   # Never unpickled; any length (the run's sample count is not known here), in [0, 1].
-  significance = _checked(validation.load_array, path, kinds=validation.FLOAT_KINDS,
+  significance = _checked(checked_reads.load_array, path, kinds=checked_reads.FLOAT_KINDS,
                           length=None, low=0, high=1)
   return significance.astype(np.float32)

@@ -54,7 +54,7 @@ def check_raw_pixel_input(details: dict):
 
 def keras_logits(model, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
   """A Keras model's outputs on raw uint8 images (as the training code sees them)."""
-  from tf_srkd import data  # pylint: disable=import-outside-toplevel
+  from tf_srkd.data import arrays as data  # pylint: disable=import-outside-toplevel
 
   return data.predict_logits(model, images, batch_size)
 
@@ -106,7 +106,7 @@ def verify(tflite_bytes: bytes, images: np.ndarray, labels: np.ndarray,
   Args:
     tflite_bytes: the model.
     images: uint8 [N, H, W, C] raw test pixels: an array, or a split on disk
-      (`tf_srkd.streaming.StoredArray`, read `CHUNK_ROWS` rows at a time).
+      (`tf_srkd.data.streaming.StoredArray`, read `CHUNK_ROWS` rows at a time).
     labels: int [N].
     keras_outputs: the Keras model's logits (or probabilities) on `images`.
     keras_outputs_are_probabilities: `keras_outputs` are already probabilities.
@@ -127,7 +127,7 @@ def verify(tflite_bytes: bytes, images: np.ndarray, labels: np.ndarray,
   if list(inp["shape"]) != expected or np.dtype(inp["dtype"]) != np.uint8:
     raise ExportError(f"the .tflite input is {np.dtype(inp['dtype']).name} {list(inp['shape'])}, "
                       f"expected uint8 {expected}")
-  from tf_srkd import data  # pylint: disable=import-outside-toplevel
+  from tf_srkd.data import arrays as data  # pylint: disable=import-outside-toplevel
 
   n = images.shape[0]
   probabilities = np.empty((n, int(out["shape"][-1])), np.float32)

@@ -91,4 +91,18 @@ if _WORKERS > 1:
 
 def pytest_configure(config):
   config.addinivalue_line(
-      "markers", "slow: takes minutes (end-to-end runs, installs); `pytest -m \"not slow\"` skips it")
+      "markers", "slow: takes minutes (end-to-end runs, installs; all of tests/e2e/); `pytest -m \"not slow\"` skips it")
+
+
+#: End-to-end runs (installs, whole CLI runs, several processes): the slow tier as a folder.
+E2E_DIR = os.path.join(ROOT, "tests", "e2e")
+
+
+def pytest_collection_modifyitems(config, items):
+  """Marks every test under tests/e2e/ `slow`, so `-m "not slow"` leaves the folder out."""
+  del config
+  import pytest  # pylint: disable=import-outside-toplevel
+
+  for item in items:
+    if os.path.realpath(str(item.fspath)).startswith(os.path.realpath(E2E_DIR) + os.sep):
+      item.add_marker(pytest.mark.slow)

@@ -9,11 +9,24 @@ whole process to legacy Keras). The public API for your own Keras code
 (`SelfRegulated`, `Distiller`, `with_sample_ids`, `significance`,
 `sample_efficiency`, `build_model`; see `tf_srkd.api`) is loaded on first use.
 
-Walls (tests/test_import_graph.py keeps them): the import graph has no circles,
-lazy imports included; nothing imports an entry point (`main`, `subset`, `report`,
-`export.tflite`); the run (data, models, gates, steps, stages, pipeline) logs
-through the tracker it is handed and imports neither MLflow nor `export`; bad input
-is `errors.ConfigError`, at the bottom of the graph.
+Rooms, from the bottom up (each imports only the rooms listed after the arrow,
+plus `errors` and `registry`, the package's foundation):
+
+    storage    -> (nothing)        atomic writes, checked reads, run layout, run lock
+    core       -> storage          gate math, losses, modes, gated steps, gates, callbacks
+    data       -> storage          datasets by name, arrays with sample ids, streaming
+    models     -> core, data, storage     model sources, zoo, loading, input contract
+    tracking   -> storage          the tracker interface (`base`) and its MLflow version
+    run        -> core, data, models, storage, tracking.base    config, stages, pipeline
+    reporting  -> tracking, storage       the paper's tables from tracked runs
+    api        -> core, data, models      the public Keras API (this package's names)
+    cli        -> everything, and `export`: every entry point with its flags
+
+Walls: imports point down only and the graph has no circles, lazy imports
+included; `run` and everything below it never import MLflow (the command line
+hands the run its tracker); nothing imports `cli` (`tf_srkd.main` and
+`export.tflite` only forward `python -m`); of this package only `cli` imports
+`export`. tests/project/test_import_graph.py and BUILD's per-room targets enforce them.
 """
 
 __version__ = "0.1.0"
@@ -25,7 +38,7 @@ _PUBLIC = {
     "with_sample_ids": "tf_srkd.api",
     "significance": "tf_srkd.api",
     "sample_efficiency": "tf_srkd.api",
-    "build_model": "tf_srkd.model_sources",
+    "build_model": "tf_srkd.models.sources",
 }
 __all__ = sorted(_PUBLIC)
 

@@ -32,12 +32,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_srkd import callbacks as callbacks_lib
-from tf_srkd import distillation
-from tf_srkd import distributed
-from tf_srkd import modes as modes_lib
-from tf_srkd import regulation
-from tf_srkd import training
+from tf_srkd.core import callbacks as callbacks_lib
+from tf_srkd.core import distillation
+from tf_srkd.core import distributed
+from tf_srkd.core import modes as modes_lib
+from tf_srkd.core import regulation
+from tf_srkd.core import training
 
 #: Algorithm 2 and eq. 5, re-exported for users of this module.
 significance = regulation.significance

@@ -1,0 +1,78 @@
+"""The benchmark scripts run end to end: each one's `--quick --no_write` check.
+
+The figures in bench/RESULTS.md come from these scripts, run for hours alone on a
+machine; nothing else exercises their code between those runs. The quick check runs
+the same code paths on a few hundred examples, so a library change that breaks a
+benchmark fails here and not months later. Each run must exit 0, print its table, and
+leave bench/ byte for byte alone (`--no_write`: RESULTS.md, the Pareto plots, no new file).
+"""
+
+import glob
+import hashlib
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BENCH = os.path.join(ROOT, "bench")
+
+#: script -> (extra arguments, with {tmp} for the test's directory; substrings its stdout
+#: must contain).
+QUICK_RUNS = {
+    "bn_gate": (["--output_root={tmp}/run"], ["| regulated | masked |", "| hybrid | compact |"]),
+    "mobile": (["--output_root={tmp}/run"], ["| conventional |", "| hybrid |"]),
+    "precise_bn_case": (["--output_root={tmp}/run"], ["| hybrid |", "precise BN"]),
+    "peers": ([], ["| mnist | teacher | self_regulated |", "| mnist | student | infobatch |",
+                   "| mnist | student | selective_backprop |", "| mnist | student | random |"]),
+    "streaming": ([], ["| on disk / in memory (throughput) |", "| 1024 |"]),
+    "subsets": (["--root={tmp}"], ["| kd | top |", "| supervised | random |"]),
+    "trickle_floor": ([], ["| SR no reuse |", "| conventional |", "| epoch 0 compact |"]),
+}
+
+
+def _digests():
+  """sha256 of every file under bench/ (bar bytecode caches), by path."""
+  result = {}
+  for folder, subfolders, files in os.walk(BENCH):
+    subfolders[:] = [d for d in subfolders if d != "__pycache__"]
+    for name in files:
+      path = os.path.join(folder, name)
+      with open(path, "rb") as f:
+        result[path] = hashlib.sha256(f.read()).hexdigest()
+  return result
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", sorted(QUICK_RUNS))
+def test_quick_run_prints_its_table_and_leaves_bench_alone(script, tmp_path):
+  extra, expected = QUICK_RUNS[script]
+  before = _digests()
+  run = subprocess.run(
+      [sys.executable, os.path.join(BENCH, f"{script}.py"), "--quick", "--no_write"]
+      + [arg.format(tmp=tmp_path) for arg in extra],
+      cwd=tmp_path, capture_output=True, text=True, timeout=600, check=False)
+  assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+  for line in expected:
+    assert line in run.stdout, f"{script}: no {line!r} in\n{run.stdout[-3000:]}"
+  if script == "mobile":
+    # Every mode's int8 file passed the op check (full-integer, HARD_SWISH as an op);
+    # --quick runs two of the four modes.
+    assert run.stdout.count(" | ok |\n") == 2, run.stdout[-3000:]
+  assert _digests() == before, f"{script} --no_write changed bench/"
+
+
+def test_every_quick_script_is_checked():
+  """A new bench script with a `--quick` check gets a run here."""
+  with_quick = set()
+  for path in glob.glob(os.path.join(BENCH, "*.py")):
+    name = os.path.splitext(os.path.basename(path))[0]
+    with open(path, encoding="utf-8") as f:
+      text = f.read()
+    # bn_gate.py and mobile.py get their --quick from whole_runs.add_run_args (called
+    # through the module, as they do: a `from whole_runs import` would go unseen here).
+    helper = name in ("common", "whole_runs")
+    if not helper and ('"--quick"' in text or "whole_runs.add_run_args(" in text):
+      with_quick.add(name)
+  assert with_quick == set(QUICK_RUNS)

@@ -1,0 +1,7 @@
+"""Datasets by name, read into arrays with sample ids, batched, streamed and subset.
+
+`specs` (what a dataset is), `datasets` / `tfds_specs` / `image_folders` (resolving
+a `--dataset=` name), `sources` (a split as tf.data), `arrays` (in memory, with
+ids), `epoch_batches`, `streaming` (larger than memory) and `subsets`
+(significance-ranked). Imports only `storage` and the package's `errors` and `registry`.
+"""

@@ -1,0 +1,153 @@
+"""`Config` fields as command-line flags, and `Config`s as flagfiles.
+
+Every `Config` field is a flag of the same name (`tf_srkd.main` defines them
+from `flag_specs()`); a run's `flags.txt` is `to_flagfile(config)`, which
+`from_flagfile` reads back.
+"""
+
+import dataclasses
+import math
+from typing import Optional, Tuple
+
+from tf_srkd.run.config import Config
+from tf_srkd.errors import ConfigError
+
+
+def to_flagfile(config: Config) -> str:
+  """Renders `config` in absl flagfile format (one `--flag=value` per line)."""
+  lines = []
+  for field in dataclasses.fields(config):
+    value = getattr(config, field.name)
+    if value is None:
+      continue
+    if isinstance(value, bool):
+      lines.append(f"--{field.name}" if value else f"--no{field.name}")
+    elif isinstance(value, tuple):
+      lines.append(f"--{field.name}={','.join(value)}")
+    else:
+      lines.append(f"--{field.name}={value}")
+  return "\n".join(lines) + "\n"
+
+
+#: The absl flag type of each field type (`kind="rate"` fields are strings: 'inf').
+_KINDS = {str: "string", int: "integer", float: "float", bool: "bool",
+          Tuple[str, ...]: "list", Optional[int]: "integer", Optional[str]: "string"}
+
+
+@dataclasses.dataclass(frozen=True)
+class FlagSpec:
+  """How one `Config` field appears on the command line.
+
+  Attributes:
+    name: the flag (= field) name.
+    kind: string | integer | float | bool | list | enum | rate (a float, or 'inf').
+    default: the flag's default, in the flag's own type.
+    help: the help text.
+    choices: the allowed values of an enum flag, else None.
+  """
+
+  name: str
+  kind: str
+  default: object
+  help: str
+  choices: Optional[Tuple[str, ...]] = None
+
+
+#: `tf-srkd --help`: the flags by concern, in the order a user meets them. Every `Config`
+#: field is in exactly one group (tests/cli/test_console.py checks it).
+HELP_GROUPS = (
+    ("data", ("dataset", "train_examples", "train_split", "test_split", "image_size",
+              "channels", "test_folder", "validation_fraction", "download",
+              "max_in_memory_mb")),
+    ("models", ("teacher_model", "student_model", "teacher_weights", "student_weights",
+                "teacher_finetune_epochs", "teacher_input", "student_input", "teacher_dir")),
+    ("gate", ("alpha", "distill_alpha", "gate", "distill_gate", "gate_temperature",
+              "backward", "infobatch_ratio", "infobatch_delta", "sb_beta", "keep_fraction",
+              "skip_idle_epochs", "reuse_margins")),
+    ("training", ("modes", "stage", "epochs", "distill_epochs", "batch_size", "teacher_lr",
+                  "distill_lr", "adam_epsilon", "temperature", "kd_lambda",
+                  "kd_scale_temperature_squared", "distill_loss_normaliser", "augment", "seed",
+                  "precise_bn_batches", "eval_batch_size", "steps_per_execution", "strategy",
+                  "cpu_replicas", "jit_compile", "deterministic")),
+    ("outputs and tracking", ("output_dir", "overwrite", "verbose", "mlflow",
+                              "mlflow_experiment", "mlflow_tracking_uri", "register_model")),
+    ("export", ("export", "export_at_chance")),
+)
+
+
+def flag_specs() -> Tuple[FlagSpec, ...]:
+  """One `FlagSpec` per `Config` field, in field order."""
+  specs = []
+  for field in dataclasses.fields(Config):
+    meta = field.metadata
+    kind = "enum" if meta.get("choices") else meta.get("kind") or _KINDS[field.type]
+    default = meta.get("flag_default", field.default)
+    if kind == "rate":
+      default = str(default)
+    elif kind == "list":
+      default = list(default)
+    specs.append(FlagSpec(field.name, kind, default, meta["help"], meta.get("choices")))
+  return tuple(specs)
+
+
+def parse_rate(flag: str, text: str) -> float:
+  """A self-regulation rate: a number, or 'inf' (conventional training).
+
+  Raises:
+    ConfigError: `text` is neither.
+  """
+  try:
+    return math.inf if text.strip().lower() in ("inf", "infinity") else float(text)
+  except ValueError as e:
+    raise ConfigError(f"--{flag}={text}: expected a number >= 0 or 'inf'") from e
+
+
+def from_flag_values(values: dict) -> Config:
+  """The `Config` for parsed flag values ({flag name: value in the flag's type}).
+
+  Rates are parsed, lists become tuples; missing names keep the field default.
+
+  Raises:
+    ConfigError: a rate that is not a number or 'inf'.
+  """
+  fields = {}
+  for spec in flag_specs():
+    if spec.name not in values:
+      continue
+    value = values[spec.name]
+    if spec.kind == "rate" and isinstance(value, str):
+      value = parse_rate(spec.name, value)
+    elif spec.kind == "list" and value is not None:
+      value = tuple(value)
+    fields[spec.name] = value
+  return Config(**fields)
+
+
+def from_flagfile(text: str) -> Config:
+  """The `Config` a flagfile written by `to_flagfile` describes (its inverse).
+
+  Lines for flags that `Config` does not have (and comments) are ignored.
+  """
+  specs = {spec.name: spec for spec in flag_specs()}
+  parsers = {"integer": int, "float": float, "string": str, "enum": str, "rate": str,
+             "list": lambda v: [x for x in v.split(",") if x]}
+  values = {}
+  for line in text.splitlines():
+    line = line.strip()
+    if not line.startswith("--"):
+      continue
+    name, has_value, value = line[2:].partition("=")
+    kind = specs[name].kind if name in specs else None
+    if has_value and kind not in (None, "bool"):
+      values[name] = parsers[kind](value)
+    elif not has_value and kind == "bool":
+      values[name] = True
+    elif not has_value and name.startswith("no") and name[2:] in specs:
+      values[name[2:]] = False  # --noflag
+  return from_flag_values(values)
+
+
+def read_flagfile(path: str) -> Config:
+  """The `Config` of a run from its `flags.txt`."""
+  with open(path, encoding="utf-8") as f:
+    return from_flagfile(f.read())
