@@ -7,9 +7,10 @@ not. `interleave` runs one epoch of every variant per round (rotating the order
 each round), drops the warm-up rounds (tracing, first-iterator costs) and
 reports per-variant medians and the median of the per-round ratios.
 
-`write_section` puts a script's table into `bench/RESULTS.md` between
-`<!-- bench:NAME -->` and `<!-- /bench:NAME -->`, replacing only its own
-section, so the scripts never clobber each other.
+`write_section` stores a script's section as its own result file,
+`bench/results/<kind>/<NAME>.md` (the kind is the script's folder: `timing` or
+`reproduction`), and re-renders `bench/RESULTS.md` from all of them
+(`render_results.py`), so the scripts never clobber each other.
 """
 
 import contextlib
@@ -24,7 +25,6 @@ import time
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.dirname(BENCH_DIR)
-RESULTS_PATH = os.path.join(BENCH_DIR, "RESULTS.md")
 
 #: The prepared TFDS datasets next to the checkout, as the tests use them (if present).
 SHARED_TFDS = os.path.join(os.path.dirname(REPO_ROOT), "shared", "tfds")
@@ -32,6 +32,9 @@ SHARED_TFDS = os.path.join(os.path.dirname(REPO_ROOT), "shared", "tfds")
 # First, even where it is already on the path (Bazel's runfiles root is): ahead of bench/,
 # the running script's own directory, whose export.py would shadow the `export` package.
 sys.path[:] = [REPO_ROOT] + [p for p in sys.path if p != REPO_ROOT]
+if BENCH_DIR not in sys.path:
+  sys.path.insert(1, BENCH_DIR)
+import render_results  # pylint: disable=wrong-import-position  (bench/ on the path first)
 if not os.environ.get("TFDS_DATA_DIR") and os.path.isdir(SHARED_TFDS):
   os.environ["TFDS_DATA_DIR"] = SHARED_TFDS
 elif os.environ.get("TFDS_DATA_DIR") and "://" not in os.environ["TFDS_DATA_DIR"]:
@@ -250,12 +253,6 @@ def markdown_table(headers, rows):
   return "\n".join(lines)
 
 
-_HEADER = ("# Benchmark results\n\n"
-           "Written by the scripts in `bench/` (see `bench/README.md`); each section is\n"
-           "replaced only by the script that owns it. Ratios are measured side by side\n"
-           "in one process on the same data.\n")
-
-
 @contextlib.contextmanager
 def _locked(path):
   """An exclusive lock on the directory holding `path` (no lock file left behind)."""
@@ -268,22 +265,29 @@ def _locked(path):
     os.close(fd)
 
 
-def write_section(name, body, path=RESULTS_PATH):
-  """Replaces (or appends) the section `name` of `path` with `body`."""
-  begin, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
-  block = f"{begin}\n{body.rstrip()}\n{end}"
-  with _locked(path):
-    text = open(path).read() if os.path.exists(path) else _HEADER
-    if begin in text and end in text:
-      head, rest = text.split(begin, 1)
-      _, tail = rest.split(end, 1)
-      text = head + block + tail
-    else:
-      text = text.rstrip("\n") + "\n\n" + block + "\n"
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-      f.write(text)
-    os.replace(tmp, path)
+def script_kind(script=None) -> str:
+  """`timing` or `reproduction`: the bench/ folder of the running script."""
+  folder = os.path.basename(os.path.dirname(os.path.abspath(script or sys.argv[0])))
+  if folder not in dict(render_results.KINDS):
+    raise ValueError(f"{script or sys.argv[0]}: a bench script lives in bench/timing/ or "
+                     "bench/reproduction/")
+  return folder
+
+
+def write_section(name, body, kind=None, results_dir=render_results.RESULTS_DIR,
+                  path=render_results.RESULTS_PATH):
+  """Stores `body` as result file `<results_dir>/<kind>/<name>.md`, then re-renders `path`.
+
+  `kind` defaults to the running script's folder (`script_kind`). Returns `path`.
+  """
+  folder = os.path.join(results_dir, kind or script_kind())
+  os.makedirs(folder, exist_ok=True)
+  with _locked(folder):
+    target = os.path.join(folder, f"{name}.md")
+    with open(target + ".tmp", "w", encoding="utf-8") as f:
+      f.write(body.rstrip() + "\n")
+    os.replace(target + ".tmp", target)
+    render_results.write(results_dir, path)
   return path
 
 

@@ -1,6 +1,6 @@
 """keras.applications MobileNets with BatchNorm momentum 0.9, for short CPU runs.
 
-`bench/mobile.py` trains for a few epochs on a CPU. Keras' MobileNetV3 builds its
+`bench/reproduction/mobile.py` trains for a few epochs on a CPU. Keras' MobileNetV3 builds its
 BatchNorm layers with momentum 0.999, tuned for ImageNet-length runs: after the
 ~400-2000 steps of that protocol the moving statistics are still mostly their
 initial values, and the models score chance (0.10 on CIFAR-10) in inference mode

@@ -5,7 +5,7 @@ and LeNet-5-half behind a fixed per-channel standardisation layer, so that the
 pipeline's [0, 1] images reach the convolutions as (x - mean) / std, with
 MNIST's training-set mean and standard deviation (0.1307 and 0.3081). Used as
 
-  PYTHONPATH=bench python bench/fidelity.py --dataset=mnist --seeds=0 --distill_epochs=50 \\
+  PYTHONPATH=bench python bench/reproduction/fidelity.py --dataset=mnist --seeds=0 --distill_epochs=50 \\
       --label=screen_std --teacher_flags=--teacher_model=standardised_models:lenet5 \\
       --no_write -- --student_model=standardised_models:lenet5_half
 """

@@ -1,5 +1,5 @@
-"""Helpers of the benchmarks that drive whole `tf_srkd.main` runs (bench/mobile.py,
-bench/bn_gate.py): their common arguments, the `--quick` shrink, running one job in a
+"""Helpers of the benchmarks that drive whole `tf_srkd.main` runs (bench/reproduction/mobile.py,
+bench/reproduction/bn_gate.py): their common arguments, the `--quick` shrink, running one job in a
 child process, and reading a finished stage's metrics."""
 
 import json

@@ -159,7 +159,7 @@ def _dataset_ops(dataset):
 
 def test_tfds_splits_are_not_cached_in_memory():
   """TFDS auto-caches datasets under 250 MiB (MNIST, CIFAR-10): a cache would hold the
-  whole split's records in memory however it is then stored (bench/streaming.py)."""
+  whole split's records in memory however it is then stored (bench/timing/streaming.py)."""
   spec = datasets.get_dataset_spec("mnist")
   ops = _dataset_ops(sources.split_dataset(spec, "train", N))
   assert "TFRecordDataset" in ops or any("TFRecord" in op for op in ops), ops

@@ -1,4 +1,4 @@
-"""Helpers of the benchmark scripts: bench/mobile.py's verdicts, bench/standardised_models.py."""
+"""Helpers of the benchmark scripts: bench/reproduction/mobile.py's verdicts, bench/standardised_models.py."""
 
 import os
 import sys
@@ -9,12 +9,12 @@ import numpy as np
 
 _BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "bench")
 _saved_path = list(sys.path)
-sys.path.insert(0, _BENCH)
+sys.path[:0] = [_BENCH, os.path.join(_BENCH, "reproduction")]
 try:
   import mobile  # pylint: disable=wrong-import-position
   import standardised_models  # pylint: disable=wrong-import-position
 finally:
-  # bench/ holds an export.py: leave the real `export` package first on the path.
+  # bench/reproduction/ holds an export.py: leave the real `export` package first on the path.
   sys.path[:] = _saved_path
 
 

@@ -21,14 +21,14 @@ BENCH = os.path.join(ROOT, "bench")
 #: script -> (extra arguments, with {tmp} for the test's directory; substrings its stdout
 #: must contain).
 QUICK_RUNS = {
-    "bn_gate": (["--output_root={tmp}/run"], ["| regulated | masked |", "| hybrid | compact |"]),
-    "mobile": (["--output_root={tmp}/run"], ["| conventional |", "| hybrid |"]),
-    "precise_bn_case": (["--output_root={tmp}/run"], ["| hybrid |", "precise BN"]),
-    "peers": ([], ["| mnist | teacher | self_regulated |", "| mnist | student | infobatch |",
+    "reproduction/bn_gate": (["--output_root={tmp}/run"], ["| regulated | masked |", "| hybrid | compact |"]),
+    "reproduction/mobile": (["--output_root={tmp}/run"], ["| conventional |", "| hybrid |"]),
+    "reproduction/precise_bn_case": (["--output_root={tmp}/run"], ["| hybrid |", "precise BN"]),
+    "reproduction/peers": ([], ["| mnist | teacher | self_regulated |", "| mnist | student | infobatch |",
                    "| mnist | student | selective_backprop |", "| mnist | student | random |"]),
-    "streaming": ([], ["| on disk / in memory (throughput) |", "| 1024 |"]),
-    "subsets": (["--root={tmp}"], ["| kd | top |", "| supervised | random |"]),
-    "trickle_floor": ([], ["| SR no reuse |", "| conventional |", "| epoch 0 compact |"]),
+    "timing/streaming": ([], ["| on disk / in memory (throughput) |", "| 1024 |"]),
+    "reproduction/subsets": (["--root={tmp}"], ["| kd | top |", "| supervised | random |"]),
+    "timing/trickle_floor": ([], ["| SR no reuse |", "| conventional |", "| epoch 0 compact |"]),
 }
 
 
@@ -56,7 +56,7 @@ def test_quick_run_prints_its_table_and_leaves_bench_alone(script, tmp_path):
   assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
   for line in expected:
     assert line in run.stdout, f"{script}: no {line!r} in\n{run.stdout[-3000:]}"
-  if script == "mobile":
+  if script == "reproduction/mobile":
     # Every mode's int8 file passed the op check (full-integer, HARD_SWISH as an op);
     # --quick runs two of the four modes.
     assert run.stdout.count(" | ok |\n") == 2, run.stdout[-3000:]
@@ -66,13 +66,13 @@ def test_quick_run_prints_its_table_and_leaves_bench_alone(script, tmp_path):
 def test_every_quick_script_is_checked():
   """A new bench script with a `--quick` check gets a run here."""
   with_quick = set()
-  for path in glob.glob(os.path.join(BENCH, "*.py")):
-    name = os.path.splitext(os.path.basename(path))[0]
+  for path in glob.glob(os.path.join(BENCH, "*", "*.py")):
+    name = os.path.relpath(path, BENCH)[:-3]
     with open(path, encoding="utf-8") as f:
       text = f.read()
     # bn_gate.py and mobile.py get their --quick from whole_runs.add_run_args (called
     # through the module, as they do: a `from whole_runs import` would go unseen here).
-    helper = name in ("common", "whole_runs")
+    helper = os.path.dirname(name) not in ("timing", "reproduction")
     if not helper and ('"--quick"' in text or "whole_runs.add_run_args(" in text):
       with_quick.add(name)
   assert with_quick == set(QUICK_RUNS)

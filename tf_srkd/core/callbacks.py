@@ -30,7 +30,7 @@ COMPACT_BREAK_EVEN = 0.65
 
 #: `auto`'s backward for a regulated run's first epoch, which has no
 #: previous participation to choose from. At eta(0) = 0 the participants are
-#: the misclassified samples; bench/trickle_floor.py (section `auto_epoch0`)
+#: the misclassified samples; bench/timing/trickle_floor.py (section `auto_epoch0`)
 #: times epoch 0 both ways from the same weights. "masked" until that
 #: measurement says "compact" is cheaper.
 AUTO_FIRST_BACKWARD = "masked"

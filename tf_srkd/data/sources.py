@@ -106,7 +106,7 @@ def split_dataset(spec: datasets.DatasetSpec, role: str, limit: int = 0,
     # No auto-cache: TFDS caches a whole split in memory when the dataset is under
     # 250 MiB (CIFAR-10 is), ~3.3 KB per encoded example on top of our own copy. Every
     # split is read exactly once here, so the cache saves nothing and would make the
-    # streaming path's memory grow with the split (bench/streaming.py).
+    # streaming path's memory grow with the split (bench/timing/streaming.py).
     dataset = tfds.load(spec.builder, split=split, shuffle_files=False, download=download,
                         read_config=tfds.ReadConfig(try_autocache=False))
     dataset = dataset.map(lambda ex: (ex["image"], tf.cast(ex["label"], tf.int32)))

@@ -1,6 +1,6 @@
 """Paper vs ours over several seeds: the fidelity table and its MLflow record.
 
-`bench/fidelity.py` runs the protocol (one teacher and its students per seed)
+`bench/reproduction/fidelity.py` runs the protocol (one teacher and its students per seed)
 and hands the finished runs' metrics here; this module only summarises them.
 `per_seed` is a list (one entry per seed) of {model: metrics dict}, `model`
 being "teacher" or a distillation mode, the metrics those of `metrics.json`.

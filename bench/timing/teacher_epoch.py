@@ -18,14 +18,14 @@ were misclassified, the labels of the surplus would be set to the predicted
 class; the script says so when it happens.) The measured participation is taken
 from the epoch logs and reported.
 
-  python bench/teacher_epoch.py [--examples=0] [--examples2=20000] [--rounds=15] [--rounds2=7]
+  python bench/timing/teacher_epoch.py [--examples=0] [--examples2=20000] [--rounds=15] [--rounds2=7]
 """
 
 import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import common  # pylint: disable=wrong-import-position
 
 import keras  # pylint: disable=wrong-import-position

@@ -20,9 +20,9 @@ see `tf_srkd.data.streaming`) plus at most `SLACK_MIB` (or the cells' own
 run-to-run spread, shown, if larger) of noise; a copy of
 the split would add a whole image (3072 B on CIFAR-10) per example.
 
-  python bench/streaming.py [--examples=0] [--sizes=10000,50000] [--rounds=5] [--rss_repeats=3]
+  python bench/timing/streaming.py [--examples=0] [--sizes=10000,50000] [--rounds=5] [--rss_repeats=3]
                             [--rss_steps=300]
-  python bench/streaming.py --quick     # seconds-long smoke run; never writes RESULTS.md
+  python bench/timing/streaming.py --quick     # seconds-long smoke run; never writes RESULTS.md
 """
 
 import argparse
@@ -32,7 +32,7 @@ import resource
 import subprocess
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import common  # pylint: disable=wrong-import-position
 
 #: Bytes per example the on-disk path keeps in memory by design (`tf_srkd.data.streaming`).

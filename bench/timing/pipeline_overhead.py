@@ -18,14 +18,14 @@ training computation.
 All three start from the same weights and use Adam(1e-3). The goal is
 efficiency = bare / end-to-end >= 0.9 (i.e. end-to-end at most ~11 % slower).
 
-  python bench/pipeline_overhead.py [--examples=0] [--rounds=5] [--warmup=1]
+  python bench/timing/pipeline_overhead.py [--examples=0] [--rounds=5] [--warmup=1]
 """
 
 import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import common  # pylint: disable=wrong-import-position
 
 import keras  # pylint: disable=wrong-import-position

@@ -21,8 +21,8 @@ A second table times epoch 0 under `auto`'s two possible first choices (eta = 0:
 the participants are the misclassified samples): masked vs compact from the
 same initial weights, interleaved rounds.
 
-  python bench/trickle_floor.py                    # 200 epochs, 60000 examples
-  python bench/trickle_floor.py --quick --no_write # a few seconds, checks it runs
+  python bench/timing/trickle_floor.py                    # 200 epochs, 60000 examples
+  python bench/timing/trickle_floor.py --quick --no_write # a few seconds, checks it runs
 """
 
 import argparse
@@ -32,7 +32,7 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import common  # pylint: disable=wrong-import-position
 
 import keras  # pylint: disable=wrong-import-position

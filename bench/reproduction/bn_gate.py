@@ -9,15 +9,15 @@ modes twice from it, once per backward, and reports test accuracy, zeta, the las
 epoch's participation fraction and seconds per epoch. It informs the default rule
 (`--backward=auto` means `masked` for BatchNorm networks; docs/choices.md).
 
-  python bench/bn_gate.py                       # the measured setting
-  python bench/bn_gate.py --quick --no_write    # seconds-scale check of the script
+  python bench/reproduction/bn_gate.py                       # the measured setting
+  python bench/reproduction/bn_gate.py --quick --no_write    # seconds-scale check of the script
 """
 
 import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import common  # pylint: disable=wrong-import-position
 import whole_runs  # pylint: disable=wrong-import-position
 

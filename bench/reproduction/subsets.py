@@ -6,8 +6,8 @@ Trains (or reuses) a self-regulated teacher with the dataset's paper flagfile at
 supervised, top / random / bottom per class) and publishes `table.md` with the
 run's settings; the curve stays in `<run>/subsets/curve.png` (and MLflow).
 
-  python bench/subsets.py --dataset=mnist --epochs=20
-  python bench/subsets.py --quick --no_write          # a check that it runs
+  python bench/reproduction/subsets.py --dataset=mnist --epochs=20
+  python bench/reproduction/subsets.py --quick --no_write          # a check that it runs
 """
 
 import argparse
@@ -17,7 +17,7 @@ import shutil
 import subprocess
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import common  # pylint: disable=wrong-import-position
 
 

@@ -25,14 +25,14 @@ Setup, all on the same MNIST data in one process:
     epochs (same schedule object, so `auto` keeps choosing from the previous
     epoch's participation). The participation of the measured epochs is reported.
 
-  python bench/distill_epoch.py [--examples=0] [--rounds=8] [--warmup=1]
+  python bench/timing/distill_epoch.py [--examples=0] [--rounds=8] [--warmup=1]
 """
 
 import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import common  # pylint: disable=wrong-import-position
 
 import keras  # pylint: disable=wrong-import-position

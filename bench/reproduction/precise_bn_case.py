@@ -10,15 +10,15 @@ batches. Each variant is exported to int8 (raw uint8 input, 200 random calibrati
 and verified in LiteRT on the test split. The table gives Keras test accuracy, whether the
 chance guard flags the model, and the int8 - Keras accuracy delta, for both variants.
 
-  python bench/precise_bn_case.py                       # the measured setting (~20 min CPU)
-  python bench/precise_bn_case.py --quick --no_write    # seconds-scale check of the script
+  python bench/reproduction/precise_bn_case.py                       # the measured setting (~20 min CPU)
+  python bench/reproduction/precise_bn_case.py --quick --no_write    # seconds-scale check of the script
 """
 
 import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import common  # pylint: disable=wrong-import-position
 import whole_runs  # pylint: disable=wrong-import-position
 

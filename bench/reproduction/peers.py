@@ -23,9 +23,9 @@ with `--mlflow_tracking_uri`, logged to MLflow with the table). The paper trains
 200 epochs (1000 on CIFAR-10); `--epochs` is what fits the machine, and the
 notes say so.
 
-  python bench/peers.py --datasets=mnist,fashion_mnist --epochs=20   # one RESULTS.md section
-  python bench/peers.py --datasets=cifar10 --cifar_epochs=5          # another one
-  python bench/peers.py --quick --no_write                           # a check that it runs
+  python bench/reproduction/peers.py --datasets=mnist,fashion_mnist --epochs=20   # one RESULTS.md section
+  python bench/reproduction/peers.py --datasets=cifar10 --cifar_epochs=5          # another one
+  python bench/reproduction/peers.py --quick --no_write                           # a check that it runs
 
 Each invocation writes section `peers_<datasets>` and `bench/peers_pareto_<datasets>.png`.
 """
@@ -38,7 +38,7 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import common  # pylint: disable=wrong-import-position
 
 POLICY_ORDER = ("conventional", "self_regulated", "infobatch", "selective_backprop", "random")

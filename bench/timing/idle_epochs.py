@@ -15,8 +15,8 @@ rewritten into bench/RESULTS.md after every run, so a partial result survives.
 A finished run directory is reused (pass --fresh to redo). Goal: compact+skip
 <= 0.25x the conventional teacher's wall time at equal test accuracy (+-0.2 pt).
 
-  python bench/idle_epochs.py                 # 200 epochs (the paper's setting)
-  python bench/idle_epochs.py --epochs=120 --variants=compact+skip,conventional
+  python bench/timing/idle_epochs.py                 # 200 epochs (the paper's setting)
+  python bench/timing/idle_epochs.py --epochs=120 --variants=compact+skip,conventional
 """
 
 import argparse
@@ -26,7 +26,7 @@ import shutil
 import subprocess
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import common  # pylint: disable=wrong-import-position
 
 VARIANTS = {

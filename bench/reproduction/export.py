@@ -15,7 +15,7 @@ within 0.3 pt of the Keras student; float32 argmax identical to Keras), and
 writes them into `bench/RESULTS.md` between `<!-- bench:export -->`
 markers.
 
-  python bench/export.py --run_dir=runs/bench_export_quick [--train] [--qat_epochs=1]
+  python bench/reproduction/export.py --run_dir=runs/bench_export_quick [--train] [--qat_epochs=1]
 """
 
 import argparse
@@ -23,7 +23,7 @@ import os
 import subprocess
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import common  # pylint: disable=wrong-import-position
 
 import numpy as np  # pylint: disable=wrong-import-position

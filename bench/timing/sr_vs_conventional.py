@@ -14,7 +14,7 @@ script's `bench_process.json` with the process time) is reused, not rerun
 (pass --fresh to redo it). The paper's setting is 200 epochs;
 `--epochs` runs it shorter, and the table says how many epochs were run.
 
-  python bench/sr_vs_conventional.py --epochs=30
+  python bench/timing/sr_vs_conventional.py --epochs=30
 """
 
 import argparse
@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import common  # pylint: disable=wrong-import-position
 
 

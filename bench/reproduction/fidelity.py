@@ -8,8 +8,8 @@ paper-vs-ours table (`tf_srkd.reporting.fidelity`): accuracy and zeta as mean +-
 difference to the paper, and whether each self-regulating model reaches the
 paper's accuracy at no more than the paper's zeta.
 
-  python bench/fidelity.py --dataset=mnist --seeds=0,1,2
-  python bench/fidelity.py --dataset=mnist --seeds=0,1,2 --epochs=50 --label=batchnorm50 \\
+  python bench/reproduction/fidelity.py --dataset=mnist --seeds=0,1,2
+  python bench/reproduction/fidelity.py --dataset=mnist --seeds=0,1,2 --epochs=50 --label=batchnorm50 \\
       -- --distill_loss_normaliser=batch          # flags after -- go to the student runs
 
 Runs go to `--root` (default runs/fidelity): `<dataset>-e<epochs>-s<seed>/` holds a

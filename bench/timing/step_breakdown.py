@@ -18,14 +18,14 @@ rounds after a warm-up; the table gives the median milliseconds per call and
 the ratio to the plain step. Weights are frozen (Adam learning rate 0), so
 every call sees the same model and the same gates.
 
-  python bench/step_breakdown.py
+  python bench/timing/step_breakdown.py
 """
 
 import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import common  # pylint: disable=wrong-import-position
 
 import keras  # pylint: disable=wrong-import-position

@@ -12,9 +12,9 @@ median single-image latency, and the int8 op check: the file is
 full-integer (no float tensor anywhere) and hard-swish converted to its integer op; the
 epoch times of the teacher and the students are listed next to the table.
 
-  python bench/mobile.py                                # the measured setting (hours on CPU)
-  python bench/mobile.py --quick --no_write             # seconds-scale check of the script
-  python bench/mobile.py --extra=--strategy=mirrored --extra=--jit_compile \
+  python bench/reproduction/mobile.py                                # the measured setting (hours on CPU)
+  python bench/reproduction/mobile.py --quick --no_write             # seconds-scale check of the script
+  python bench/reproduction/mobile.py --extra=--strategy=mirrored --extra=--jit_compile \
       --output_root=runs/bench_mobile_gpu               # on a GPU machine
 """
 
@@ -22,7 +22,7 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import common  # pylint: disable=wrong-import-position
 import whole_runs  # pylint: disable=wrong-import-position
 
