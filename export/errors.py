@@ -1,5 +1,3 @@
-"""The one error type of the export package."""
+"""The export package's error type (defined with the package's others in `tf_srkd.errors`)."""
 
-
-class ExportError(ValueError):
-  """Bad export input or a failed check; the message says what and where."""
+from tf_srkd.errors import ExportError  # pylint: disable=unused-import  (the export package's name for it)

@@ -13,6 +13,7 @@ import pytest
 from tf_srkd.run import config as config_lib
 from tf_srkd.run import config_flags
 from tf_srkd.cli import subset
+from tf_srkd.run import subset_study
 from tf_srkd.data import subsets
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -145,7 +146,7 @@ def _run_tool(teacher_run, output_dir, max_in_memory_mb, monkeypatch, train=Fals
         "test_accuracy": stages.evaluate_accuracy(teacher, test, config.eval_batch_size)})
 
   monkeypatch.setattr(stages, "run_stage", spy)
-  rows = subset.run(plan)
+  rows = subset_study.run(plan)
   monkeypatch.undo()
   return rows, seen
 

@@ -32,3 +32,21 @@ def test_config_error_is_a_value_error_everywhere_it_is_raised():
 
   assert issubclass(errors.ConfigError, ValueError)
   assert config_lib.ConfigError is errors.ConfigError
+
+
+def test_every_kind_of_failure_has_one_type_importable_where_it_is_raised():
+  import importlib  # pylint: disable=import-outside-toplevel
+
+  raised_in = {
+      "ConfigError": "tf_srkd.run.config", "FlagfileError": "tf_srkd.cli.flagfiles",
+      "DatasetError": "tf_srkd.data.specs", "DataError": "tf_srkd.data.arrays",
+      "InputContractError": "tf_srkd.models.input_contract", "RunDirBusy": "tf_srkd.storage.run_lock",
+      "StoreError": "tf_srkd.tracking.mlflow_store", "TrackingError": "tf_srkd.tracking.mlflow_tracking",
+      "ReportError": "tf_srkd.reporting.records", "ExportError": "export.errors",
+  }
+  defined = {name for name, value in vars(errors).items()
+             if isinstance(value, type) and issubclass(value, Exception)}
+  assert defined == set(raised_in)
+  for name, module in raised_in.items():
+    assert getattr(importlib.import_module(module), name) is getattr(errors, name), name
+    assert getattr(errors, name).__doc__, name

@@ -20,14 +20,11 @@ itself, directly or through others, is an error.
 
 import os
 from typing import List, Optional, Sequence
+from tf_srkd.errors import FlagfileError  # pylint: disable=unused-import  (raised here; see errors)
 
 #: The directory of the shipped experiments.
 SHIPPED_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "flags")
 _PREFIXES = ("--flagfile=", "-flagfile=")
-
-
-class FlagfileError(ValueError):
-  """A flagfile that cannot be found or includes itself; the message says which."""
 
 
 def shipped_experiments() -> List[str]:

@@ -18,10 +18,7 @@ import tensorflow as tf
 
 from tf_srkd.data import datasets
 from tf_srkd.data import sources
-
-
-class DataError(RuntimeError):
-  """A dataset could not be loaded as configured."""
+from tf_srkd.errors import DataError  # pylint: disable=unused-import  (raised here; see errors)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,13 +11,10 @@ import re
 from typing import Optional, Tuple
 
 from tf_srkd import registry
+from tf_srkd.errors import DatasetError  # pylint: disable=unused-import  (raised here; see errors)
 
 #: The `--dataset` prefix of an image folder.
 FOLDER_PREFIX = "folder:"
-
-
-class DatasetError(ValueError):
-  """A dataset that cannot be used as configured; the message names the flag or file."""
 
 
 @dataclasses.dataclass(frozen=True)

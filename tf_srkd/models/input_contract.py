@@ -23,16 +23,13 @@ from typing import Optional
 import numpy as np
 
 from tf_srkd.core import chance
+from tf_srkd.errors import InputContractError  # pylint: disable=unused-import  (raised here; see errors)
 
 INPUTS = ("auto", "unit", "pixels")
 #: Training images each scaling is scored on when `auto` measures a pre-trained model.
 DETECTION_IMAGES = 1000
 #: The name of the adapter layer (`wrap`), so a saved model shows what it does.
 ADAPTER_NAME = "pixels_from_unit"
-
-
-class InputContractError(ValueError):
-  """A pre-trained model is at chance under both scalings: it cannot be used."""
 
 
 @dataclasses.dataclass(frozen=True)

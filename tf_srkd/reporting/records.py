@@ -11,12 +11,9 @@ import dataclasses
 from typing import Optional
 
 from tf_srkd.tracking import mlflow_store
+from tf_srkd.errors import ReportError  # pylint: disable=unused-import  (raised here; see errors)
 
 _PARENT_TAG = "mlflow.parentRunId"
-
-
-class ReportError(RuntimeError):
-  """The runs cannot be read (unreachable store, unknown experiment or run, mixed runs)."""
 
 
 @dataclasses.dataclass(frozen=True)

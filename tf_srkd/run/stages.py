@@ -140,45 +140,18 @@ def fit_stage(model, split, config, *, stage_dir, epochs, alpha, extras=None, ca
     (history list of per-epoch dicts, wall time in seconds of this process' share).
   """
   stage = layout.StageDir(stage_dir)
-  checkpoint = resume.StageCheckpoint(stage.backup, model, is_chief)
-  start = checkpoint.restore(epochs)
-  history = callbacks_lib.EpochHistory(stage.history, is_chief, listeners=epoch_listeners)
-  history.trim(start)
-  previous = history.epochs.get(start - 1, {}).get("participation_fraction")
-  if start:
-    console.say(f"{stage_dir}: resuming at epoch {start} of {epochs}")
-  augment_fn = None
-  if config.augment:
-    augment_fn = data.random_shift_augment(2, flip=config_lib.dataset_spec(config).image_shape[-1] == 3,
-                                           seed=config.seed)
+  checkpoint, start, history, previous = _resume(stage, model, epochs, is_chief, epoch_listeners)
+  augment_fn = _augmentation(config)
   schedule = callbacks_lib.RegulationSchedule(alpha, split.size, start, previous)
-  skipper = rollover = None
-  model.reuse_margins = False  # Read when `fit` traces the step.
-  # Only Algorithm 1's compact gate records margins (another policy decides without
-  # them), and a margin stays exact only while the network changes with the optimizer's
-  # updates alone: BatchNorm's moving statistics move in every training forward.
-  if (model.regulate and model.backward != "masked" and model.policy.idle_epochs
-      and not model_sources.has_batch_norm(model.network)):
-    model.reuse_margins = config.reuse_margins
-    if config.skip_idle_epochs or config.reuse_margins:
-      rollover = margin_cache.MarginCacheRollover(config.reuse_margins)
-    if config.skip_idle_epochs:
-      skipper = callbacks_lib.IdleEpochSkipper(split.labels, alpha, epochs)
+  rollover, skipper = _margin_reuse(model, config, split.labels, alpha, epochs)
   guard = callbacks_lib.FiniteLogsGuard(name or stage_dir, stage.backup)
   began = time.time()
   epoch = start
   while epoch < epochs:
-    # Distillation batches carry per-sample extras: when all of it is in memory, cut
-    # them from one gather per epoch instead of gathering every batch by id (the same
-    # batches, bit for bit); arrays on disk (`streaming`) are read by id.
-    in_memory = not any(data.is_stored(v) for v in (split.images, *(extras or {}).values()))
-    make_dataset = (epoch_batches.train_dataset if extras and in_memory
-                    else data.train_dataset)
-    dataset = make_dataset(split, config.batch_size, config.seed, epoch, epochs, extras,
-                           augment_fn)
-    # shuffle=False: the dataset is already shuffled per epoch (Keras warns otherwise).
-    model.fit(dataset, epochs=epochs, initial_epoch=epoch, shuffle=False,
-              steps_per_epoch=data.steps_per_epoch(split.size, config.batch_size),
+    model.fit(_epoch_batches(split, config, epoch, epochs, extras, augment_fn),
+              epochs=epochs, initial_epoch=epoch,
+              # The batches are already shuffled per epoch (Keras warns otherwise).
+              shuffle=False, steps_per_epoch=data.steps_per_epoch(split.size, config.batch_size),
               callbacks=[schedule, *[c for c in (rollover, skipper) if c], guard, history,
                          callbacks_lib.CheckpointCallback(checkpoint), *callbacks,
                          callbacks_lib.ConsoleProgbar()],
@@ -192,6 +165,57 @@ def fit_stage(model, split, config, *, stage_dir, epochs, alpha, extras=None, ca
     schedule.previous_fraction = 0.0  # The last (idle) epoch had no participant.
     checkpoint.save(epoch)
   return history.as_list(), time.time() - began
+
+
+def _resume(stage: layout.StageDir, model, epochs, is_chief, listeners):
+  """(checkpoint, first epoch to run, the stage's history, the last run epoch's participation)."""
+  checkpoint = resume.StageCheckpoint(stage.backup, model, is_chief)
+  start = checkpoint.restore(epochs)
+  history = callbacks_lib.EpochHistory(stage.history, is_chief, listeners=listeners)
+  history.trim(start)
+  previous = history.epochs.get(start - 1, {}).get("participation_fraction")
+  if start:
+    console.say(f"{stage.path}: resuming at epoch {start} of {epochs}")
+  return checkpoint, start, history, previous
+
+
+def _augmentation(config):
+  """`--augment`'s per-batch random shift (and flip for colour images), or None."""
+  if not config.augment:
+    return None
+  return data.random_shift_augment(2, flip=config_lib.dataset_spec(config).image_shape[-1] == 3,
+                                   seed=config.seed)
+
+
+def _margin_reuse(model, config, labels, alpha, epochs):
+  """Sets `model.reuse_margins`; returns (margin-cache rollover, idle-epoch skipper), each or None.
+
+  Only Algorithm 1's compact gate records margins (another policy decides without
+  them), and a margin stays exact only while the network changes with the optimizer's
+  updates alone: BatchNorm's moving statistics move in every training forward.
+  """
+  rollover = skipper = None
+  model.reuse_margins = False  # Read when `fit` traces the step.
+  if (model.regulate and model.backward != "masked" and model.policy.idle_epochs
+      and not model_sources.has_batch_norm(model.network)):
+    model.reuse_margins = config.reuse_margins
+    if config.skip_idle_epochs or config.reuse_margins:
+      rollover = margin_cache.MarginCacheRollover(config.reuse_margins)
+    if config.skip_idle_epochs:
+      skipper = callbacks_lib.IdleEpochSkipper(labels, alpha, epochs)
+  return rollover, skipper
+
+
+def _epoch_batches(split, config, epoch, epochs, extras, augment_fn):
+  """The batches of epochs [epoch, epochs), shuffled per epoch from the run's seed.
+
+  Distillation batches carry per-sample extras: when all of it is in memory, they are
+  cut from one gather per epoch instead of gathering every batch by id (the same
+  batches, bit for bit); arrays on disk (`streaming`) are read by id.
+  """
+  in_memory = not any(data.is_stored(v) for v in (split.images, *(extras or {}).values()))
+  make_dataset = epoch_batches.train_dataset if extras and in_memory else data.train_dataset
+  return make_dataset(split, config.batch_size, config.seed, epoch, epochs, extras, augment_fn)
 
 
 def predict_logits(network, images, batch_size):

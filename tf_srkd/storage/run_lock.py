@@ -18,15 +18,12 @@ import fcntl
 import logging
 import os
 from typing import Optional
+from tf_srkd.errors import RunDirBusy  # pylint: disable=unused-import  (raised here; see errors)
 
 LOCK_NAME = ".lock"
 #: flock errors that mean the filesystem has no locks, not that another process holds one.
 _UNSUPPORTED = tuple(getattr(errno, name) for name in ("ENOSYS", "ENOLCK", "EOPNOTSUPP",
                                                        "ENOTSUP") if hasattr(errno, name))
-
-
-class RunDirBusy(RuntimeError):
-  """Another process holds the directory's lock; the message names it and its pid."""
 
 
 class RunDirLock:

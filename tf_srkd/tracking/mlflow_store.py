@@ -14,6 +14,7 @@ import contextlib
 import os
 import re
 from typing import Optional
+from tf_srkd.errors import StoreError  # pylint: disable=unused-import  (raised here; see errors)
 
 #: A reachability check must answer fast: no retries, a short timeout per request.
 FAIL_FAST_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
@@ -23,10 +24,6 @@ CHECK_TIMEOUT_S = int(FAIL_FAST_ENV["MLFLOW_HTTP_REQUEST_TIMEOUT"])
 RUN_HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
 _URI_ENV = "MLFLOW_TRACKING_URI"
 _SQLITE = "sqlite:///"
-
-
-class StoreError(RuntimeError):
-  """The tracking store cannot be used; the message is one line naming the URI."""
 
 
 def resolve_tracking_uri(flag_value: Optional[str] = None) -> str:

@@ -47,13 +47,10 @@ from tf_srkd.tracking import mlflow_schema
 from tf_srkd.tracking import mlflow_stage
 from tf_srkd.tracking import mlflow_store
 from tf_srkd.tracking import base as tracking
+from tf_srkd.errors import TrackingError  # pylint: disable=unused-import  (raised here; see errors)
 
 format_alpha = mlflow_schema.format_alpha
 config_params = mlflow_schema.config_params
-
-class TrackingError(RuntimeError):
-  """MLflow cannot be used as configured; raised by `connect` before any training."""
-
 
 # -- connecting -------------------------------------------------------------------
 
