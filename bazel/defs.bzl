@@ -40,7 +40,7 @@ def pytest_test(name, deps = [], data = [], **kwargs):
     """A py_test that runs pytest on `<name>.py` (fixtures, marks and all).
 
     For tests/BUILD only (it uses tests/pytest_runner.py and the :support
-    library there). Every test file tests/test_*.py needs one of these (checked by
+    library there). Every test file tests/<room>/test_*.py needs one of these (checked by
     tests/project/test_build_sync.py). Extra kwargs (size, tags, ...) go to py_test; a
     size = "large" test file is left out of `bazel test --config=fast`.
     """

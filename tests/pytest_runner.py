@@ -1,6 +1,6 @@
 """Entry point of every py_test in tests/BUILD: run pytest on one test file.
 
-Bazel runs `pytest_runner.py tests/test_x.py` from the runfiles tree (see
+Bazel runs `pytest_runner.py tests/<room>/test_x.py` from the runfiles tree (see
 bazel/defs.bzl: pytest_test). Extra pytest options come from PYTEST_ADDOPTS
 (`bazel test --config=fast` sets `-m 'not slow'`) and `--test_filter` (as `-k`).
 """

@@ -1,8 +1,8 @@
 """The Bazel BUILD files are in sync with the tree (fast; no Bazel needed).
 
 Every module under tf_srkd/ and export/ is in a py_library's srcs in /BUILD, every
-tests/test_*.py has a `pytest_test` in tests/BUILD (other tests/*.py in some srcs
-there), nothing listed is missing on disk, every CLI target names a module that
+tests/<room>/test_*.py has a `pytest_test` in tests/BUILD (every other file under
+tests/ in some srcs there), nothing listed is missing on disk, every CLI target names a module that
 exists, and every target's deps provide what its sources import (the rooms' deps are
 the package's walls, so a room importing above itself fails here). The BUILD files are read by exec-ing
 them with stand-ins that record each rule call (Starlark BUILD syntax is a subset

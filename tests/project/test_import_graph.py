@@ -193,3 +193,11 @@ def test_the_run_logs_through_the_tracker_interface_only():
     assert not _imports_mlflow(module), module
     assert not any(m.startswith("tf_srkd.tracking.mlflow_") for m in graph[module]), module
   assert _imports_mlflow("tf_srkd.tracking.mlflow_tracking")  # The scan sees MLflow imports.
+
+
+def test_run_sees_only_the_tracker_interface_of_tracking():
+  graph = import_graph()
+  for module, imported in sorted(graph.items()):
+    if room_of(module) == "run":
+      tracking = {m for m in imported if room_of(m) == "tracking"}
+      assert tracking <= {"tf_srkd.tracking", "tf_srkd.tracking.base"}, (module, tracking)

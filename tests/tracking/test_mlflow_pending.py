@@ -134,3 +134,78 @@ def test_a_kept_model_records_its_custom_layer_modules(tmp_path):
   call = pending.calls[-1]
   assert os.path.isfile(os.path.join(pending.directory, call["kwargs"]["folder"], "model.keras"))
   assert call["kwargs"]["modules"] == ["tf_srkd.models.app_preprocessing"]
+
+
+def test_a_new_outage_in_the_same_directory_continues_the_kept_log(tmp_path, store):
+  uri, client, experiment_id = store
+  directory = str(tmp_path / "pending")
+  first = mlflow_pending.PendingLog(directory, uri)
+  _kept_run(first, experiment_id)
+  # The run restarts (same --output_dir) and the store fails again before any upload.
+  second = mlflow_pending.PendingLog(directory, uri)
+  assert second.log_id == first.log_id and len(second.calls) == 6
+  again = second.create_run(experiment_id, "student-regulated", {}, start_time=7000)
+  assert again not in {c.get("placeholder") for c in first.calls}
+  second.add("end", "set_terminated", (again, "FINISHED"), {"end_time": 8000})
+  assert mlflow_replay.replay(directory) == 8
+  assert {r.info.run_name for r in client.search_runs([experiment_id])} == {
+      "student-hybrid", "student-regulated"}
+
+
+def test_an_earlier_logs_progress_does_not_skip_a_new_log(tmp_path, store):
+  uri, client, experiment_id = store
+  directory = str(tmp_path / "pending")
+  _kept_run(mlflow_pending.PendingLog(directory, uri), experiment_id)
+  assert mlflow_replay.replay(directory) == 6
+  # A later outage in the same directory: a new log, its own placeholders and progress.
+  later = mlflow_pending.PendingLog(directory, uri)
+  assert later.calls == []
+  run = later.create_run(experiment_id, "teacher", {}, start_time=9000)
+  later.add("end", "set_terminated", (run, "FINISHED"), {"end_time": 9500})
+  assert mlflow_replay.calls_left(directory) == 2
+  assert mlflow_replay.replay(directory) == 2
+  teacher = client.search_runs([experiment_id], filter_string="attributes.run_name = 'teacher'")
+  assert len(teacher) == 1 and teacher[0].info.end_time == 9500
+
+
+def test_a_damaged_kept_log_is_set_aside_not_lost(tmp_path):
+  directory = tmp_path / "pending"
+  directory.mkdir()
+  (directory / mlflow_pending.CALLS).write_text("{truncated")
+  log = mlflow_pending.PendingLog(str(directory), "sqlite:///x.db")
+  assert log.calls == [] and not (directory / mlflow_pending.CALLS).exists()
+  assert len(list(directory.glob("calls.unreadable.*.json"))) == 1
+
+
+def test_a_kept_folder_is_uploaded_whole(tmp_path, store):
+  uri, client, experiment_id = store
+  ids = tmp_path / "ids"
+  ids.mkdir()
+  (ids / "top-f0.1.npy").write_bytes(b"x")
+  run_id = client.create_run(experiment_id, run_name="parent").info.run_id
+  pending = mlflow_pending.PendingLog(str(tmp_path / "pending"), uri)
+  pending.add("log ids", "log_artifacts", (run_id, str(ids), "ids"))
+  (ids / "top-f0.1.npy").unlink()  # Kept at the time of the call.
+  assert mlflow_replay.replay(pending.directory) == 1
+  assert [a.path for a in client.list_artifacts(run_id, "ids")] == ["ids/top-f0.1.npy"]
+
+
+def test_a_kept_model_is_logged_once_even_when_the_upload_resumes(tmp_path, store):
+  import keras  # pylint: disable=import-outside-toplevel
+
+  uri, client, experiment_id = store
+  run_id = client.create_run(experiment_id, run_name="student").info.run_id
+  network = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+  pending = mlflow_pending.PendingLog(str(tmp_path / "pending"), uri)
+  pending.log_model(run_id, network, name="student-hybrid",
+                    input_example=np.zeros((2, 4), np.float32), metadata={"role": "student"},
+                    tags={"role": "student"}, step=1)
+  assert mlflow_replay.replay(pending.directory) == 1
+  # As if the process died after MLflow logged the model, before recording its progress.
+  os.replace(os.path.join(pending.directory, mlflow_pending.UPLOADED),
+             os.path.join(pending.directory, mlflow_pending.CALLS))
+  os.remove(os.path.join(pending.directory, mlflow_replay.PROGRESS))
+  assert mlflow_replay.replay(pending.directory) == 1
+  models = client.search_logged_models(experiment_ids=[experiment_id])
+  assert [m.name for m in models] == ["student-hybrid"]
+  assert models[0].tags["role"] == "student" and models[0].source_run_id == run_id

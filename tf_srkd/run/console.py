@@ -86,7 +86,7 @@ def mlflow_ui_command(tracking_uri, experiment_id=None) -> str:
 def run_finished(output_dir, wall_s, tracker=None):
   """The last lines of a run: wall time, outputs, the MLflow parent run and how to open it."""
   say(f"wall time {wall_s:.1f} s; outputs in {output_dir}")
-  run_id = getattr(tracker, "parent_run_id", None)
+  run_id = getattr(tracker, "parent_run", lambda: None)()
   if run_id and tracker.tracking_uri:
     say(f"MLflow parent run {run_id} in {tracker.tracking_uri}; "
         "see it with: "

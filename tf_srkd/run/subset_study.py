@@ -213,8 +213,6 @@ def _write_outputs(plan, rows, tracker):
   figure = curve_figure(rows, plan.config.dataset)
   figure.savefig(os.path.join(out, "curve.png"), dpi=120)
   print(table)
-  run_id = getattr(tracker, "parent_run_id", None)
-  if run_id:
-    for name in ("table.md", "curve.png"):
-      tracker.guard(f"log {name}", tracker.client.log_artifact, run_id, os.path.join(out, name))
-    tracker.guard("log ids", tracker.client.log_artifacts, run_id, os.path.join(out, "ids"), "ids")
+  for name in ("table.md", "curve.png"):
+    tracker.log_parent_artifact(os.path.join(out, name))
+  tracker.log_parent_artifact(os.path.join(out, "ids"), "ids")

@@ -79,6 +79,10 @@ class NullTracker:
     del name
     return None
 
+  def parent_run(self):
+    """The id of the last run's parent run, or None."""
+    return None
+
   @contextlib.contextmanager
   def run(self, config, flags_text, num_train_examples=None):
     """The parent run of one invocation (params from `config`, the flagfile text).
@@ -87,6 +91,10 @@ class NullTracker:
     """
     del config, flags_text, num_train_examples
     yield self
+
+  def log_parent_artifact(self, path, artifact_path=None):
+    """Adds a file, or a directory's files, to the parent run's artifacts (inside `run`)."""
+    del path, artifact_path
 
   @contextlib.contextmanager
   def stage(self, name, *, role, model_name, mode=None, alpha=None, gate=None, epochs=None):

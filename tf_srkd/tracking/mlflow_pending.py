@@ -17,6 +17,7 @@ to a `PendingLog` instead, in order, in `<output_dir>/mlflow_pending/calls.json`
 answers again, else with the command that `upload_command` prints.
 """
 
+import json
 import os
 import shutil
 import time
@@ -26,8 +27,8 @@ from typing import Optional
 from tf_srkd.storage import io_utils
 
 #: `MlflowClient` methods whose calls are kept as they are (entities as JSON).
-CLIENT_METHODS = ("log_batch", "log_text", "log_dict", "log_artifact", "log_inputs",
-                  "set_terminated")
+CLIENT_METHODS = ("log_batch", "log_text", "log_dict", "log_artifact", "log_artifacts",
+                  "log_inputs", "set_terminated")
 #: Kept under other names: the figure as a PNG artifact, the run and model as placeholders.
 KEPT_AS = {"log_figure": "log_artifact"}
 CALLS = "calls.json"
@@ -85,6 +86,18 @@ class PendingLog:
     self.log_id = uuid.uuid4().hex
     self.calls = []
     self.skipped = []
+    kept = os.path.join(directory, CALLS)
+    if os.path.isfile(kept):
+      # An earlier attempt's calls, not uploaded yet: this run's calls follow them (their
+      # placeholders and kept files are numbered on), so the upload makes both.
+      try:
+        with open(kept, encoding="utf-8") as f:
+          earlier = json.load(f)
+        self.log_id = earlier.get("log_id", self.log_id)
+        self.calls = list(earlier["calls"])
+        self.skipped = list(earlier.get("skipped", []))
+      except (OSError, ValueError, KeyError, TypeError):  # Damaged: set aside, never lost.
+        os.replace(kept, os.path.join(directory, f"calls.unreadable.{self.log_id}.json"))
 
   def __len__(self):
     return len(self.calls) + len(self.skipped)
@@ -101,7 +114,7 @@ class PendingLog:
       figure.savefig(path)
       method = KEPT_AS["log_figure"]
       args = [run_id, os.path.relpath(path, self.directory), os.path.dirname(name) or None]
-    elif method == "log_artifact":  # Copied now: the caller's file may be temporary.
+    elif method in ("log_artifact", "log_artifacts"):  # Copied now: it may be temporary.
       args[1] = self._keep(args[1])
     elif method not in CLIENT_METHODS:
       self.skipped.append(what)
@@ -150,8 +163,11 @@ class PendingLog:
     return folder
 
   def _keep(self, path):
-    target = os.path.join(self._new_folder(), os.path.basename(path))
-    shutil.copy2(path, target)
+    target = os.path.join(self._new_folder(), os.path.basename(os.path.normpath(path)))
+    if os.path.isdir(path):
+      shutil.copytree(path, target)
+    else:
+      shutil.copy2(path, target)
     return os.path.relpath(target, self.directory)
 
   def _append(self, call):

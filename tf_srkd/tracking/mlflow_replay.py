@@ -15,6 +15,7 @@ apart from run and model ids, timestamps and that one tag.
 
 import importlib
 import json
+import logging
 import os
 import sys
 from typing import Optional
@@ -64,39 +65,58 @@ def _create_run(client, key, experiment_id, run_name, tags, start_time):
                            run_name=run_name).info.run_id
 
 
-def _log_model(directory, tracking_uri, run_id, folder, name, metadata, tags, step, modules):
-  """Logs a kept `.keras` file as the MLflow model `name` of `run_id`; returns its id."""
+def _log_model(directory, tracking_uri, key, run_id, folder, name, metadata, tags, step, modules):
+  """Logs a kept `.keras` file as the MLflow model `name` of `run_id`; returns its id.
+
+  A model an earlier, interrupted upload finished logging (found by its `key` tag) is
+  not logged again.
+  """
   import keras  # pylint: disable=import-outside-toplevel
   import mlflow  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
+  from mlflow.tracking.context import registry as context  # pylint: disable=import-outside-toplevel
 
   from tf_srkd.tracking import mlflow_stage  # pylint: disable=import-outside-toplevel
   from tf_srkd.tracking import mlflow_store  # pylint: disable=import-outside-toplevel
 
+  client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+  experiment_id = client.get_run(run_id).info.experiment_id
+  for model in client.search_logged_models(experiment_ids=[experiment_id]):
+    if (model.source_run_id == run_id and model.tags.get(mlflow_pending.REPLAYED_TAG) == key
+        and str(model.status).endswith("READY")):
+      return model.model_id
+  tags = dict(tags, **{mlflow_pending.REPLAYED_TAG: key})
   for module in modules:  # Registers the custom layers the file holds.
     importlib.import_module(module)
   folder = os.path.join(directory, folder)
   network = keras.models.load_model(os.path.join(folder, "model.keras"), compile=False,
                                     safe_mode=True)
   example = np.load(os.path.join(folder, "input_example.npy"), allow_pickle=False)
-  with mlflow_store.fluent_tracking_uri(tracking_uri), mlflow.start_run(run_id=run_id):
+  # Nested: the caller's own run (the training run's outer one) may be active.
+  with mlflow_store.fluent_tracking_uri(tracking_uri), mlflow.start_run(run_id=run_id,
+                                                                         nested=True):
     info = mlflow_stage.log_keras_model(network, name=name, input_example=example,
                                         metadata=metadata, tags=tags, step=step)
   # MLflow adds this process' context (e.g. the git commit of the upload command) to the
   # model; the kept tags are the training process' own.
-  from mlflow.tracking.context import registry as context  # pylint: disable=import-outside-toplevel
-
-  client = mlflow.MlflowClient(tracking_uri=tracking_uri)
-  for key in set(context.resolve_tags({})) - set(tags):
-    client.delete_logged_model_tag(info.model_id, key)
+  for tag in set(context.resolve_tags({})) - set(tags):
+    client.delete_logged_model_tag(info.model_id, tag)
   return info.model_id
 
 
-def _read_progress(directory):
+def _read_progress(directory, log_id):
+  """{"done": calls made, "ids": {placeholder: real id}} of the upload of log `log_id`."""
   path = os.path.join(directory, PROGRESS)
-  if not os.path.isfile(path):
-    return {"done": 0, "ids": {}}
-  with open(path, encoding="utf-8") as f:
+  if os.path.isfile(path):
+    with open(path, encoding="utf-8") as f:
+      progress = json.load(f)
+    if progress.get("log_id") == log_id:  # Not an earlier log's, already uploaded.
+      return progress
+  return {"log_id": log_id, "done": 0, "ids": {}}
+
+
+def _read_kept(directory):
+  with open(os.path.join(directory, mlflow_pending.CALLS), encoding="utf-8") as f:
     return json.load(f)
 
 
@@ -112,33 +132,46 @@ def replay(directory: str, tracking_uri: Optional[str] = None) -> int:
   path = os.path.join(directory, mlflow_pending.CALLS)
   if not os.path.isfile(path):
     return 0
-  with open(path, encoding="utf-8") as f:
-    kept = json.load(f)
+  kept = _read_kept(directory)
+  log_id = kept.get("log_id", directory)
   uri = tracking_uri or kept["tracking_uri"]
   client = mlflow.MlflowClient(tracking_uri=uri)
-  progress = _read_progress(directory)
+  progress = _read_progress(directory, log_id)
   ids, start = progress["ids"], progress["done"]
   for index in range(start, len(kept["calls"])):
     call = kept["calls"][index]
     method = call["method"]
     args, kwargs = _substitute(call["args"], ids), _substitute(call["kwargs"], ids)
+    key = f"{log_id}/{call.get('placeholder')}"
     if method == "create_run":
-      key = f"{kept.get('log_id', directory)}/{call['placeholder']}"
       ids[call["placeholder"]] = _create_run(client, key, **kwargs)
     elif method == "log_model":
-      ids[call["placeholder"]] = _log_model(directory, uri, *args, **kwargs)
+      ids[call["placeholder"]] = _log_model(directory, uri, key, *args, **kwargs)
     else:
-      if method == "log_artifact":
+      if method in ("log_artifact", "log_artifacts"):
         args[1] = os.path.join(directory, args[1])
       getattr(client, method)(*args, **_entities(kwargs))
-    io_utils.write_json(os.path.join(directory, PROGRESS), {"done": index + 1, "ids": ids})
+    io_utils.write_json(os.path.join(directory, PROGRESS),
+                        {"log_id": log_id, "done": index + 1, "ids": ids})
   os.replace(path, os.path.join(directory, mlflow_pending.UPLOADED))
   return len(kept["calls"]) - start
 
 
 def uploaded_ids(directory: str) -> dict:
-  """{placeholder: real id} of the runs and models an upload of `directory` created."""
-  return dict(_read_progress(directory)["ids"])
+  """{placeholder: real id} of the runs and models the last upload of `directory` created."""
+  path = os.path.join(directory, PROGRESS)
+  if not os.path.isfile(path):
+    return {}
+  with open(path, encoding="utf-8") as f:
+    return dict(json.load(f)["ids"])
+
+
+def calls_left(directory: str) -> int:
+  """How many kept calls of `directory` are not uploaded yet."""
+  if not os.path.isfile(os.path.join(directory, mlflow_pending.CALLS)):
+    return 0
+  kept = _read_kept(directory)
+  return len(kept["calls"]) - _read_progress(directory, kept.get("log_id", directory))["done"]
 
 
 def replay_if_reachable(pending: mlflow_pending.PendingLog):
@@ -154,8 +187,13 @@ def replay_if_reachable(pending: mlflow_pending.PendingLog):
     return 0
   try:
     mlflow.MlflowClient(tracking_uri=pending.tracking_uri).search_experiments(max_results=1)
+  except Exception:  # pylint: disable=broad-except  (still away: the command is printed)
+    return None
+  try:
     return replay(pending.directory, pending.tracking_uri)
-  except Exception:  # pylint: disable=broad-except
+  except Exception as e:  # pylint: disable=broad-except
+    logging.warning("MLflow answered, but the upload stopped (%s); what is left stays kept",
+                    str(e).splitlines()[0] if str(e) else type(e).__name__)
     return None
 
 

@@ -281,7 +281,7 @@ def dataset_inputs(dataset_name, splits):
 
   Name `<dataset>-<split>[:<examples>]`, MLflow's digest of the arrays, and the
   size (rows) in the profile, so the runs table's Dataset column shows them; the
-  context (`training`, `evaluation`) as MLflow's context tag.
+  context (e.g. `training`, `testing`) as MLflow's context tag.
   """
   from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT  # pylint: disable=import-outside-toplevel
 

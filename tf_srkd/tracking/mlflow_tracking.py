@@ -130,6 +130,18 @@ class MlflowTracker:
     run_id = self.stage_run_ids.get(name)
     return None if mlflow_pending.is_placeholder(run_id) else run_id
 
+  def parent_run(self):
+    """The parent run's id, or None (also while it exists only in the pending log)."""
+    run_id = self.parent_run_id
+    return None if mlflow_pending.is_placeholder(run_id) else run_id
+
+  def log_parent_artifact(self, path, artifact_path=None):
+    """Adds a file, or a directory's files, to the parent run's artifacts."""
+    if self.parent_run_id is None:
+      return
+    log = self.client.log_artifacts if os.path.isdir(path) else self.client.log_artifact
+    self.guard(f"log {os.path.basename(path)}", log, self.parent_run_id, path, artifact_path)
+
   def stage_model_id(self, name):
     """The id of the MLflow model logged by stage `name`, or None (also if still pending)."""
     model_id = self.stage_model_ids.get(name)
@@ -149,11 +161,18 @@ class MlflowTracker:
       except Exception as e:  # pylint: disable=broad-except
         if not self._go_offline(what, e):
           return None
-    if offline is not None:
-      return offline()
     name = getattr(fn, "__name__", None)
-    client_call = name is not None and fn == getattr(self.client, name, None)
-    self.pending.add(what, name if client_call else None, args, kwargs)
+    try:
+      if offline is not None:
+        return offline()
+      client_call = name is not None and fn == getattr(self.client, name, None)
+      self.pending.add(what, name if client_call else None, args, kwargs)
+    except Exception as e:  # pylint: disable=broad-except  (keeping a call never stops training)
+      if self.strict:
+        raise
+      logging.warning("MLflow: could not keep '%s' for the upload (%s); it is left out", what,
+                      mlflow_store.short_error(e))
+      self.pending.skipped.append(what)
     return None
 
   def _go_offline(self, what, error) -> bool:
@@ -246,7 +265,8 @@ class MlflowTracker:
     uploaded = mlflow_replay.replay_if_reachable(self.pending)
     if uploaded is None:
       logging.warning("MLflow: %d logging calls were not made; upload them with: %s",
-                      len(self.pending), self.pending.upload_command())
+                      mlflow_replay.calls_left(self.pending.directory),
+                      self.pending.upload_command())
       return
     ids = mlflow_replay.uploaded_ids(self.pending.directory)
     for table in (self.stage_run_ids, self.stage_model_ids):
@@ -257,6 +277,7 @@ class MlflowTracker:
         if self.pending.skipped else ""
     logging.warning("MLflow answers again: uploaded the %d logging calls it missed%s",
                     uploaded, lost)
+    self.pending = None  # Nothing is pending: what follows the run (export) may log again.
 
   @contextlib.contextmanager
   def _parent_run(self, config, flags_text):
