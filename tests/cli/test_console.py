@@ -47,10 +47,19 @@ def test_stage_lines_say_what_trains_and_what_it_gave(capsys):
 
 
 class _Tracker:
-  parent_run_id = "abc123"
+  """The part of a tracker the console reads."""
 
-  def __init__(self, uri):
+  def __init__(self, uri, parent="abc123"):
     self.tracking_uri = uri
+    self.parent = parent
+
+  def parent_run(self):
+    return self.parent
+
+
+def test_a_parent_run_known_only_to_the_pending_log_is_not_printed(capsys):
+  console.run_finished("runs/u", 1.0, _Tracker("http://127.0.0.1:5000", parent=None))
+  assert capsys.readouterr().out.splitlines() == ["wall time 1.0 s; outputs in runs/u"]
 
 
 def test_the_run_ends_with_outputs_parent_run_and_how_to_open_it(capsys):
