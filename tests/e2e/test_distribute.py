@@ -105,6 +105,8 @@ def _kill_when(path_glob_dir, prefix, process, minimum=1, timeout=300):
 @pytest.mark.parametrize("stage_dir,extra", [
     ("teacher", ["--stage=teacher"]),
     ("students/hybrid", ["--modes=hybrid"]),
+    ("teacher", ["--stage=teacher", "--margin_refresh=bounded", "--margin_max_age=2",
+                 "--margin_band=0.05"]),
 ])
 def test_sigkill_then_restart_equals_uninterrupted(tmp_path, stage_dir, extra):
   args = ["--deterministic", "--epochs=6", "--train_examples=3000", "--batch_size=100",

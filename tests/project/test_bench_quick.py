@@ -29,6 +29,8 @@ QUICK_RUNS = {
     "timing/streaming": ([], ["| on disk / in memory (throughput) |", "| 1024 |"]),
     "reproduction/subsets": (["--root={tmp}"], ["| kd | top |", "| supervised | random |"]),
     "timing/trickle_floor": ([], ["| SR no reuse |", "| conventional |", "| epoch 0 compact |"]),
+    "timing/bounded_margins": ([], ["| teacher | bounded K=", "| students/hybrid | exact |",
+                                    "| teacher | conventional |", "extra admissions"]),
 }
 
 

@@ -46,6 +46,13 @@ def make(tmp_path, **overrides):
     ({"register_model": " "}, "--register_model= "),
     ({"steps_per_execution": -1}, "--steps_per_execution=-1"),  # issue 14
     ({"adam_epsilon": 0.0}, "--adam_epsilon=0.0"),  # issue 17
+    ({"margin_refresh": "lazy"}, "--margin_refresh=lazy"),
+    ({"margin_max_age": -1}, "--margin_max_age=-1"),
+    ({"margin_band": -0.1}, "--margin_band=-0.1"),
+    ({"margin_band": math.nan}, "--margin_band=nan"),
+    ({"margin_refresh": "bounded", "reuse_margins": False}, "--margin_refresh=bounded"),
+    ({"margin_refresh": "bounded", "backward": "masked"}, "--margin_refresh=bounded --backward"),
+    ({"margin_audit": True}, "--margin_audit"),
 ])
 def test_each_bad_value_names_its_flag(tmp_path, overrides, flag):
   with pytest.raises(config_lib.ConfigError) as e:
@@ -114,6 +121,8 @@ def run_cli(*args, env_extra=None, cwd=None):
     (["--output_dir="], "--output_dir"),
     (["--seed=-1"], "--seed=-1"),
     (["--stage=teacher", "--teacher_dir=/tmp"], "nothing to train"),
+    (["--margin_refresh=bounded", "--backward=masked"], "--margin_refresh=bounded --backward"),
+    (["--margin_max_age=-2"], "--margin_max_age=-2"),
 ])
 def test_cli_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, expected):
   out = tmp_path / "out"

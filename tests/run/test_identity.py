@@ -41,3 +41,14 @@ def test_file_digests_join_the_identity():
   fields = identity.identity(_config(), teacher_digest="abc", model_files_digest="def")
   assert (fields["teacher_sha256"], fields["model_files_sha256"]) == ("abc", "def")
   assert "teacher_sha256" not in identity.identity(_config())
+
+
+def test_the_staleness_bound_is_identity_only_when_bounded():
+  base = identity.identity(_config())
+  assert identity.identity(_config(margin_max_age=99, margin_band=0.5)) == base
+  assert identity.identity(_config(margin_audit=True, margin_refresh="bounded")) == (
+      identity.identity(_config(margin_refresh="bounded")))
+  bounded = identity.identity(_config(margin_refresh="bounded"))
+  assert bounded != base and bounded["margin_refresh"] == "bounded"
+  assert identity.identity(_config(margin_refresh="bounded", margin_max_age=4)) != bounded
+  assert identity.identity(_config(margin_refresh="bounded", margin_band=0.2)) != bounded

@@ -20,7 +20,8 @@ N, EPOCHS, ALPHA = 128, 30, 0.005
 
 
 def train(split, tmp_path, skip, kind, backward="compact", model_name=None, reuse=None,
-          stop_at=None, strategy=None, steps_per_execution=0):
+          stop_at=None, strategy=None, steps_per_execution=0, refresh="exact", max_age=3,
+          band=0.01, audit=False, callbacks=()):
   """Trains a teacher or a regulated student; returns (model, history, optimizer state).
 
   Args:
@@ -35,6 +36,9 @@ def train(split, tmp_path, skip, kind, backward="compact", model_name=None, reus
       stage from its checkpoint with a freshly built one (a kill, then a rerun).
     strategy: the `tf.distribute` strategy (default: the default one).
     steps_per_execution: `Config.steps_per_execution` (default: a whole epoch per call).
+    refresh, max_age, band, audit: `Config.margin_refresh`, `margin_max_age`,
+      `margin_band` and `margin_audit`.
+    callbacks: further Keras callbacks of every `fit`.
   """
   tf.config.experimental.enable_op_determinism()
   strategy = strategy or tf.distribute.get_strategy()
@@ -42,7 +46,8 @@ def train(split, tmp_path, skip, kind, backward="compact", model_name=None, reus
                              skip_idle_epochs=skip, backward=backward, train_examples=N,
                              output_dir=str(tmp_path),
                              reuse_margins=skip if reuse is None else reuse,
-                             steps_per_execution=steps_per_execution)
+                             steps_per_execution=steps_per_execution, margin_refresh=refresh,
+                             margin_max_age=max_age, margin_band=band, margin_audit=audit)
   extras = {}
   if kind != "teacher":
     extras["teacher_logits"] = np.eye(10, dtype=np.float32)[split.labels] * 8.0  # confident
@@ -63,10 +68,10 @@ def train(split, tmp_path, skip, kind, backward="compact", model_name=None, reus
   model = build()
   if stop_at is not None:
     stages.fit_stage(model, split, config, stage_dir=str(tmp_path / kind), epochs=stop_at,
-                     alpha=ALPHA, extras=extras)
+                     alpha=ALPHA, extras=extras, callbacks=callbacks)
     model = build()
   history, _ = stages.fit_stage(model, split, config, stage_dir=str(tmp_path / kind),
-                                epochs=EPOCHS, alpha=ALPHA, extras=extras)
+                                epochs=EPOCHS, alpha=ALPHA, extras=extras, callbacks=callbacks)
   optimizer_state = [np.asarray(v.numpy()).copy() for v in model.optimizer.variables]
   return model, history, optimizer_state
 

@@ -1,8 +1,9 @@
 """Margin reuse under a 2-replica MirroredStrategy on the CPU (device setup is per process).
 
-Usage: python tests/support/margin_reuse_worker.py KIND OUTPUT_NPZ
+Usage: python tests/support/margin_reuse_worker.py KIND OUTPUT_NPZ [bounded]
 Trains `tests.support.idle_runs` (KIND teacher or student) with the margin cache off,
-then on, and writes both runs' counts, weights and per-epoch logs to OUTPUT_NPZ.
+then on, and writes both runs' counts, weights and per-epoch logs to OUTPUT_NPZ. With
+`bounded`, the second run keeps margins under `--margin_refresh=bounded` (K 3, b 0.01).
 """
 
 import os
@@ -23,13 +24,14 @@ from tf_srkd.data import arrays as data  # pylint: disable=g-import-not-at-top
 from tf_srkd.data import datasets  # pylint: disable=g-import-not-at-top
 
 
-def main(kind, output):
+def main(kind, output, refresh="exact"):
   split = data.load_split(datasets.get_dataset_spec("mnist"), "train", idle_runs.N)
   arrays = {"replicas": STRATEGY.num_replicas_in_sync}
   with tempfile.TemporaryDirectory() as tmp:
     for name, reuse in (("plain", False), ("reuse", True)):
       model, history, optimizer_state = idle_runs.train(
-          split, pathlib.Path(tmp) / name, False, kind, reuse=reuse, strategy=STRATEGY)
+          split, pathlib.Path(tmp) / name, False, kind, reuse=reuse, strategy=STRATEGY,
+          refresh=refresh if reuse else "exact")
       arrays[f"{name}_counts"] = model.participation_counts()
       for i, w in enumerate(model.network.get_weights() + optimizer_state):
         arrays[f"{name}_state{i}"] = w
@@ -39,4 +41,4 @@ def main(kind, output):
 
 
 if __name__ == "__main__":
-  main(sys.argv[1], sys.argv[2])
+  main(*sys.argv[1:])

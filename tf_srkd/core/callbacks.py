@@ -17,8 +17,8 @@ import numpy as np
 
 from tf_srkd.errors import ConfigError
 from tf_srkd.storage import io_utils
-from tf_srkd.core import margin_cache
 from tf_srkd.core import regulation
+from tf_srkd.core import staleness as staleness_lib
 from tf_srkd.storage import checked_reads
 
 #: Participation fraction under which `compact` beats `masked`. Measured on
@@ -128,39 +128,66 @@ class IdleEpochSkipper(keras.callbacks.Callback):
   `gate_from_cache` in the logs), with no forward pass.
 
   The epoch's values come from `margin_cache.MarginCacheRollover` (which must
-  run before this callback): the model is unchanged iff every sample's value
-  was computed at the current optimizer iteration.
+  run before this callback); the model is unchanged iff the optimizer's
+  iteration count did not move during the epoch.
 
   Only the compact gate is cached: with masked backward the gate comes from
   the training-mode forward, which for dropout models is not the cached one.
+
+  Under a staleness bound (`staleness`), rows the bound keeps do not take part
+  and need no forward pass either, so an epoch is also provably idle when every
+  row is current or kept, and no current row takes part; the kept rows age
+  through the skipped epochs as they would through run ones.
   """
 
-  def __init__(self, labels, alpha, epochs):
+  def __init__(self, labels, alpha, epochs, staleness=None):
     super().__init__()
     self.labels = np.asarray(labels, np.int32)
     self.alpha = float(alpha)
     self.epochs = int(epochs)
+    self.staleness = staleness
     self.idle_from = None
-    self.cache = None  # (margins, predictions) valid for the current weights, or None.
+    self.cache = None  # (margins, predictions, stamps, current) for unchanged weights, or None.
+    self._iterations = None
+
+  def on_epoch_begin(self, epoch, logs=None):
+    self._iterations = int(self.model.optimizer.iterations.numpy())
 
   def on_epoch_end(self, epoch, logs=None):
     self.idle_from = None
     self.cache = None
     carry = self.model.margin_cache.carry  # None after a masked epoch.
-    if carry is None:
-      return
-    margins, predictions, versions = carry
-    if not margin_cache.all_current(versions, self.model.optimizer.iterations.numpy()):
+    iterations = int(self.model.optimizer.iterations.numpy())
+    if carry is None or iterations != self._iterations:
       return  # The weights moved during the epoch: earlier rows are stale.
-    self.cache = (margins, predictions)
-    if epoch + 1 < self.epochs and not self.next_participants(margins, predictions,
-                                                              epoch + 1).any():
+    margins, predictions, versions, stamps = carry
+    current = np.asarray(versions) == iterations + 1
+    if self.staleness is None and not current.all():
+      return  # Some row was not gated in this epoch's compact pass.
+    self.cache = (margins, predictions, stamps, current)
+    if epoch + 1 < self.epochs and self._provably_idle(epoch + 1):
       self.idle_from = epoch + 1
       self.model.stop_training = True
 
-  def next_participants(self, margins, predictions, epoch):
-    """The participants of `epoch` for an unchanged model, from the cache."""
-    return (predictions != self.labels) | (margins < regulation.threshold(self.alpha, epoch))
+  def _provably_idle(self, epoch):
+    """Whether no sample takes part in `epoch` for an unchanged model.
+
+    Current rows are gated from the cache; under a staleness bound, every other row
+    must be one the bound keeps (it then does not take part): a row the step would
+    forward has an unknown fresh margin.
+    """
+    margins, predictions, stamps, current = self.cache
+    eta = regulation.threshold(self.alpha, epoch)
+    if self.staleness is None:
+      known = current
+    else:
+      kept = np.asarray(staleness_lib.keeps_cached(
+          stamps, predictions, self.labels, margins, epoch, eta, self.staleness))
+      known = current | kept
+    if not known.all():
+      return False
+    participants = current & ((predictions != self.labels) | (margins < eta))
+    return not participants.any()
 
   def idle_epochs(self):
     """Yields (epoch, logs) for each idle epoch from `idle_from` up to the first busy one.
@@ -168,11 +195,11 @@ class IdleEpochSkipper(keras.callbacks.Callback):
     The logs are those a run of the epoch would have produced: losses and
     participation 0, the cached accuracy, eta, zeta, and `skipped_epoch` 1.
     """
-    margins, predictions = self.cache
+    predictions = self.cache[1]
     counts = self.model.participation_counts()
     accuracy = float(np.mean(predictions == self.labels))
     epoch = self.idle_from
-    while epoch < self.epochs and not self.next_participants(margins, predictions, epoch).any():
+    while epoch < self.epochs and self._provably_idle(epoch):
       logs = {name: 0.0 for name in ("loss",) + self.model.loss_part_names()}
       logs.update(accuracy=accuracy, participation_fraction=0.0,
                   eta=regulation.threshold(self.alpha, epoch), compact_backward=1.0,

@@ -63,6 +63,8 @@ class Step(NamedTuple):
     predicted: [padded batch] predicted class of every row.
     from_cache: [padded batch] 1 where the row's gate came from the margin cache.
     seen: [padded batch] weight of each row in the accuracy, or None (every row).
+    audit: per-row diagnostics of the bounded gate against the exact one, by
+      metric name ([padded batch] each), or None.
   """
 
   grads: list
@@ -76,6 +78,7 @@ class Step(NamedTuple):
   predicted: tf.Tensor
   from_cache: tf.Tensor
   seen: tf.Tensor = None
+  audit: dict = None
 
 
 class GatedSteps:
@@ -83,7 +86,8 @@ class GatedSteps:
 
   They read the model's `network`, `optimizer`, `regulate`, `eta`,
   `gate_temperature`, `weight_by_significance`, `normaliser`, `margin_cache`,
-  `reuse_margins` and `policy`, and call its `per_sample_loss`. Subclasses may
+  `reuse_margins`, `margin_staleness`, `audit_margins` and `policy`, and call its
+  `per_sample_loss`. Subclasses may
   override `_sample_weights` and `_has_weight` (`api` does, for user weights).
   """
 
@@ -132,7 +136,7 @@ class GatedSteps:
 
   def _compact_step(self, ids, padded, labels, valid) -> Step:
     """An inference-mode gate, then forward and backward on the participating rows only."""
-    delta, predicted, from_cache = self._margins_for(ids, padded, labels)
+    delta, predicted, from_cache, audit = self._margins_for(ids, padded, labels)
     gate = valid * (regulation.gate_from_margin(delta, predicted, labels, self.eta)
                     if self.regulate else tf.ones_like(delta))
     count = distributed.global_sum(tf.reduce_sum(gate))
@@ -146,7 +150,8 @@ class GatedSteps:
     return Step(grads=grads, count=count,
                 update=self._has_weight(count, weights), gate=gate, rows=chosen,
                 loss_gate=chosen_valid, total=total, parts=parts, predicted=predicted,
-                from_cache=from_cache)
+                from_cache=from_cache,
+                audit=None if audit is None else {k: v * valid for k, v in audit.items()})
 
   def _chosen_backward(self, any_chosen, chosen, chosen_labels, weights, divisor):
     """(grads, per-sample loss, its parts, predicted class) of the chosen rows; no
@@ -181,9 +186,10 @@ class GatedSteps:
     """(delta, predicted, from_cache) of every row of the padded batch for the compact gate.
 
     Rows whose margin was computed at the optimizer's current iteration (the
-    weights have not moved since) come from `margin_cache`; the others run
-    through the network in inference mode, all of them when the cache is off.
-    The real rows' values are recorded for the next epoch either way.
+    weights have not moved since) come from `margin_cache`, and under a
+    `margin_staleness` bound so do the rows it lets keep an older margin; the
+    others run through the network in inference mode, all of them when the cache
+    is off. The real rows' values are recorded for the next epoch either way.
     """
     version = margin_cache.current_version(self.optimizer.iterations)
 
@@ -191,15 +197,30 @@ class GatedSteps:
       _, delta, predicted = self._gate(self.network(images, training=False), row_labels)
       return delta, predicted
 
+    versions = stamps = None
     if self.reuse_margins and self.regulate:
-      delta, predicted, from_cache = self.margin_cache.margins_for(
-          padded["id"], padded["image"], labels, version, forward)
+      bounded = None if self.margin_staleness is None else (self.eta, self.margin_staleness)
+      delta, predicted, from_cache, versions, stamps = self.margin_cache.margins_for(
+          padded["id"], padded["image"], labels, version, forward, bounded)
     else:
       delta, predicted = forward(padded["image"], labels)
       from_cache = tf.zeros_like(delta)
     n_real = tf.shape(ids)[0]
-    self.margin_cache.record(ids, delta[:n_real], predicted[:n_real], version)
-    return delta, predicted, from_cache
+    self.margin_cache.record(ids, delta[:n_real], predicted[:n_real],
+                             version if versions is None else versions[:n_real],
+                             None if stamps is None else stamps[:n_real])
+    audit = None
+    if self.audit_margins and self.margin_staleness is not None and self.regulate:
+      audit = self._audit(padded, labels, delta, predicted, forward)
+    return delta, predicted, from_cache, audit
+
+  def _audit(self, padded, labels, delta, predicted, forward):
+    """Per row: 1 where the exact gate (every row forwarded with the current weights)
+    would admit a row the bounded gate did not (a miss), or the other way round."""
+    exact_delta, exact_predicted = forward(padded["image"], labels)
+    exact = regulation.gate_from_margin(exact_delta, exact_predicted, labels, self.eta)
+    used = regulation.gate_from_margin(delta, predicted, labels, self.eta)
+    return {"gate_misses": exact * (1.0 - used), "gate_extra": used * (1.0 - exact)}
 
   def _policy_step(self, ids, padded, labels, valid) -> Step:
     """The policy's gate and loss factors, then forward and backward on the kept rows.

@@ -43,6 +43,10 @@ from tf_srkd.core import margin_cache
 from tf_srkd.core import steps
 
 
+#: The epoch logs of `configure_margins(audit=True)`: shares of the epoch's rows.
+AUDIT_METRICS = ("gate_misses", "gate_extra")
+
+
 class SelfRegulatedModel(steps.GatedSteps, keras.Model):
   """Trains `network` with Algorithm 1's per-sample gate.
 
@@ -58,7 +62,11 @@ class SelfRegulatedModel(steps.GatedSteps, keras.Model):
       versions (`margin_cache.MarginCache`).
     reuse_margins: whether the compact gate reads rows whose margin is still
       exact from `margin_cache` instead of running them through the network
-      (default True; set before the first `fit`).
+      (default True; set before the first `fit`, with `configure_margins`).
+    margin_staleness: None (exact margins only), or the `staleness.Staleness`
+      bound under which rows keep an older margin (`--margin_refresh=bounded`).
+    audit_margins: with a bound, also run the exact gate on every row and report
+      where the two differ (`gate_misses`, `gate_extra` in the logs).
     policy: the gate policy (`tf_srkd.core.gates`); Algorithm 1 unless another one
       is given to a regulating model. Other policies always run compact.
   """
@@ -94,7 +102,10 @@ class SelfRegulatedModel(steps.GatedSteps, keras.Model):
     # The compact (inference-mode) gate's margins and predictions, by id, with
     # the optimizer iteration they were computed at.
     self.margin_cache = margin_cache.MarginCache(self.num_examples)
-    self.reuse_margins = True  # Read when the step is traced; `stages.fit_stage` sets it.
+    # Read when the step is traced; `configure_margins` sets them.
+    self.reuse_margins = True
+    self.margin_staleness = None
+    self.audit_margins = False
     self._trackers = {
         name: keras.metrics.Mean(name=name)
         for name in ("loss", "accuracy", "participation_fraction", "gate_from_cache")
@@ -103,6 +114,28 @@ class SelfRegulatedModel(steps.GatedSteps, keras.Model):
     self._train_functions = {}
     self._exact_assigners = {}  # variable name -> its `distributed.on_read_sum_assigner`
     self.built = True
+
+  def configure_margins(self, reuse, staleness=None, audit=False):
+    """How the compact gate gets margins; call before the first `fit` traces the step.
+
+    Args:
+      reuse: read rows whose margin is still exact from `margin_cache`.
+      staleness: None, or a `staleness.Staleness` under which rows also keep an
+        older margin (needs `reuse`).
+      audit: with `staleness`, report per epoch the share of rows the exact gate
+        would admit and the bounded one did not (`gate_misses`) and the reverse
+        (`gate_extra`), at the cost of an inference pass over every row.
+    """
+    if staleness is not None and not reuse:
+      raise ValueError("a staleness bound needs reused margins (reuse=True)")
+    self.reuse_margins = bool(reuse)
+    self.margin_staleness = staleness
+    self.audit_margins = bool(audit) and staleness is not None
+    for name in AUDIT_METRICS:
+      if self.audit_margins:
+        self._trackers.setdefault(name, keras.metrics.Mean(name=name))
+      else:
+        self._trackers.pop(name, None)
 
   # -- objective -------------------------------------------------------------
 
@@ -198,6 +231,10 @@ class SelfRegulatedModel(steps.GatedSteps, keras.Model):
                          labels, real_gate, None if step.seen is None else step.seen[:n])
     # The fraction of the epoch's rows whose gate needed no forward pass.
     self._trackers["gate_from_cache"].update_state(step.from_cache[:n])
+    for name in AUDIT_METRICS:
+      if name in self._trackers:  # Steps without the audit count every row as agreeing.
+        values = step.audit[name][:n] if step.audit else tf.zeros([n], tf.float32)
+        self._trackers[name].update_state(values)
     results = {name: t.result() for name, t in self._trackers.items()}
     if isinstance(self.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy):
       # Keras reduces per-step results with `reduce("MEAN", v, axis=0)` under

@@ -21,9 +21,9 @@ What stays in memory, per training example (the rest of the peak does not depend
 on the split's size):
   labels            int32, NumPy + the graph constant `arrays.train_dataset` gathers from  8 B
   participation     int32 counts, per model trained (`training.SelfRegulatedModel`)       4 B
-  margin cache      margin, prediction, version; current + previous (`margin_cache`)      24 B
+  margin cache      margin, prediction, version, stamp; current + previous (`margin_cache`) 32 B
   epoch permutation int32 ids, before and after the stateless shuffle                      8 B
-                                                                                 total ~ 44 B
+                                                                                 total ~ 52 B
 plus, once a teacher is trained, its significance (float32, 4 B; float64 while it is
 computed) and, for a stored test split, its logits at evaluation (4 B per class per
 test example). A CIFAR-10 image is

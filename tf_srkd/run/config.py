@@ -24,6 +24,7 @@ from tf_srkd.models import input_contract
 from tf_srkd.storage import layout
 from tf_srkd.models import zoo as models
 from tf_srkd.core import modes as modes_lib
+from tf_srkd.core import staleness
 from tf_srkd.run.identity import identity  # pylint: disable=unused-import  # re-exported
 
 STAGES = ("teacher", "distill", "all")
@@ -147,6 +148,19 @@ class Config:
   reuse_margins: bool = _flag(True, "Compact gate: rows whose margin was computed with the "
                               "current weights skip the inference pass (bit-identical; "
                               "--noreuse_margins runs every row).")
+  margin_refresh: str = _flag(
+      "exact", "Compact gate: exact reuses a margin only while the weights are unchanged; "
+      "bounded also lets a row that was correct with a margin >= eta(n) + --margin_band keep "
+      "it for up to --margin_max_age epochs, without a forward pass and without taking part "
+      "(docs/performance.md).", choices=staleness.REFRESH)
+  margin_max_age: int = _flag(staleness.DEFAULT_MAX_AGE, "--margin_refresh=bounded: the most "
+                              "epochs a kept margin may be old (0: none kept, the exact gate).")
+  margin_band: float = _flag(staleness.DEFAULT_BAND, "--margin_refresh=bounded: how far above "
+                             "eta(n) a kept margin must lie ('inf': none kept, the exact gate).",
+                             kind="rate")
+  margin_audit: bool = _flag(False, "--margin_refresh=bounded: also run the exact gate on every "
+                             "row and log the share of decisions that differ (gate_misses, "
+                             "gate_extra); costs a full inference pass per epoch.")
   steps_per_execution: int = _flag(
       0, "Train steps per call into the compiled step (Keras' steps_per_execution). 0: a "
       "whole epoch per call, the fewest Python round trips (per-batch callbacks and the "
@@ -302,8 +316,25 @@ def validate(config: Config) -> Config:
   if config.teacher_dir:
     _validate_teacher_dir(config)
   _validate_gates(config)
+  _validate_margin_refresh(config)
   _validate_register_model(config)
   return config
+
+
+def _validate_margin_refresh(config: Config):
+  _check_name("margin_refresh", config.margin_refresh, staleness.REFRESH)
+  _require(config.margin_max_age >= 0,
+           f"--margin_max_age={config.margin_max_age}: expected an integer >= 0")
+  _require(not math.isnan(config.margin_band) and config.margin_band >= 0,
+           f"--margin_band={config.margin_band}: expected a number >= 0 or 'inf'")
+  if config.margin_refresh != "bounded":
+    _require(not config.margin_audit, "--margin_audit: audits --margin_refresh=bounded; "
+             "the exact gate has nothing to compare")
+    return
+  _require(config.reuse_margins, "--margin_refresh=bounded: keeps cached margins, so it needs "
+           "--reuse_margins")
+  _require(config.backward != "masked", "--margin_refresh=bounded --backward=masked: the masked "
+           "gate forwards every row in training mode; use --backward=compact or auto")
 
 
 # -- gate policies -----------------------------------------------------------------

@@ -59,6 +59,11 @@ _ADDED_IDENTITY_FIELDS.update(adam_epsilon=1e-7)
 # Input scaling and precise BN: at their defaults, every model built here computes what it
 # did before them (precise BN changes only BatchNorm networks, none of the registry's).
 _ADDED_IDENTITY_FIELDS.update(teacher_input="auto", student_input="auto", precise_bn_batches=100)
+# Bounded-staleness margins: exact is the behaviour without them.
+_ADDED_IDENTITY_FIELDS.update(margin_refresh="exact")
+_NON_IDENTITY_FIELDS |= {"margin_audit"}  # An extra inference pass; the decisions are unchanged.
+#: Fields that matter only under `margin_refresh=bounded`.
+_BOUNDED_ONLY_FIELDS = ("margin_max_age", "margin_band")
 
 
 def identity(config: "tf_srkd.run.config.Config", teacher_digest: Optional[str] = None,
@@ -79,6 +84,9 @@ def identity(config: "tf_srkd.run.config.Config", teacher_digest: Optional[str] 
             for k, v in dataclasses.asdict(config).items()
             if k not in _NON_IDENTITY_FIELDS
             and not (k in _ADDED_IDENTITY_FIELDS and v == _ADDED_IDENTITY_FIELDS[k])}
+  if config.margin_refresh == "exact":
+    for name in _BOUNDED_ONLY_FIELDS:
+      fields.pop(name, None)
   if teacher_digest is not None:
     fields["teacher_sha256"] = teacher_digest
   if model_files_digest is not None:  # .keras / weights files of the model flags.

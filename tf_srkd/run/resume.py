@@ -3,7 +3,7 @@
 After every epoch the chief saves the network weights, the optimizer state
 (Adam's moments and iteration count), the participation counts, the last
 compact epoch's margin cache (`margin_cache.MarginCache.carry`: margins,
-predictions and their versions) and the next epoch index under
+predictions, their versions and epoch stamps) and the next epoch index under
 `<stage_dir>/backup`. With the cache, a resumed run serves the same rows from
 it and skips the same idle epochs as an uninterrupted one. A checkpoint written
 before the cache was saved (no `margins` entry) still restores; the run then
@@ -46,13 +46,16 @@ class StageCheckpoint:
       self._epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
       self._participation = tf.Variable(np.zeros([n], np.int32), trainable=False)
       self._margins = _CarriedMargins(n)
+      self._unstamped_margins = _CarriedMargins(n, stamps=False)
       self._policy_state = {name: tf.Variable(value, trainable=False)
                             for name, value in model.policy.state().items()}
     state = dict(network=model.network, optimizer=model.optimizer, epoch=self._epoch,
                  participation=self._participation,
                  **{f"policy_{name}": v for name, v in self._policy_state.items()})
     self._checkpoint = tf.train.Checkpoint(margins=self._margins, **state)
-    self._without_margins = tf.train.Checkpoint(**state)  # Checkpoints written without a margin cache.
+    # Checkpoints written without a margin cache, or with one without stamps.
+    self._without_margins = tf.train.Checkpoint(**state)
+    self._unstamped = tf.train.Checkpoint(margins=self._unstamped_margins, **state)
     self._manager = tf.train.CheckpointManager(self._checkpoint, directory, max_to_keep=1)
 
   def restore(self, epochs: Optional[int] = None) -> int:
@@ -70,9 +73,12 @@ class StageCheckpoint:
     if not latest:
       return 0
     try:
-      has_margins = any(name.startswith("margins/")
-                        for name, _ in tf.train.list_variables(latest))
-      checkpoint = self._checkpoint if has_margins else self._without_margins
+      names = [name for name, _ in tf.train.list_variables(latest)]
+      has_margins = any(name.startswith("margins/") for name in names)
+      stamped = any(name.startswith("margins/stamp/") for name in names)
+      checkpoint, margins = ((self._checkpoint, self._margins) if stamped else
+                             (self._unstamped, self._unstamped_margins) if has_margins else
+                             (self._without_margins, None))
       checkpoint.restore(latest).assert_existing_objects_matched()
     except (tf.errors.OpError, ValueError, AssertionError) as e:
       raise self._damaged(latest, " ".join(str(e).split())[:160]) from e
@@ -82,9 +88,11 @@ class StageCheckpoint:
     if counts.size and (counts.min() < 0 or counts.max() > epoch):
       raise self._damaged(latest, f"participation counts outside [0, {epoch}]")
     iterations = int(self.model.optimizer.iterations.numpy())
-    carry = self._margins.carry() if has_margins else None
+    carry = margins.carry() if margins is not None else None
     if carry is not None and not 0 <= carry[2].min() <= carry[2].max() <= iterations + 1:
       raise self._damaged(latest, f"margin versions outside [0, {iterations + 1}]")
+    if carry is not None and not 0 <= carry[3].min() <= carry[3].max() <= epoch:
+      raise self._damaged(latest, f"margin stamps outside [0, {epoch}]")
     self.model.set_participation(counts)
     self.model.margin_cache.carry = carry
     self.model.policy.load_state({k: v.numpy() for k, v in self._policy_state.items()})
@@ -115,24 +123,41 @@ class StageCheckpoint:
 
 class _CarriedMargins(tf.Module):
   """Plain-variable snapshot of `MarginCache.carry` (the model's copies are
-  distributed variables whose cross-replica restore would not be exact)."""
+  distributed variables whose cross-replica restore would not be exact).
 
-  def __init__(self, n):
+  Args:
+    n: examples.
+    stamps: False for checkpoints written before values carried their epoch
+      stamps; their values restore with stamp 0 ("never computed"), which only a
+      `--margin_refresh=bounded` run reads, and such runs always wrote stamps.
+  """
+
+  def __init__(self, n, stamps=True):
     super().__init__()
+    self.n = n
     self.present = tf.Variable(0, dtype=tf.int32, trainable=False)
     self.margin = tf.Variable(np.zeros([n], np.float32), trainable=False)
     self.prediction = tf.Variable(np.zeros([n], np.int32), trainable=False)
     self.version = tf.Variable(np.zeros([n], np.int32), trainable=False)
+    if stamps:
+      self.stamp = tf.Variable(np.zeros([n], np.int32), trainable=False)
+
+  def _variables(self):
+    return tuple(v for v in (self.margin, self.prediction, self.version,
+                             getattr(self, "stamp", None)) if v is not None)
 
   def assign(self, carry):
-    """Snapshots `carry` ((margins, predictions, versions) or None)."""
+    """Snapshots `carry` ((margins, predictions, versions, stamps) or None)."""
     self.present.assign(int(carry is not None))
     if carry is not None:
-      for variable, values in zip((self.margin, self.prediction, self.version), carry):
+      for variable, values in zip(self._variables(), carry):
         variable.assign(values)
 
   def carry(self):
     """The restored carry, or None when the saved run had none."""
     if not int(self.present.numpy()):
       return None
-    return (self.margin.numpy(), self.prediction.numpy(), self.version.numpy())
+    values = tuple(v.numpy() for v in self._variables())
+    if len(values) == 3:
+      values += (np.zeros([self.n], np.int32),)
+    return values

@@ -24,6 +24,7 @@ from tf_srkd.data import epoch_batches
 from tf_srkd.storage import io_utils
 from tf_srkd.storage import layout
 from tf_srkd.core import margin_cache
+from tf_srkd.core import staleness
 from tf_srkd.models import sources as model_sources
 from tf_srkd.models import precise_bn
 from tf_srkd.core import regulation
@@ -188,21 +189,25 @@ def _augmentation(config):
 
 
 def _margin_reuse(model, config, labels, alpha, epochs):
-  """Sets `model.reuse_margins`; returns (margin-cache rollover, idle-epoch skipper), each or None.
+  """Configures the model's margins; returns (margin-cache rollover, idle-epoch skipper),
+  each or None.
 
   Only Algorithm 1's compact gate records margins (another policy decides without
   them), and a margin stays exact only while the network changes with the optimizer's
-  updates alone: BatchNorm's moving statistics move in every training forward.
+  updates alone: BatchNorm's moving statistics move in every training forward, so a
+  BatchNorm network reuses no margin, exact or bounded, and gets no idle-epoch skipping.
   """
   rollover = skipper = None
-  model.reuse_margins = False  # Read when `fit` traces the step.
+  model.configure_margins(reuse=False)  # Read when `fit` traces the step.
   if (model.regulate and model.backward != "masked" and model.policy.idle_epochs
       and not model_sources.has_batch_norm(model.network)):
-    model.reuse_margins = config.reuse_margins
+    bound = (staleness.Staleness(config.margin_max_age, config.margin_band)
+             if config.margin_refresh == "bounded" else None)
+    model.configure_margins(config.reuse_margins, bound, audit=config.margin_audit)
     if config.skip_idle_epochs or config.reuse_margins:
       rollover = margin_cache.MarginCacheRollover(config.reuse_margins)
     if config.skip_idle_epochs:
-      skipper = callbacks_lib.IdleEpochSkipper(labels, alpha, epochs)
+      skipper = callbacks_lib.IdleEpochSkipper(labels, alpha, epochs, bound)
   return rollover, skipper
 
 
