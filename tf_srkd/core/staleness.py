@@ -28,8 +28,6 @@ idle-epoch skipper share one rule.
 import dataclasses
 import math
 
-import keras
-
 #: The choices of `--margin_refresh`.
 REFRESH = ("exact", "bounded")
 #: K and b of `--margin_refresh=bounded` (their measurement: docs/choices.md).
@@ -81,6 +79,10 @@ def keeps_cached(stamps, predictions, labels, margins, epoch, eta, staleness: St
   Returns:
     bool [b]; True rows do not take part in epoch n.
   """
+  # Imported here: `tf_srkd.run.config` reads this module's constants, and the entry
+  # points check flags before TensorFlow loads (and logs).
+  import keras  # pylint: disable=import-outside-toplevel
+
   ops = keras.ops
   if staleness.max_age == 0 or math.isinf(staleness.band):
     return ops.zeros_like(stamps, dtype="bool")
