@@ -20,6 +20,11 @@ run: per epoch, the share of rows the exact gate admits and the bounded one did 
   python bench/timing/bounded_margins.py --dataset=mnist --seeds=0,1,2
   python bench/timing/bounded_margins.py --arms=exact,bounded:2:0.01,audit:2:0.01,conventional
   python bench/timing/bounded_margins.py --quick --no_write   # a few seconds, checks it runs
+
+With `--cells_dir=DIR` every finished (arm, seed) run is kept as `DIR/<arm>-<seed>.json`
+and a restarted bench skips the runs already there, so an interrupted multi-hour
+table resumes where it stopped. A cell records the settings it ran with; one that
+differs from this invocation's is refused rather than mixed in.
 """
 
 import argparse
@@ -36,6 +41,7 @@ import common  # pylint: disable=wrong-import-position
 from tf_srkd.core import staleness  # pylint: disable=wrong-import-position
 from tf_srkd.run import config_flags  # pylint: disable=wrong-import-position
 from tf_srkd.run import pipeline  # pylint: disable=wrong-import-position
+from tf_srkd.storage import io_utils  # pylint: disable=wrong-import-position
 
 STAGES = ("teacher", "students/regulated", "students/hybrid")
 ARMS = ("exact", "bounded", "audit", "conventional")
@@ -61,6 +67,8 @@ def parse_args():
   p.add_argument("--arms", default=",".join(ARMS))
   p.add_argument("--quick", action="store_true", help="3 epochs on 1024 examples")
   p.add_argument("--no_write", action="store_true", help="do not touch bench/RESULTS.md")
+  p.add_argument("--cells_dir", default="",
+                 help="keep each finished (arm, seed) run here and reuse it on restart")
   args = p.parse_args()
   if args.quick:
     args.epochs, args.examples = 3, 1024
@@ -86,6 +94,30 @@ def arm_config(args, arm, seed, out):
   return dataclasses.replace(config, **changes)
 
 
+def cell_settings(args):
+  """What a kept cell must share with this invocation to be reused."""
+  return {"dataset": args.dataset, "epochs": args.epochs, "examples": args.examples}
+
+
+def run_cell(args, arm, seed, tmp):
+  """One (arm, seed) run, taken from --cells_dir when it already finished there."""
+  if not args.cells_dir:
+    return run_arm(args, arm, seed, tmp)
+  path = os.path.join(args.cells_dir, f"{arm.replace(':', '_')}-{seed}.json")
+  if os.path.exists(path):
+    with open(path, encoding="utf-8") as f:
+      cell = json.load(f)
+    if cell.get("settings") != cell_settings(args):
+      raise SystemExit(f"{path}: ran with {cell.get('settings')}, not {cell_settings(args)}; "
+                       "remove it or pick another --cells_dir")
+    print(f"seed {seed}: {arm} (kept in {path})", flush=True)
+    return cell["run"]
+  run = run_arm(args, arm, seed, tmp)
+  os.makedirs(args.cells_dir, exist_ok=True)
+  io_utils.write_json(path, {"settings": cell_settings(args), "run": run})
+  return run
+
+
 def run_arm(args, arm, seed, tmp):
   out = os.path.join(tmp, f"{arm.replace(':', '_')}-{seed}")
   load = common.load_average()
@@ -97,7 +129,7 @@ def run_arm(args, arm, seed, tmp):
     if os.path.exists(path):
       with open(path) as f:
         stages[stage] = json.load(f)
-  return {"stages": stages, "load": (load, common.load_average())}
+  return {"stages": stages, "load": (load, common.load_average()), "code": common.code_version()}
 
 
 def mean_std(values, pattern):
@@ -126,7 +158,7 @@ def main():
   with tempfile.TemporaryDirectory() as tmp:
     for seed in seeds:
       for arm in arms:
-        results[arm, seed] = run_arm(args, arm, seed, tmp)
+        results[arm, seed] = run_cell(args, arm, seed, tmp)
   rows, agree_rows = [], []
   for stage in STAGES:
     for arm in [a for a in arms if parse_arm(a)[0] in ("exact", "bounded")]:
@@ -186,7 +218,13 @@ def main():
       "Goals: teacher ≤ 0.15× conventional within 0.1 pt of exact accuracy; students ≤ 0.5× "
       "their exact runs' time, within noise of their accuracy.",
   ]
+  codes = sorted({r.get("code", common.code_version()) for r in results.values()})
+  if codes != [common.code_version()]:
+    notes.append(f"Runs kept from earlier invocations (--cells_dir) were measured at: "
+                 f"{'; '.join(codes)}.")
   name = f"bounded_margins_{args.dataset}_e{args.epochs or 'flags'}"
+  if len(seeds) > 1:
+    name += f"_{len(seeds)}seeds"
   common.publish(name, f"Bounded-staleness margins vs the exact gate: {args.dataset}",
                  machine, notes, table, write=not args.no_write)
 
