@@ -36,98 +36,17 @@ from tf_srkd.core import callbacks as callbacks_lib
 from tf_srkd.core import distillation
 from tf_srkd.core import distributed
 from tf_srkd.core import modes as modes_lib
+from tf_srkd.core import margin_cache
 from tf_srkd.core import regulation
+from tf_srkd.core import staleness
 from tf_srkd.core import training
+from tf_srkd.data import sample_ids
+from tf_srkd.models import sources as model_sources
 
 #: Algorithm 2 and eq. 5, re-exported for users of this module.
 significance = regulation.significance
 sample_efficiency = regulation.sample_efficiency
-
-
-def with_sample_ids(dataset: tf.data.Dataset) -> tf.data.Dataset:
-  """Attaches a stable sample id to every element of an *unbatched* dataset.
-
-  Call it before shuffling and batching: the id is the element's position in
-  `dataset`, and participation counts (and significance) are indexed by it, so
-  the order of `dataset` itself must be the same every epoch.
-
-  Args:
-    dataset: elements `(x, y)` or `(x, y, sample_weight)`: one image (float,
-      the scale your model expects), its integer label and optionally a weight.
-
-  Returns:
-    A dataset of `({"image": x, "id": i[, "sample_weight": w]}, y)`.
-  """
-
-  spec = dataset.element_spec
-  if not isinstance(spec, tuple) or len(spec) not in (2, 3):
-    raise ValueError("with_sample_ids: expected (x, y) or (x, y, sample_weight) elements, e.g. "
-                     "tf.data.Dataset.from_tensor_slices((images, labels))")
-  label_shape = getattr(spec[1], "shape", None)
-  if label_shape is not None and label_shape.rank and label_shape[0] is None:
-    raise ValueError("with_sample_ids: the dataset looks batched (its labels have shape "
-                     f"{label_shape}); call with_sample_ids on the unbatched dataset, then "
-                     ".shuffle(...).batch(...): each element must be one sample")
-
-  def attach(i, element):
-    features = {"image": element[0], "id": tf.cast(i, tf.int32)}
-    if len(element) == 3:
-      features["sample_weight"] = tf.cast(element[2], tf.float32)
-    return features, element[1]
-
-  return dataset.enumerate().map(attach, num_parallel_calls=tf.data.AUTOTUNE)
-
-
-def _with_ids(arguments: dict, num_examples: int) -> dict:
-  """`fit`'s arguments with a sample id on every row.
-
-  A dataset must already carry them (`with_sample_ids`). NumPy arrays or tensors get
-  `{"image": x, "id": row}` features (and the rows of `validation_split` become
-  `validation_data`, as Keras would split them), so Keras' own shuffling of arrays
-  keeps each id with its row.
-
-  Raises:
-    ValueError: a dataset without ids, or a row count other than `num_examples`.
-  """
-  x = arguments.get("x")
-  if isinstance(x, tf.data.Dataset):
-    spec = x.element_spec
-    features = spec[0] if isinstance(spec, tuple) else spec
-    if not (isinstance(features, dict) and "id" in features):
-      raise ValueError("fit: the dataset's elements carry no sample ids; build it as "
-                       "tf_srkd.with_sample_ids(unbatched).shuffle(n).batch(b), or pass "
-                       "NumPy arrays fit(x, y)")
-    arguments.setdefault("shuffle", False)  # A dataset shuffles itself; Keras warns otherwise.
-    return arguments
-  if x is None or isinstance(x, dict) or not hasattr(x, "shape"):
-    return arguments  # Keras' own error for what it does not take either.
-  y, weights = arguments.get("y"), arguments.pop("sample_weight", None)
-  if y is None:
-    raise ValueError("fit: arrays x need their labels y (fit(x, y, ...))")
-  if arguments.get("class_weight") is not None:
-    raise ValueError("fit: class_weight is not supported; pass sample_weight=class_weights[y] "
-                     "(it multiplies the gate)")
-  split = arguments.pop("validation_split", 0.0) or 0.0
-  rows = int(x.shape[0])
-  if split and arguments.get("validation_data") is None:
-    at = int(rows * (1.0 - split))  # Keras' rule: the last rows validate.
-    if at <= 0 or at >= rows:
-      raise ValueError(f"fit: validation_split={split} of {rows} rows leaves "
-                       f"{at} for training and {rows - at} for validation; both need rows")
-    arguments["validation_data"] = ((x[at:], y[at:]) if weights is None
-                                    else (x[at:], y[at:], weights[at:]))
-    x, y = x[:at], y[:at]
-    weights = None if weights is None else weights[:at]
-    rows = at
-  if rows != num_examples:
-    after = f" (after validation_split={split})" if split else ""
-    raise ValueError(f"fit: {rows} training rows{after} but num_examples={num_examples}; "
-                     f"a sample's id is its row, so create the model with num_examples={rows}")
-  features = {"image": x, "id": np.arange(rows, dtype=np.int32)}
-  if weights is not None:
-    features["sample_weight"] = np.asarray(weights, np.float32)
-  arguments["x"], arguments["y"] = features, y
-  return arguments
+with_sample_ids = sample_ids.with_sample_ids
 
 
 class _EpochSizeCheck(keras.callbacks.Callback):
@@ -164,8 +83,10 @@ class _EpochSizeCheck(keras.callbacks.Callback):
 class _KerasWorkflow:
   """What a plain Keras user needs on top of the library's step (a mixin)."""
 
-  def _init_workflow(self, alpha, significance_values, participation=None, epochs_trained=0):
+  def _init_workflow(self, alpha, significance_values, participation=None, epochs_trained=0,
+                     margins=None):
     self.alpha = float(alpha)
+    self._margin_rollover = self._configure_margins(**(margins or {}))
     # Epochs trained over every `fit` call: eta continues, and zeta's denominator.
     self.epochs_trained = keras.Variable(int(epochs_trained), dtype="int32", trainable=False,
                                          name="epochs_trained")
@@ -184,10 +105,45 @@ class _KerasWorkflow:
       self._significance_table = keras.Variable(values, trainable=False, name="significance")
     self._has_user_weights = False
 
+  def _configure_margins(self, reuse_margins=None, margin_refresh="exact",
+                         margin_max_age=staleness.DEFAULT_MAX_AGE,
+                         margin_band=staleness.DEFAULT_BAND, margin_audit=False):
+    """Sets how the compact gate gets margins; returns whether `fit` must hand each
+    epoch's margins to the next (`margin_cache.MarginCacheRollover`).
+
+    The rule is the flag pipeline's: only Algorithm 1's compact gate on a network
+    without BatchNorm reuses margins (BatchNorm's moving statistics change the
+    network in every training forward, so no margin stays exact or boundedly stale).
+    """
+    if margin_refresh not in staleness.REFRESH:
+      raise ValueError(f"margin_refresh must be one of {staleness.REFRESH}, "
+                       f"got {margin_refresh!r}")
+    bounded = margin_refresh == "bounded"
+    # The API cannot see whether the dataset shows a row the same pixels every epoch
+    # (random augmentation in tf.data would make a cached margin another image's), so
+    # margins are reused only when asked for: `reuse_margins=True`, or a bound.
+    reuse_margins = bounded if reuse_margins is None else bool(reuse_margins)
+    if bounded and not reuse_margins:
+      raise ValueError("margin_refresh='bounded' keeps cached margins: it needs "
+                       "reuse_margins=True")
+    if bounded and self.regulate and self.backward == "masked":
+      raise ValueError("margin_refresh='bounded' applies to the compact gate: pass "
+                       "backward='compact' or 'auto'")
+    if margin_audit and not bounded:
+      raise ValueError("margin_audit compares the bounded gate with the exact one: pass "
+                       "margin_refresh='bounded'")
+    bound = staleness.Staleness(margin_max_age, margin_band) if bounded else None
+    self.configure_margins(reuse=False)
+    if (not reuse_margins or not self.regulate or self.backward == "masked"
+        or not self.policy.idle_epochs or model_sources.has_batch_norm(self.network)):
+      return False
+    self.configure_margins(True, bound, audit=margin_audit)
+    return True
+
   def compile(self, optimizer="adam", **kwargs):
     """`keras.Model.compile`, then builds the optimizer over the network's weights."""
     super().compile(optimizer=optimizer, **kwargs)
-    self.optimizer.build(self.network.trainable_variables)
+    self.optimizer.build(self.trained_variables())
 
   def fit(self, x=None, y=None, *args, **kwargs):
     """`keras.Model.fit`, with self-regulation's schedule and sample ids.
@@ -206,13 +162,17 @@ class _KerasWorkflow:
       done = int(self.epochs_trained.numpy())
       bound["initial_epoch"] = done
       bound["epochs"] = done + int(bound.get("epochs", 1))
-    bound = _with_ids(bound, self.num_examples)
+    bound = sample_ids.with_ids_for_fit(bound, self.num_examples)
     callbacks = list(bound.get("callbacks") or [])
     if bound.get("steps_per_epoch") is None:
       callbacks.append(_EpochSizeCheck(self.num_examples))
     if not any(isinstance(c, callbacks_lib.RegulationSchedule) for c in callbacks):
       callbacks.insert(0, callbacks_lib.RegulationSchedule(self.alpha, self.num_examples,
                                                            bound["initial_epoch"]))
+    if self._margin_rollover:  # After the schedule, which picks each epoch's backward.
+      at = next(i for i, c in enumerate(callbacks)
+                if isinstance(c, callbacks_lib.RegulationSchedule))
+      callbacks.insert(at + 1, margin_cache.MarginCacheRollover(reuse=True))
     for callback in callbacks:
       # Keras infers a monitor's direction from compiled metrics; these models log their
       # accuracy without compiled ones, so say what Keras would have inferred.
@@ -319,14 +279,31 @@ class SelfRegulated(_KerasWorkflow, training.SelfRegulatedModel):
     normaliser: "participants", "batch" or "weights" (docs/choices.md).
     participation, epochs_trained: the counts and epochs of an earlier training of
       `network` (from `participation_counts()` and `epochs_trained`), to continue it.
+    reuse_margins: compact gate: rows whose margin was computed with the current
+      weights skip the inference pass (the same gate, less work). Only for data that
+      shows each row the same pixels every epoch (no random augmentation in your
+      `tf.data` pipeline; augmentation layers inside the network are fine, the gate
+      runs it in inference mode). Default: only with `margin_refresh="bounded"`.
+    margin_refresh: "exact" (the default) or "bounded": a row that was correct
+      with a margin >= eta(n) + `margin_band` also keeps that margin, without a
+      forward pass and without taking part, for up to `margin_max_age` epochs
+      (docs/performance.md, "Bounded-staleness margins"). Compact or auto backward,
+      networks without BatchNorm (others run the exact gate); the same pixels every
+      epoch, as for `reuse_margins`.
+    margin_max_age, margin_band: K and b of the bounded rule.
+    margin_audit: with "bounded", also run the exact gate on every row and log the
+      share of rows it admits and the bounded one does not (`gate_misses`) and the
+      reverse (`gate_extra`) in `fit`'s history.
   """
 
   def __init__(self, network, num_examples, *, alpha=0.02, backward="masked",
                gate_temperature=1.0, normaliser="participants", participation=None,
-               epochs_trained=0, **kwargs):
+               epochs_trained=0, reuse_margins=None, margin_refresh="exact",
+               margin_max_age=staleness.DEFAULT_MAX_AGE, margin_band=staleness.DEFAULT_BAND,
+               margin_audit=False, **kwargs):
     super().__init__(network, num_examples, regulate=True, backward=backward,
                      gate_temperature=gate_temperature, normaliser=normaliser, **kwargs)
-    self._init_workflow(alpha, None, participation, epochs_trained)
+    self._init_workflow(alpha, None, participation, epochs_trained, _margins(locals()))
 
 
 class Distiller(_KerasWorkflow, distillation.Distiller):
@@ -342,15 +319,27 @@ class Distiller(_KerasWorkflow, distillation.Distiller):
       teacher's counts); required by "significance" and "hybrid".
     alpha: the student's own self-regulation rate (regulated, hybrid).
     temperature, kd_lambda, scale_temperature_squared: the loss (README, "What a run does").
-    backward, gate_temperature, normaliser, participation, epochs_trained: as
-      `SelfRegulated`.
+    distillation_losses: None (the paper's tau**2-scaled logit KD), or what
+      `keras.distillation.Distiller` takes: one loss or a list of them
+      (`LogitsDistillation`, `FeatureDistillation(teacher_layer_name=...,
+      student_layer_name=...)`, your `DistillationLoss` subclasses; "logits" is the
+      paper's term). Each is computed per sample, so the gate, significance and
+      the normaliser apply to it; their weighted sum replaces the KD term, and
+      `kd_lambda` still weighs the hard-label cross-entropy.
+    distillation_loss_weights: one weight per loss (default 1 each).
+    backward, gate_temperature, normaliser, participation, epochs_trained,
+      reuse_margins, margin_refresh, margin_max_age, margin_band, margin_audit: as
+      `SelfRegulated` (the margins are the student's own gate's: regulated, hybrid).
   """
 
   def __init__(self, teacher, student, num_examples, *, mode="regulated",
                significance: Optional[np.ndarray] = None, alpha=0.02, temperature=20.0,
                kd_lambda=0.3, scale_temperature_squared=True, backward="masked",
                gate_temperature=1.0, normaliser="participants", participation=None,
-               epochs_trained=0, **kwargs):
+               epochs_trained=0, reuse_margins=None, margin_refresh="exact",
+               margin_max_age=staleness.DEFAULT_MAX_AGE, margin_band=staleness.DEFAULT_BAND,
+               margin_audit=False, distillation_losses=None, distillation_loss_weights=None,
+               **kwargs):
     mode = modes_lib.get_mode(mode) if isinstance(mode, str) else mode
     if mode.weight_by_significance and significance is None:
       raise ValueError(f"mode {mode.name!r} weights each sample by the teacher's significance: "
@@ -359,7 +348,14 @@ class Distiller(_KerasWorkflow, distillation.Distiller):
                      scale_temperature_squared=scale_temperature_squared,
                      gate_temperature=gate_temperature,
                      backward=backward if mode.regulate else "masked", normaliser=normaliser,
-                     teacher=teacher, **kwargs)
+                     teacher=teacher, distillation_losses=distillation_losses,
+                     distillation_loss_weights=distillation_loss_weights, **kwargs)
     self._init_workflow(alpha if mode.regulate else float("inf"),
                         significance if mode.weight_by_significance else None, participation,
-                        epochs_trained)
+                        epochs_trained, _margins(locals()))
+
+
+def _margins(arguments):
+  """The margin settings among a constructor's arguments (`_configure_margins`)."""
+  return {name: arguments[name] for name in ("reuse_margins", "margin_refresh", "margin_max_age",
+                                             "margin_band", "margin_audit")}

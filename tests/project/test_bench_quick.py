@@ -26,6 +26,9 @@ QUICK_RUNS = {
     "reproduction/precise_bn_case": (["--output_root={tmp}/run"], ["| hybrid |", "precise BN"]),
     "reproduction/peers": ([], ["| mnist | teacher | self_regulated |", "| mnist | student | infobatch |",
                    "| mnist | student | selective_backprop |", "| mnist | student | random |"]),
+    "reproduction/peers_protocol": (["--cells_dir={tmp}/cells"], [
+        "| teacher | self_regulated+bounded |", "| student | selective_backprop |",
+        "| student | infobatch |", "matched (±10 %)"]),
     "timing/streaming": ([], ["| on disk / in memory (throughput) |", "| 1024 |"]),
     "reproduction/subsets": (["--root={tmp}"], ["| kd | top |", "| supervised | random |"]),
     "timing/trickle_floor": ([], ["| SR no reuse |", "| conventional |", "| epoch 0 compact |"]),

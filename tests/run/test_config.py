@@ -53,6 +53,13 @@ def make(tmp_path, **overrides):
     ({"margin_refresh": "bounded", "reuse_margins": False}, "--margin_refresh=bounded"),
     ({"margin_refresh": "bounded", "backward": "masked"}, "--margin_refresh=bounded --backward"),
     ({"margin_audit": True}, "--margin_audit"),
+    ({"margin_refresh": "bounded", "augment": True}, "--margin_refresh=bounded --augment"),
+    ({"distillation_loss": ()}, "--distillation_loss"),
+    ({"distillation_loss": ("hint",)}, "--distillation_loss=hint"),
+    ({"distillation_loss": ("feature:conv1",)}, "--distillation_loss=feature:conv1"),
+    ({"distillation_loss": ("feature:a,b,l2",)}, "--distillation_loss=feature:a,b,l2"),
+    ({"distillation_loss_weights": (1.0, 2.0)}, "--distillation_loss_weights=1.0,2.0"),
+    ({"distillation_loss_weights": (-1.0,)}, "--distillation_loss_weights=-1.0"),
 ])
 def test_each_bad_value_names_its_flag(tmp_path, overrides, flag):
   with pytest.raises(config_lib.ConfigError) as e:
@@ -92,6 +99,25 @@ def test_flagfile_round_trip():
     assert config_flags.from_flagfile(config_flags.to_flagfile(config)) == config
 
 
+def test_repeated_distillation_losses_round_trip_one_line_each():
+  config = config_lib.Config(distillation_loss=("logits", "feature:conv2,conv2,cosine_similarity"),
+                             distillation_loss_weights=(1.0, 0.25))
+  text = config_flags.to_flagfile(config)
+  assert "--distillation_loss=logits\n--distillation_loss=feature:conv2,conv2,cosine_similarity\n" \
+      in text and "--distillation_loss_weights=1.0,0.25\n" in text
+  assert config_flags.from_flagfile(text) == config
+  # The default is not written: a --distillation_loss after the flagfile replaces it.
+  assert "--distillation_loss=" not in config_flags.to_flagfile(config_lib.Config())
+  assert config_lib.identity(config)["distillation_loss"] == [
+      "logits", "feature:conv2,conv2,cosine_similarity"]
+  # The paper's KD alone: runs written before the flag still match.
+  assert "distillation_loss" not in config_lib.identity(config_lib.Config())
+  ones = config_lib.Config(distillation_loss=("logits",), distillation_loss_weights=(1.0,))
+  assert config_lib.identity(ones) == config_lib.identity(config_lib.Config())
+  with pytest.raises(config_lib.ConfigError, match="--distillation_loss_weights=x"):
+    config_flags.from_flag_values({"distillation_loss_weights": ["x"]})
+
+
 def test_every_field_is_a_flag_with_help():
   specs = config_flags.flag_specs()
   assert [s.name for s in specs] == [f.name for f in dataclasses.fields(config_lib.Config)]
@@ -123,6 +149,8 @@ def run_cli(*args, env_extra=None, cwd=None):
     (["--stage=teacher", "--teacher_dir=/tmp"], "nothing to train"),
     (["--margin_refresh=bounded", "--backward=masked"], "--margin_refresh=bounded --backward"),
     (["--margin_max_age=-2"], "--margin_max_age=-2"),
+    (["--distillation_loss=feature:conv9,conv2"], "the teacher has no layer 'conv9'; its layers:"),
+    (["--distillation_loss=feature:fc1,conv2"], "(120,) and the student's (10, 10, 8)"),
 ])
 def test_cli_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, expected):
   out = tmp_path / "out"

@@ -27,7 +27,8 @@ FLAGS = flags.FLAGS
 
 _DEFINE = {"string": flags.DEFINE_string, "rate": flags.DEFINE_string,
            "integer": flags.DEFINE_integer, "float": flags.DEFINE_float,
-           "bool": flags.DEFINE_bool, "list": flags.DEFINE_list}
+           "bool": flags.DEFINE_bool, "list": flags.DEFINE_list, "floats": flags.DEFINE_list,
+           "multi": flags.DEFINE_multi_string}
 
 
 def define_flags(flag_values=FLAGS):

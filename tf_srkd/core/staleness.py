@@ -55,7 +55,8 @@ class Staleness:
 
 
 def stamp_of(epoch):
-  """The stamp a value computed (or confirmed exact) in 0-based `epoch` gets."""
+  """The stamp a value computed by a forward pass in 0-based `epoch` gets (a value
+  reused because the weights have not moved keeps the stamp it had)."""
   return epoch + 1
 
 

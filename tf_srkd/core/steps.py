@@ -84,12 +84,20 @@ class Step(NamedTuple):
 class GatedSteps:
   """The step builders of `training.SelfRegulatedModel` (a mixin, no state of its own).
 
-  They read the model's `network`, `optimizer`, `regulate`, `eta`,
+  They read the model's `network` (its `forward` and `trained_variables` for the
+  loss), `optimizer`, `regulate`, `eta`,
   `gate_temperature`, `weight_by_significance`, `normaliser`, `margin_cache`,
   `reuse_margins`, `margin_staleness`, `audit_margins` and `policy`, and call its
   `per_sample_loss`. Subclasses may
   override `_sample_weights` and `_has_weight` (`api` does, for user weights).
   """
+
+  def _per_sample_loss(self, features, labels, logits, taps):
+    """`per_sample_loss`, given the taps only when the forward produced some, so an
+    override written for (features, labels, logits) keeps working."""
+    if taps is None:
+      return self.per_sample_loss(features, labels, logits)
+    return self.per_sample_loss(features, labels, logits, taps)
 
   def _gate(self, logits, labels):
     """(gate, margin, prediction); everyone takes part when the run does not regulate."""
@@ -119,12 +127,12 @@ class GatedSteps:
 
   def _masked_step(self, padded, labels, valid) -> Step:
     """One training-mode forward decides the gate and gives the loss of the whole batch."""
-    variables = self.network.trainable_variables
+    variables = self.trained_variables()
     with tf.GradientTape() as tape:
-      logits = self.network(padded["image"], training=True)
+      logits, taps = self.forward(padded["image"], training=True)
       gate = self._gate(tf.stop_gradient(logits), labels)[0] * valid
       count = distributed.global_sum(tf.reduce_sum(gate))
-      total, parts = self.per_sample_loss(padded, labels, logits)
+      total, parts = self._per_sample_loss(padded, labels, logits, taps)
       weights = self._sample_weights(padded, gate)
       loss = losses.normalised_loss(total, weights,
                                     *self._divisor(count, valid, tf.stop_gradient(weights)))
@@ -164,12 +172,12 @@ class GatedSteps:
     Replica-local and free of collectives (the divisor is computed outside),
     so each replica may take its own branch.
     """
-    variables = self.network.trainable_variables
+    variables = self.trained_variables()
 
     def run():
       with tf.GradientTape() as tape:
-        logits = self.network(chosen["image"], training=True)
-        total, parts = self.per_sample_loss(chosen, chosen_labels, logits)
+        logits, taps = self.forward(chosen["image"], training=True)
+        total, parts = self._per_sample_loss(chosen, chosen_labels, logits, taps)
         loss = losses.normalised_loss(total, weights, *divisor)
       return (tape.gradient(loss, variables), total, parts,
               tf.argmax(logits, -1, output_type=tf.int32))
@@ -183,7 +191,8 @@ class GatedSteps:
     return tf.cond(any_chosen, run, skip)
 
   def _margins_for(self, ids, padded, labels):
-    """(delta, predicted, from_cache) of every row of the padded batch for the compact gate.
+    """(delta, predicted, from_cache, audit) of every row of the padded batch for the
+    compact gate (`audit`: see `_audit`, or None).
 
     Rows whose margin was computed at the optimizer's current iteration (the
     weights have not moved since) come from `margin_cache`, and under a

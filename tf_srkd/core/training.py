@@ -132,9 +132,11 @@ class SelfRegulatedModel(steps.GatedSteps, keras.Model):
     self.margin_staleness = staleness
     self.audit_margins = bool(audit) and staleness is not None
     for name in AUDIT_METRICS:
-      if self.audit_margins:
-        self._trackers.setdefault(name, keras.metrics.Mean(name=name))
-      else:
+      if self.audit_margins and name not in self._trackers:
+        # Under the strategy, as the other trackers: their sums then span every replica.
+        with self.distribute_strategy.scope():
+          self._trackers[name] = keras.metrics.Mean(name=name)
+      elif not self.audit_margins:
         self._trackers.pop(name, None)
 
   # -- objective -------------------------------------------------------------
@@ -143,7 +145,22 @@ class SelfRegulatedModel(steps.GatedSteps, keras.Model):
     """Names of the per-sample loss parts that `per_sample_loss` reports."""
     return ("ce_loss",)
 
-  def per_sample_loss(self, features, labels, logits):
+  def forward(self, images, training):
+    """(logits, taps) of the trained network: `taps` are the intermediate outputs the
+    loss reads by layer name (None: the loss reads the logits only)."""
+    return self.network(images, training=training), None
+
+  def trained_extras(self):
+    """Layers trained beside the network but not part of it (a distiller's feature
+    projections), in a fixed order; a resume checkpoint keeps them too."""
+    return []
+
+  def trained_variables(self):
+    """What the optimizer updates: the network's trainable weights, then the extras'."""
+    return self.network.trainable_variables + [
+        v for layer in self.trained_extras() for v in layer.trainable_variables]
+
+  def per_sample_loss(self, features, labels, logits, taps=None):
     """Per-sample objective for the teacher: cross-entropy at temperature 1.
 
     Returns:
@@ -222,7 +239,7 @@ class SelfRegulatedModel(steps.GatedSteps, keras.Model):
     untouched, since an Adam step would still move the weights through its
     moments. Its participants are counted all the same (the gate let them in).
     """
-    variables = self.network.trainable_variables
+    variables = self.trained_variables()
     distributed.apply_if(self.optimizer, step.grads, variables, step.update)
     n = tf.shape(ids)[0]
     real_gate = step.gate[:n]

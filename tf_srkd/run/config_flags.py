@@ -22,8 +22,13 @@ def to_flagfile(config: Config) -> str:
       continue
     if isinstance(value, bool):
       lines.append(f"--{field.name}" if value else f"--no{field.name}")
+    elif isinstance(value, tuple) and field.metadata.get("kind") == "multi":
+      # One line per value. A repeated flag adds to what a flagfile gave (absl), so the
+      # default is left out: a flag on the command line after this file then replaces it.
+      if value != field.default:
+        lines.extend(f"--{field.name}={v}" for v in value)
     elif isinstance(value, tuple):
-      lines.append(f"--{field.name}={','.join(value)}")
+      lines.append(f"--{field.name}={','.join(map(str, value))}")
     else:
       lines.append(f"--{field.name}={value}")
   return "\n".join(lines) + "\n"
@@ -31,7 +36,8 @@ def to_flagfile(config: Config) -> str:
 
 #: The absl flag type of each field type (`kind="rate"` fields are strings: 'inf').
 _KINDS = {str: "string", int: "integer", float: "float", bool: "bool",
-          Tuple[str, ...]: "list", Optional[int]: "integer", Optional[str]: "string"}
+          Tuple[str, ...]: "list", Tuple[float, ...]: "floats", Optional[int]: "integer",
+          Optional[str]: "string"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,7 +46,8 @@ class FlagSpec:
 
   Attributes:
     name: the flag (= field) name.
-    kind: string | integer | float | bool | list | enum | rate (a float, or 'inf').
+    kind: string | integer | float | bool | list (comma-separated) | floats (a comma
+      list of numbers) | multi (a repeatable flag) | enum | rate (a float, or 'inf').
     default: the flag's default, in the flag's own type.
     help: the help text.
     choices: the allowed values of an enum flag, else None.
@@ -67,7 +74,8 @@ HELP_GROUPS = (
               "margin_band", "margin_audit")),
     ("training", ("modes", "stage", "epochs", "distill_epochs", "batch_size", "teacher_lr",
                   "distill_lr", "adam_epsilon", "temperature", "kd_lambda",
-                  "kd_scale_temperature_squared", "distill_loss_normaliser", "augment", "seed",
+                  "kd_scale_temperature_squared", "distillation_loss", "distillation_loss_weights",
+                  "distill_loss_normaliser", "augment", "seed",
                   "precise_bn_batches", "eval_batch_size", "steps_per_execution", "strategy",
                   "cpu_replicas", "jit_compile", "deterministic")),
     ("outputs and tracking", ("output_dir", "overwrite", "verbose", "mlflow",
@@ -85,8 +93,10 @@ def flag_specs() -> Tuple[FlagSpec, ...]:
     default = meta.get("flag_default", field.default)
     if kind == "rate":
       default = str(default)
-    elif kind == "list":
+    elif kind in ("list", "multi"):
       default = list(default)
+    elif kind == "floats":
+      default = [str(v) for v in default]
     specs.append(FlagSpec(field.name, kind, default, meta["help"], meta.get("choices")))
   return tuple(specs)
 
@@ -101,6 +111,13 @@ def parse_rate(flag: str, text: str) -> float:
     return math.inf if text.strip().lower() in ("inf", "infinity") else float(text)
   except ValueError as e:
     raise ConfigError(f"--{flag}={text}: expected a number >= 0 or 'inf'") from e
+
+
+def _number(flag: str, text) -> float:
+  try:
+    return float(text)
+  except ValueError as e:
+    raise ConfigError(f"--{flag}={text}: expected a comma list of numbers") from e
 
 
 def from_flag_values(values: dict) -> Config:
@@ -118,8 +135,10 @@ def from_flag_values(values: dict) -> Config:
     value = values[spec.name]
     if spec.kind == "rate" and isinstance(value, str):
       value = parse_rate(spec.name, value)
-    elif spec.kind == "list" and value is not None:
+    elif spec.kind in ("list", "multi") and value is not None:
       value = tuple(value)
+    elif spec.kind == "floats" and value is not None:
+      value = tuple(_number(spec.name, v) for v in value)
     fields[spec.name] = value
   return Config(**fields)
 
@@ -130,8 +149,9 @@ def from_flagfile(text: str) -> Config:
   Lines for flags that `Config` does not have (and comments) are ignored.
   """
   specs = {spec.name: spec for spec in flag_specs()}
+  comma_list = lambda v: [x for x in v.split(",") if x]
   parsers = {"integer": int, "float": float, "string": str, "enum": str, "rate": str,
-             "list": lambda v: [x for x in v.split(",") if x]}
+             "list": comma_list, "floats": comma_list, "multi": lambda v: [v]}
   values = {}
   for line in text.splitlines():
     line = line.strip()
@@ -139,7 +159,9 @@ def from_flagfile(text: str) -> Config:
       continue
     name, has_value, value = line[2:].partition("=")
     kind = specs[name].kind if name in specs else None
-    if has_value and kind not in (None, "bool"):
+    if has_value and kind == "multi":  # Repeated lines add up, as on the command line.
+      values.setdefault(name, []).extend(parsers[kind](value))
+    elif has_value and kind not in (None, "bool"):
       values[name] = parsers[kind](value)
     elif not has_value and kind == "bool":
       values[name] = True

@@ -62,6 +62,8 @@ _ADDED_IDENTITY_FIELDS.update(teacher_input="auto", student_input="auto", precis
 # Bounded-staleness margins: exact is the behaviour without them.
 _ADDED_IDENTITY_FIELDS.update(margin_refresh="exact")
 _NON_IDENTITY_FIELDS |= {"margin_audit"}  # An extra inference pass; the decisions are unchanged.
+# keras.distillation losses: the paper's logit KD alone is the behaviour without them.
+_ADDED_IDENTITY_FIELDS.update(distillation_loss=("logits",), distillation_loss_weights=())
 #: Fields that matter only under `margin_refresh=bounded`.
 _BOUNDED_ONLY_FIELDS = ("margin_max_age", "margin_band")
 
@@ -87,6 +89,8 @@ def identity(config: "tf_srkd.run.config.Config", teacher_digest: Optional[str] 
   if config.margin_refresh == "exact":
     for name in _BOUNDED_ONLY_FIELDS:
       fields.pop(name, None)
+  if all(w == 1.0 for w in config.distillation_loss_weights):  # 1 each is the default.
+    fields.pop("distillation_loss_weights", None)
   if teacher_digest is not None:
     fields["teacher_sha256"] = teacher_digest
   if model_files_digest is not None:  # .keras / weights files of the model flags.

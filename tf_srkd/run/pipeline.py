@@ -19,6 +19,7 @@ import tensorflow as tf
 from tf_srkd.run import config as config_lib
 from tf_srkd.run import config_flags
 from tf_srkd.data import arrays as data
+from tf_srkd.core import distill_terms
 from tf_srkd.core import distillation
 from tf_srkd.run import console
 from tf_srkd.core import gates
@@ -119,7 +120,8 @@ def load_teacher(config, strategy, train_size) -> Tuple[Optional[stages.StageRes
   return None, None
 
 
-def check_models(config, train, build_teacher: bool) -> Tuple[Optional[str], dict, dict]:
+def check_models(config, train, build_teacher: bool,
+                 teacher_network=None) -> Tuple[Optional[str], dict, dict]:
   """Builds (or loads) the run's models once, so a bad source stops the run before
   anything is written; settles the pixel range each takes (`input_contract`).
 
@@ -127,6 +129,7 @@ def check_models(config, train, build_teacher: bool) -> Tuple[Optional[str], dic
     config: the run's configuration.
     train: the transfer set (a pre-trained model's range is measured on its images).
     build_teacher: False when the teacher is read back from a run (`load_teacher`).
+    teacher_network: that read-back teacher, whose layers `--distillation_loss` may name.
 
   Returns:
     (the digest of the `.keras` and weights files of the sources, None without such
@@ -143,15 +146,36 @@ def check_models(config, train, build_teacher: bool) -> Tuple[Optional[str], dic
     sources.append(("teacher", config.teacher_model, config.teacher_weights,
                     config.teacher_input))
   files, scalings, measured = [], {"teacher": "unit", "student": "unit"}, {}
+  networks = {"teacher": teacher_network}
   for role, name, weights, requested in sources:
-    network = model_sources.build(name, spec.image_shape, spec.num_classes, weights,
-                                  flag=f"{role}_model")
+    network = networks[role] = model_sources.build(name, spec.image_shape, spec.num_classes,
+                                                   weights, flag=f"{role}_model")
     files += model_sources.files_of(name, weights)
     scalings[role] = "unit" if requested == "auto" else requested
     if requested == "auto" and model_sources.is_pretrained(name, weights):
       scalings[role], measured[f"{role}_input"] = _measure_input(config, role, name, weights,
                                                                  network, train)
+  if config.stage != "teacher":
+    _check_distillation_layers(config, networks["teacher"], networks["student"])
   return (checked_reads.digest(files) if files else None), scalings, measured
+
+
+def distillation_losses(config):
+  """(losses, weights) of `--distillation_loss` for `distillation.Distiller`
+  (`distill_terms.from_flags`)."""
+  return distill_terms.from_flags(config.distillation_loss, config.distillation_loss_weights)
+
+
+def _check_distillation_layers(config, teacher, student):
+  """The layers `--distillation_loss` names exist and their features can be compared,
+  before anything is written."""
+  losses, weights = distillation_losses(config)
+  if losses is not None:
+    try:
+      distill_terms.projections(distill_terms.terms_of(losses, weights), teacher, student,
+                                build=False)
+    except ValueError as e:
+      raise config_lib.ConfigError(f"--distillation_loss: {e}") from e
 
 
 def _measure_input(config, role, name, weights, network, train):
@@ -234,13 +258,17 @@ def distill_students(config, strategy, train, test, teacher: stages.StageResult,
                                                config.eval_batch_size)
     return cached["logits"]
 
+  losses, weights = distillation_losses(config)
+  # Terms that read the teacher's layers run it in every step; logits alone come cached.
+  live_teacher = losses is not None and any(
+      t.teacher_layer for t in distill_terms.terms_of(losses, weights))
   results = {}
   for mode_name in config.modes:
     mode = modes_lib.get_mode(mode_name)
 
     def make_extras(mode=mode):
       extras = {}
-      if not config.augment:
+      if not (config.augment or live_teacher):
         extras["teacher_logits"] = teacher_logits()
       if mode.weight_by_significance:
         extras["significance"] = teacher.significance.astype(np.float32)
@@ -261,7 +289,9 @@ def distill_students(config, strategy, train, test, teacher: stages.StageResult,
           backward=model_sources.backward_for(config.backward, student) if mode.regulate
           else "masked",
           normaliser=config.distill_loss_normaliser,
-          teacher=teacher.network if config.augment else None, policy=policy,
+          teacher=teacher.network if config.augment or live_teacher else None, policy=policy,
+          distillation_losses=distillation_losses(config)[0],
+          distillation_loss_weights=weights,
           name=f"student_{mode.name}")
 
     stage = stages.StageSpec(
@@ -349,7 +379,8 @@ def run(config: config_lib.Config, strategy=None, tracker=None, is_chief=True,
                          config.max_in_memory_mb)
   test = streaming.load(spec, "test", 0, config.download, config.max_in_memory_mb)
   teacher, teacher_digest = load_teacher(config, strategy, train.size)
-  files_digest, scalings, measured = check_models(config, train, teacher is None)
+  files_digest, scalings, measured = check_models(
+      config, train, teacher is None, None if teacher is None else teacher.network)
   own_lock = lock is None and is_chief
   if own_lock:
     lock = run_lock.RunDirLock(config.output_dir)

@@ -52,6 +52,8 @@ class StageCheckpoint:
     state = dict(network=model.network, optimizer=model.optimizer, epoch=self._epoch,
                  participation=self._participation,
                  **{f"policy_{name}": v for name, v in self._policy_state.items()})
+    if model.trained_extras():  # Absent otherwise: earlier checkpoints keep their layout.
+      state["trained_extras"] = model.trained_extras()
     self._checkpoint = tf.train.Checkpoint(margins=self._margins, **state)
     # Checkpoints written without a margin cache, or with one without stamps.
     self._without_margins = tf.train.Checkpoint(**state)

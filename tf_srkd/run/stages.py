@@ -109,7 +109,7 @@ def compile_model(model, learning_rate, config):
   model.compile(optimizer=keras.optimizers.Adam(learning_rate, epsilon=config.adam_epsilon),
                 jit_compile=config.jit_compile,
                 steps_per_execution=per_call)
-  model.optimizer.build(model.network.trainable_variables)
+  model.optimizer.build(model.trained_variables())
 
 
 def fit_stage(model, split, config, *, stage_dir, epochs, alpha, extras=None, callbacks=(),
@@ -194,19 +194,23 @@ def _margin_reuse(model, config, labels, alpha, epochs):
 
   Only Algorithm 1's compact gate records margins (another policy decides without
   them), and a margin stays exact only while the network changes with the optimizer's
-  updates alone: BatchNorm's moving statistics move in every training forward, so a
-  BatchNorm network reuses no margin, exact or bounded, and gets no idle-epoch skipping.
+  updates alone and the row's pixels stay the same: BatchNorm's moving statistics move
+  in every training forward, and `--augment` shows each epoch other pixels, so a
+  BatchNorm network or an augmented run reuses no margin, exact or bounded, and gets no
+  idle-epoch skipping (whose proof reads the cached margins).
   """
   rollover = skipper = None
   model.configure_margins(reuse=False)  # Read when `fit` traces the step.
   if (model.regulate and model.backward != "masked" and model.policy.idle_epochs
-      and not model_sources.has_batch_norm(model.network)):
+      and not config.augment and not model_sources.has_batch_norm(model.network)):
     bound = (staleness.Staleness(config.margin_max_age, config.margin_band)
              if config.margin_refresh == "bounded" else None)
     model.configure_margins(config.reuse_margins, bound, audit=config.margin_audit)
     if config.skip_idle_epochs or config.reuse_margins:
       rollover = margin_cache.MarginCacheRollover(config.reuse_margins)
-    if config.skip_idle_epochs:
+    # The audit runs every epoch: a skipped one would log no misses where rows kept
+    # since may have fallen below eta (skipping changes no bit, running them neither).
+    if config.skip_idle_epochs and not config.margin_audit:
       skipper = callbacks_lib.IdleEpochSkipper(labels, alpha, epochs, bound)
   return rollover, skipper
 

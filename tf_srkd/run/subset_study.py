@@ -145,7 +145,7 @@ def _run_locked(plan, tracker, config, spec, strategy, train, test, teacher, out
       for ranking, ids in (("all", next(iter(lists.values()))),) if everything else lists.items():
         for method in plan.methods:
           result = _train_student(plan, method, ranking, fraction, ids, train, test, logits,
-                                  strategy, tracker)
+                                  strategy, tracker, teacher.network)
           for name in (plan.rankings if everything else (ranking,)):
             rows.append(dict(method=method, ranking=name, fraction=fraction, size=int(len(ids)),
                              epochs=plan.epochs_at(fraction),
@@ -167,7 +167,9 @@ def subset_split(train, ids, max_in_memory_mb: float):
   return data.SplitArrays(streaming.take(train.images, ids, max_in_memory_mb), train.labels[ids])
 
 
-def _train_student(plan, method, ranking, fraction, ids, train, test, logits, strategy, tracker):
+def _train_student(plan, method, ranking, fraction, ids, train, test, logits, strategy, tracker,
+                   teacher_network):
+  from tf_srkd.core import distill_terms  # pylint: disable=import-outside-toplevel
   from tf_srkd.core import distillation  # pylint: disable=import-outside-toplevel
   from tf_srkd.models import zoo as models  # pylint: disable=import-outside-toplevel
   from tf_srkd.core import modes  # pylint: disable=import-outside-toplevel
@@ -178,6 +180,11 @@ def _train_student(plan, method, ranking, fraction, ids, train, test, logits, st
   config = plan.config
   spec = config_lib.dataset_spec(config)
   subset = subset_split(train, ids, config.max_in_memory_mb)
+  # The run's --distillation_loss terms; those on the teacher's layers need it live.
+  losses, weights = distill_terms.from_flags(config.distillation_loss,
+                                             config.distillation_loss_weights)
+  live = losses is not None and any(
+      t.teacher_layer for t in distill_terms.terms_of(losses, weights))
 
   def build():
     network = models.build_model(config.student_model, spec.image_shape, spec.num_classes)
@@ -186,7 +193,8 @@ def _train_student(plan, method, ranking, fraction, ids, train, test, logits, st
     return distillation.Distiller(
         network, subset.size, modes.get_mode("conventional"), temperature=config.temperature,
         kd_lambda=config.kd_lambda, scale_temperature_squared=config.kd_scale_temperature_squared,
-        normaliser=config.distill_loss_normaliser, name="kd")
+        normaliser=config.distill_loss_normaliser, teacher=teacher_network if live else None,
+        distillation_losses=losses, distillation_loss_weights=weights, name="kd")
 
   name = f"{method}-{ranking}-f{fraction:g}"
   stage = stages.StageSpec(name=name, role="student", model_name=config.student_model,
@@ -195,7 +203,7 @@ def _train_student(plan, method, ranking, fraction, ids, train, test, logits, st
                            learning_rate=config.distill_lr, mode=method)
 
   def extras():  # Read only when the stage trains (a finished one is reused).
-    if method != "kd":
+    if method != "kd" or live:
       return {}
     return {"teacher_logits": streaming.take(logits, ids, config.max_in_memory_mb)}
 

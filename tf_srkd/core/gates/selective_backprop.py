@@ -82,8 +82,8 @@ class SelectiveBackprop(base.GatePolicy):
     self.record["losses"] = self.read(self.losses)
 
   def decide(self, model, ids, rows, labels):
-    logits = model.network(rows["image"], training=False)
-    losses, _ = model.per_sample_loss(rows, labels, logits)
+    logits, taps = model.forward(rows["image"], training=False)
+    losses, _ = model._per_sample_loss(rows, labels, logits, taps)  # pylint: disable=protected-access
     losses = tf.stop_gradient(losses)
     n = tf.shape(ids)[0]
     reference, count = global_batch(losses[:n])
