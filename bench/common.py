@@ -17,6 +17,7 @@ import contextlib
 import dataclasses
 import datetime
 import fcntl
+import json
 import os
 import platform
 import statistics
@@ -310,6 +311,34 @@ def publish(name, title, machine, notes, table, write=True):
   if write:
     write_section(name, body)
   return body
+
+
+def kept_cell(cells_dir, name, settings, compute):
+  """`compute()`'s JSON-able result, kept as `<cells_dir>/<name>.json` so a restarted
+  bench takes it from there instead of computing it again; without `cells_dir`, just
+  `compute()`.
+
+  A kept cell records `settings` (JSON scalars, compared as written); one whose
+  settings differ is refused (SystemExit naming the file), never mixed in. What
+  else a cell should remember (the code version, the load) goes into its result.
+  """
+  if not cells_dir:
+    return compute()
+  path = os.path.join(cells_dir, f"{name}.json")
+  if os.path.exists(path):
+    with open(path, encoding="utf-8") as f:
+      cell = json.load(f)
+    if cell.get("settings") != settings:
+      raise SystemExit(f"{path}: ran with {cell.get('settings')}, not {settings}; remove it "
+                       "or pick another --cells_dir")
+    print(f"{name}: kept in {path}", flush=True)
+    return cell["result"]
+  result = compute()
+  os.makedirs(cells_dir, exist_ok=True)
+  with open(path + ".tmp", "w", encoding="utf-8") as f:
+    json.dump({"settings": settings, "result": result}, f)
+  os.replace(path + ".tmp", path)
+  return result
 
 
 def command_line():

@@ -122,8 +122,10 @@ class Runner:
     self.teacher_logits = None
     self.count = 0
 
-  def run(self, stage, policy, alpha, **settings):
-    """One training run; `stage` is "teacher" or "student"."""
+  def run(self, stage, policy, alpha, refresh="exact", **settings):
+    """One training run; `stage` is "teacher" or "student"; `refresh`: the
+    `--margin_refresh` of self-regulation (the exact gate's teacher is the one the
+    students distil from)."""
     import keras  # pylint: disable=import-outside-toplevel
     import numpy as np  # pylint: disable=import-outside-toplevel
 
@@ -136,7 +138,7 @@ class Runner:
     from tf_srkd.core import training  # pylint: disable=import-outside-toplevel
     from tf_srkd.run import config as config_lib  # pylint: disable=import-outside-toplevel
 
-    config = self.config
+    config = dataclasses.replace(self.config, margin_refresh=refresh)
     spec = config_lib.dataset_spec(config)
     n = self.train.size
     keras.utils.set_random_seed(config.seed)
@@ -164,7 +166,8 @@ class Runner:
                                epochs=config.epochs, alpha=alpha, extras=extras)
     accuracy = stages.evaluate_accuracy(model.network, self.test, config.eval_batch_size)
     zeta = regulation.sample_efficiency(model.participation_counts(), config.epochs)
-    if stage == "teacher" and policy == "self_regulated" and math.isfinite(alpha):
+    if (stage == "teacher" and policy == "self_regulated" and math.isfinite(alpha)
+        and refresh == "exact"):
       self.teacher_logits = stages.predict_logits(network, self.train.images,
                                                   config.eval_batch_size)
       self.significance = regulation.significance(model.participation_counts(),
@@ -226,13 +229,18 @@ def pareto_figure(rows):
                 if (r.dataset, r.stage, r.policy) == (dataset, stage, policy)]
       if points:
         ax.scatter(*zip(*points), marker=markers[policy], label=policy)
-    ax.set_xscale("log")
-    ax.set_xlabel("ζ (fraction of sample-backward passes)")
-    ax.set_ylabel("test accuracy")
-    ax.set_title(f"{dataset} {stage}")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
+    style_pareto_axis(ax, f"{dataset} {stage}")
   return figure
+
+
+def style_pareto_axis(ax, title):
+  """A Pareto panel's axes: ζ on a log scale against test accuracy."""
+  ax.set_xscale("log")
+  ax.set_xlabel("ζ (fraction of sample-backward passes)")
+  ax.set_ylabel("test accuracy")
+  ax.set_title(title)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize="small")
 
 
 def main(argv=None):

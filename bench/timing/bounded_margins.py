@@ -41,7 +41,6 @@ import common  # pylint: disable=wrong-import-position
 from tf_srkd.core import staleness  # pylint: disable=wrong-import-position
 from tf_srkd.run import config_flags  # pylint: disable=wrong-import-position
 from tf_srkd.run import pipeline  # pylint: disable=wrong-import-position
-from tf_srkd.storage import io_utils  # pylint: disable=wrong-import-position
 
 STAGES = ("teacher", "students/regulated", "students/hybrid")
 ARMS = ("exact", "bounded", "audit", "conventional")
@@ -99,25 +98,6 @@ def cell_settings(args):
   return {"dataset": args.dataset, "epochs": args.epochs, "examples": args.examples}
 
 
-def run_cell(args, arm, seed, tmp):
-  """One (arm, seed) run, taken from --cells_dir when it already finished there."""
-  if not args.cells_dir:
-    return run_arm(args, arm, seed, tmp)
-  path = os.path.join(args.cells_dir, f"{arm.replace(':', '_')}-{seed}.json")
-  if os.path.exists(path):
-    with open(path, encoding="utf-8") as f:
-      cell = json.load(f)
-    if cell.get("settings") != cell_settings(args):
-      raise SystemExit(f"{path}: ran with {cell.get('settings')}, not {cell_settings(args)}; "
-                       "remove it or pick another --cells_dir")
-    print(f"seed {seed}: {arm} (kept in {path})", flush=True)
-    return cell["run"]
-  run = run_arm(args, arm, seed, tmp)
-  os.makedirs(args.cells_dir, exist_ok=True)
-  io_utils.write_json(path, {"settings": cell_settings(args), "run": run})
-  return run
-
-
 def run_arm(args, arm, seed, tmp):
   out = os.path.join(tmp, f"{arm.replace(':', '_')}-{seed}")
   load = common.load_average()
@@ -158,7 +138,9 @@ def main():
   with tempfile.TemporaryDirectory() as tmp:
     for seed in seeds:
       for arm in arms:
-        results[arm, seed] = run_cell(args, arm, seed, tmp)
+        results[arm, seed] = common.kept_cell(
+            args.cells_dir, f"{arm.replace(':', '_')}-{seed}", cell_settings(args),
+            lambda arm=arm, seed=seed: run_arm(args, arm, seed, tmp))
   rows, agree_rows = [], []
   for stage in STAGES:
     for arm in [a for a in arms if parse_arm(a)[0] in ("exact", "bounded")]:
