@@ -18,12 +18,9 @@ imported; it therefore runs in a subprocess and is never imported here.
 
 import dataclasses
 import json
-import logging
 import math
 import numbers
 import os
-import subprocess
-import sys
 from typing import Optional
 
 import numpy as np
@@ -31,15 +28,14 @@ import numpy as np
 from export import calibration as calibration_lib
 from export import convert as convert_lib
 from export import mlflow_log
+from export.qat_process import QAT_OBJECTIVES  # pylint: disable=unused-import  # re-exported
+from export.qat_process import export_qat
 from export import sidecar as sidecar_lib
 from export import source
 from export import verify as verify_lib
 from export.errors import ExportError
 from tf_srkd.data import datasets
-from tf_srkd.storage import io_utils
 from tf_srkd.storage import layout
-
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def check_max_in_memory_mb(value: Optional[float]) -> Optional[float]:
@@ -145,19 +141,8 @@ def verified(ctx: ModelContext, tflite_bytes: bytes, quantization: str):
     verify_lib.check_raw_pixel_input(details)
   verification = verify_lib.verify(tflite_bytes, ctx.test_images, ctx.test_labels,
                                    ctx.keras_outputs, ctx.student.outputs_probabilities)
-  warn_if_xnnpack_refused(quantization, verification)
+  verify_lib.warn_if_xnnpack_refused(quantization, verification)
   return details, verification
-
-
-def warn_if_xnnpack_refused(name: str, verification: dict):
-  """Logs that XNNPACK refused an export (see `verify.allocated_interpreter`)."""
-  if not verification.get("xnnpack_refusal"):
-    return
-  logging.warning(
-      "%s export: XNNPACK refused the model (%s); verified on LiteRT's built-in kernels, and the "
-      "latency is theirs. An app that applies XNNPACK may fail the same way; the usual cause is "
-      "a channel that never activates on the calibration images (more of them: "
-      "tf-srkd-export --num_calibration_samples).", name, verification["xnnpack_refusal"])
 
 
 def write_and_log(ctx: ModelContext, output: str, tflite_bytes: bytes, quantization: str,
@@ -340,56 +325,6 @@ def _at_chance(stage) -> bool:
     return False
   with open(stage.metrics, encoding="utf-8") as f:
     return bool(json.load(f).get("at_chance"))
-
-
-def export_qat(model, output: str, qat_epochs: int = 1, *, qat_learning_rate: float = 1e-4,
-               batch_size: int = 0, dataset: Optional[str] = None, test_examples: int = 0,
-               dense_per_channel: bool = False, mlflow_run_id: Optional[str] = None,
-               tracking_uri: Optional[str] = None, seed: int = 0,
-               timeout: Optional[float] = None) -> dict:
-  """Quantization-aware training + int8 export, in a subprocess (`python -m export.qat`).
-
-  tensorflow-model-optimization only handles tf_keras models and switches its
-  process to legacy Keras, so it never runs in the caller's process. See
-  `export/qat.py` for what the subprocess does.
-
-  Returns:
-    The QAT export's result (the sidecar dict plus `paths`).
-
-  Raises:
-    ExportError: bad arguments or a failed subprocess (its last lines quoted).
-  """
-  sidecar_lib.check_output(output)
-  if int(qat_epochs) < 1:
-    raise ExportError(f"--qat_epochs={qat_epochs}: expected an integer >= 1")
-  if isinstance(model, source.Student):
-    model = model.model_ref
-  args = [sys.executable, "-m", "export.qat", f"--model={model}", f"--output={output}",
-          f"--qat_epochs={int(qat_epochs)}", f"--qat_learning_rate={qat_learning_rate}",
-          f"--batch_size={int(batch_size)}", f"--test_examples={int(test_examples)}",
-          f"--seed={int(seed)}", "--dense_per_channel" if dense_per_channel else
-          "--nodense_per_channel"]
-  if dataset:
-    args.append(f"--dataset={dataset}")
-  if mlflow_run_id:
-    args.append(f"--mlflow_run_id={mlflow_run_id}")
-  if tracking_uri:
-    args.append(f"--mlflow_tracking_uri={tracking_uri}")
-  env = dict(os.environ)
-  env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO_ROOT, env.get("PYTHONPATH")) if p)
-  env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  proc = subprocess.run(args, cwd=REPO_ROOT, env=env, capture_output=True, text=True,
-                        timeout=timeout, check=False)
-  if proc.returncode != 0:
-    lines = [l for l in (proc.stderr or "").strip().splitlines() if l.strip()]
-    errors = [l for l in lines if l.startswith("error:")]
-    tail = "\n".join(errors or lines[-15:])
-    raise ExportError(f"QAT export of {model} failed (exit {proc.returncode}):\n{tail}")
-  paths = sidecar_lib.export_paths(output)
-  result = dict(io_utils.read_json(paths["sidecar"]), paths=paths)
-  # The subprocess's own warning went to its captured stderr.
-  warn_if_xnnpack_refused("int8_qat", result["verification"])
-  return result
 
 
 def format_results(rows) -> str:

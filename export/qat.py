@@ -8,20 +8,27 @@ tensorflow-model-optimization 0.8.1 sets TF_USE_LEGACY_KERAS=1 for the process,
 and it only accepts tf_keras models. Nothing imports tfmot at module import
 time, not even this module.
 
+This is quantization-aware *distillation*: the fake-quantized student is
+trained against its teacher under its own mode's objective and gate.
+
 Steps:
-  1. Load the Keras 3 student and render the same architecture as a tf_keras
-     model from the registry definition (`models.build_model(...,
-     keras_module=tf_keras)`); copy the weights layer by layer and require a
-     max abs difference of exactly 0 between the two on real test images.
-  2. `tfmot.quantization.keras.quantize_model` it. The input quantizer's range
-     is pinned to [0, 1] so the int8 model's uint8 input is the raw pixel.
-  3. Fine-tune for `--qat_epochs` on the run's transfer set with the
-     distillation objective of the student's mode: KL to the teacher's soft
-     targets at temperature tau (+ tau^2 scaling as configured) + lambda * CE,
-     each sample weighted by the teacher's significance in the `significance`
-     and `hybrid` modes, normalised by the batch size. The self-regulating gate
-     of the `regulated`/`hybrid` modes is not applied here: every sample takes
-     part in the short fine-tuning (documented in docs/export.md).
+  1. Load the Keras 3 student and draw it as a flat tf_keras model
+     (`export.twin`: any functional or Sequential model of built-in layers,
+     `keras.applications` students included); copy the weights by layer name and
+     require the two to agree on real test images (exactly, for the registry's).
+  2. Fake-quantize it with tfmot's default 8-bit scheme (`export.fake_quant`).
+     The input quantizer's range is pinned to [0, 1] so the int8 model's uint8
+     input is the raw pixel.
+  3. Fine-tune for `--qat_epochs` on the run's transfer set with the student's
+     own objective (`Objective`, read from the run's flags): KL to the teacher's
+     soft targets at temperature tau (+ tau^2 scaling as configured) + lambda * CE,
+     weighted by the teacher's significance in the `significance` and `hybrid`
+     modes, and, in the `regulated` and `hybrid` modes, gated as in training: a
+     sample takes part iff the fake-quantized student misclassifies it or its
+     margin is below eta(n), n continuing the student's epochs. The loss is
+     normalised as `--distill_loss_normaliser` says. Only the paper's logit KD
+     term is used: a run's feature terms (`--distillation_loss=feature:...`) are
+     not reproduced here (docs/export.md).
   4. Convert to int8 (uint8 raw-pixel input, int8 probabilities) and verify in
      LiteRT against the original Keras student, as every export does.
 """
@@ -34,14 +41,15 @@ import numpy as np
 
 from export import api
 from export import convert as convert_lib
+from export import fake_quant
+from export import fine_tune as fine_tune_lib
 from export import sidecar as sidecar_lib
 from export import source
+from export import twin as twin_lib
 from export.errors import ExportError
+from tf_srkd.core import modes as modes_lib
 from tf_srkd.data import arrays as data
 from tf_srkd.storage import layout
-from tf_srkd.core import losses
-from tf_srkd.models import zoo as models
-from tf_srkd.core import modes as modes_lib
 
 
 def import_tfmot():
@@ -53,39 +61,18 @@ def import_tfmot():
 
 
 def tf_keras_twin(student: source.Student, tf_keras, check_images: np.ndarray):
-  """The student's architecture as a tf_keras model with the very same weights.
+  """The student as a flat tf_keras model with the very same weights (`export.twin`).
 
   Returns:
-    (twin, max_abs_diff) where max_abs_diff, measured on `check_images`, is 0.
+    (twin, max_abs_diff) where max_abs_diff, measured on `check_images`, is within
+    `twin.TOLERANCE` (0 for the registry's students).
 
   Raises:
-    ExportError: unknown architecture, mismatched layers, or outputs that differ.
+    ExportError: a layer or operation without a twin, mismatched layers, or outputs that
+      differ.
   """
-  if student.architecture not in models.MODELS:
-    raise ExportError(f"--model={student.model_ref}: QAT needs the architecture's registry name "
-                      f"(got {student.architecture!r}; expected one of {sorted(models.MODELS)})")
-  twin = models.build_model(student.architecture, student.image_shape, student.spec.num_classes,
-                            keras_module=tf_keras)
-  source = [layer for layer in student.model.layers if layer.weights]
-  target = {layer.name: layer for layer in twin.layers if layer.weights}
-  if sorted(l.name for l in source) != sorted(target):
-    raise ExportError(f"{student.model_ref}: its layers {[l.name for l in source]} do not match "
-                      f"the registry's {student.architecture} ({sorted(target)})")
-  for layer in source:
-    weights = layer.get_weights()
-    expected = [tuple(w.shape) for w in target[layer.name].get_weights()]
-    if [tuple(w.shape) for w in weights] != expected:
-      raise ExportError(f"{student.model_ref}: layer {layer.name} has weight shapes "
-                        f"{[w.shape for w in weights]}, the tf_keras twin {expected}")
-    target[layer.name].set_weights(weights)
-  images = data.preprocess(check_images).numpy()
-  a = np.asarray(student.model(images, training=False))
-  b = np.asarray(twin(images, training=False))
-  diff = float(np.max(np.abs(a - b)))
-  if diff != 0.0:
-    raise ExportError(f"the tf_keras twin of {student.model_ref} differs from it by {diff} "
-                      f"(expected exactly 0)")
-  return twin, diff
+  twin = twin_lib.build_twin(student.model, tf_keras)
+  return twin, twin_lib.check_twin(student.model, twin, data.preprocess(check_images).numpy())
 
 
 def pin_input_range(quantized_model):
@@ -95,7 +82,8 @@ def pin_input_range(quantized_model):
   (starting at 0); starting it at [0, 1] keeps it there for [0, 1] images, so
   the exported uint8 input has scale 1/255 and zero point 0.
   """
-  layer = quantized_model.layers[0]
+  layer = next((l for l in quantized_model.layers if type(l).__name__ == "QuantizeLayer"),
+               quantized_model.layers[0])
   pinned = 0
   for w in layer.weights:
     short = w.name.split("/")[-1].split(":")[0]
@@ -120,40 +108,6 @@ def load_teacher_logits(student: source.Student, train_images: np.ndarray) -> np
   teacher = keras.models.load_model(teacher_path, compile=False)
   return np.asarray(teacher.predict(data.image_batches(train_images, 1024), verbose=0),
                     np.float32)
-
-
-def fine_tune(qmodel, tf_keras, train, teacher_logits, significance, *, epochs, learning_rate,
-              batch_size, seed, temperature, kd_lambda, scale_temperature_squared):
-  """Distillation fine-tuning of the quantize-wrapped model; returns per-epoch mean losses."""
-  import tensorflow as tf  # pylint: disable=import-outside-toplevel
-
-  extras = {"teacher_logits": teacher_logits}
-  if significance is not None:
-    extras["significance"] = significance.astype(np.float32)
-  dataset = data.train_dataset(train, batch_size, seed, 0, epochs, extras)
-  optimizer = tf_keras.optimizers.Adam(learning_rate)
-  variables = qmodel.trainable_variables
-
-  @tf.function
-  def step(features, labels):
-    with tf.GradientTape() as tape:
-      logits = qmodel(features["image"], training=True)
-      total, _, _ = losses.distillation_loss(labels, features["teacher_logits"], logits,
-                                             temperature, kd_lambda, scale_temperature_squared)
-      weights = (tf.cast(features["significance"], tf.float32) if "significance" in features
-                 else tf.ones_like(total))
-      loss = losses.normalised_loss(total, weights, tf.size(labels))
-    optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
-    return loss
-
-  steps = data.steps_per_epoch(train.size, batch_size)
-  history, running = [], []
-  for i, (features, labels) in enumerate(dataset):
-    running.append(float(step(features, labels)))
-    if (i + 1) % steps == 0:
-      history.append(float(np.mean(running)))
-      running = []
-  return history
 
 
 def convert_qat(qmodel, image_shape) -> bytes:
@@ -189,7 +143,7 @@ def convert_qat(qmodel, image_shape) -> bytes:
 def export_qat_model(model, output: str, qat_epochs: int = 1, *, qat_learning_rate: float = 1e-4,
                      batch_size: int = 0, dataset=None, test_examples: int = 0,
                      dense_per_channel: bool = False, mlflow_run_id=None, tracking_uri=None,
-                     seed: int = 0) -> dict:
+                     seed: int = 0, qat_objective: str = "distillation") -> dict:
   """QAT + int8 export in *this* process (which it switches to legacy tf.keras).
 
   Call `export.api.export_qat` instead from any process that uses Keras 3
@@ -221,17 +175,17 @@ def export_qat_model(model, output: str, qat_epochs: int = 1, *, qat_learning_ra
       raise ExportError(f"the significance has {significance.shape[0]} entries, the transfer "
                         f"set {train.size}")
   tf_keras.utils.set_random_seed(seed)
-  qmodel = tfmot.quantization.keras.quantize_model(twin)
+  try:
+    qmodel = fake_quant.quantize(twin, tfmot, tf_keras)
+  except (RuntimeError, ValueError) as e:
+    raise ExportError(f"{student.model_ref}: tensorflow-model-optimization cannot quantize it: "
+                      f"{' '.join(str(e).split())[:300]}") from e
   pin_input_range(qmodel)
   batch_size = int(batch_size) or int(cfg.get("batch_size") or 0) or 512
-  temperature = float(cfg.get("temperature", 20.0))
-  kd_lambda = float(cfg.get("kd_lambda", 0.3))
-  scale_t2 = cfg.get("kd_scale_temperature_squared", True)
-  scale_t2 = scale_t2 if isinstance(scale_t2, bool) else str(scale_t2).lower() == "true"
-  history = fine_tune(qmodel, tf_keras, train, teacher_logits, significance,
-                      epochs=int(qat_epochs), learning_rate=qat_learning_rate,
-                      batch_size=batch_size, seed=seed, temperature=temperature,
-                      kd_lambda=kd_lambda, scale_temperature_squared=scale_t2)
+  objective = fine_tune_lib.objective_of(cfg, mode, labels_only=qat_objective == "labels")
+  history, shares = fine_tune_lib.fine_tune(qmodel, tf_keras, train, teacher_logits, significance, objective,
+                              epochs=int(qat_epochs), learning_rate=qat_learning_rate,
+                              batch_size=batch_size, seed=seed)
   qat_keras_predicted = np.asarray(qmodel.predict(
       data.image_batches(ctx.test_images, 1024), verbose=0)).argmax(axis=-1)
   tflite_bytes = convert_qat(qmodel, student.image_shape)
@@ -243,14 +197,21 @@ def export_qat_model(model, output: str, qat_epochs: int = 1, *, qat_learning_ra
       "batch_size": batch_size,
       "seed": int(seed),
       "train_examples": int(train.size),
-      "objective": "distillation: KL(teacher/tau || student/tau)"
-                   f"{' * tau^2' if scale_t2 else ''} + lambda * CE"
-                   f"{', weighted by significance' if mode.weight_by_significance else ''}",
-      "temperature": temperature,
-      "kd_lambda": kd_lambda,
-      "weight_by_significance": bool(mode.weight_by_significance),
-      "self_regulation_gate": False,
+      "qat_objective": qat_objective,
+      "objective": objective.describe(),
+      "temperature": objective.temperature,
+      "kd_lambda": objective.kd_lambda,
+      "weight_by_significance": objective.weight_by_significance,
+      "self_regulation_gate": objective.regulate,
+      "distill_alpha": objective.alpha,
+      "first_epoch": objective.first_epoch,
+      "loss_normaliser": objective.normaliser,
+      # What the run distilled with; the fine-tuning uses its logit KD term only.
+      "run_distillation_loss": cfg.get("distillation_loss") or ["logits"],
       "loss_per_epoch": history,
+      # Share of the transfer set inside the backward pass, per epoch (1 without the gate).
+      "participation_per_epoch": shares,
+      "zeta": float(np.mean(shares)) if shares else None,
       # The fine-tuned fake-quant model in tf_keras: separates the gain of the
       # extra training from the cost of quantization.
       "fake_quant_keras_test_accuracy": float(np.mean(qat_keras_predicted == ctx.test_labels)),
@@ -288,6 +249,9 @@ def _define_flags():
   flags.DEFINE_string("mlflow_tracking_uri", None, "The MLflow store of --mlflow_run_id and of a "
                       "runs:/ --model (default: $MLFLOW_TRACKING_URI, else MLflow's default).")
   flags.DEFINE_integer("seed", 0, "Seed of the fine-tuning.")
+  flags.DEFINE_enum("qat_objective", "distillation", list(api.QAT_OBJECTIVES),
+                    "distillation: the student's own KD objective, significance and gate "
+                    "(quantization-aware distillation); labels: cross-entropy only (plain QAT).")
 
 
 def main(argv):
@@ -302,7 +266,8 @@ def main(argv):
     result = export_qat_model(
         f.model, f.output, f.qat_epochs, qat_learning_rate=f.qat_learning_rate,
         batch_size=f.batch_size, dataset=f.dataset, test_examples=f.test_examples,
-        mlflow_run_id=f.mlflow_run_id, tracking_uri=f.mlflow_tracking_uri, seed=f.seed)
+        mlflow_run_id=f.mlflow_run_id, tracking_uri=f.mlflow_tracking_uri, seed=f.seed,
+        qat_objective=f.qat_objective)
   except ExportError as e:
     # The parent process (`export.api`) shows this line to the user as the error.
     print(f"error: {e}", file=sys.stderr)

@@ -5,6 +5,7 @@ accuracy, their argmax agreement, the file size and the median single-image
 latency go into the sidecar.
 """
 
+import logging
 import time
 
 import numpy as np
@@ -163,3 +164,14 @@ def verify(tflite_bytes: bytes, images: np.ndarray, labels: np.ndarray,
       "kernels": "builtin" if xnnpack_refusal else "xnnpack",
       "xnnpack_refusal": xnnpack_refusal,
   }
+
+
+def warn_if_xnnpack_refused(name: str, verification: dict):
+  """Logs that XNNPACK refused an export (see `verify.allocated_interpreter`)."""
+  if not verification.get("xnnpack_refusal"):
+    return
+  logging.warning(
+      "%s export: XNNPACK refused the model (%s); verified on LiteRT's built-in kernels, and the "
+      "latency is theirs. An app that applies XNNPACK may fail the same way; the usual cause is "
+      "a channel that never activates on the calibration images (more of them: "
+      "tf-srkd-export --num_calibration_samples).", name, verification["xnnpack_refusal"])

@@ -187,8 +187,22 @@ def mean_std(values, pattern):
   return f"{pattern.format(statistics.mean(values))} ± {pattern.format(statistics.stdev(values))}"
 
 
-def summarize(dataset, by_seed):
-  """Table rows and plot points of one dataset: {seed: {(stage, arm): cell}}."""
+def chance_check(dataset):
+  """accuracy -> True when it is not clearly above chance on the dataset's test split
+  (`tf_srkd.core.chance`: a model that answers one class scores ~1/classes)."""
+  from tf_srkd.core import chance  # pylint: disable=import-outside-toplevel
+  from tf_srkd.run import config as config_lib  # pylint: disable=import-outside-toplevel
+
+  spec = config_lib.dataset_spec(flagfile_config(dataset))
+  n, classes = spec.test_size, len(spec.class_names)
+  if not n or not chance.can_tell(n, classes):
+    return lambda accuracy: False
+  return lambda accuracy: not chance.clearly_above_chance(accuracy, n, classes)
+
+
+def summarize(dataset, by_seed, at_chance=lambda accuracy: False):
+  """Table rows and plot points of one dataset: {seed: {(stage, arm): cell}}. A cell whose
+  accuracy `at_chance` says is chance level is marked in the table, with its seeds."""
   rows, points = [], []
   seeds = sorted(by_seed)
   for stage in ("teacher", "student"):
@@ -205,9 +219,13 @@ def summarize(dataset, by_seed):
       zeta = [c["zeta"] for c in cells]
       setting = ("α=inf" if policy == "conventional" else
                  "; ".join(dict.fromkeys(c["setting"] for c in cells)) or "paper α")
+      collapsed = [str(s) for s, c in zip(seeds, cells) if at_chance(c["accuracy"])]
+      shown = mean_std(accuracy, "{:.4f}")
+      if collapsed:
+        shown += f" **AT CHANCE** (seed{'s' if len(collapsed) > 1 else ''} {', '.join(collapsed)})"
       rows.append([stage, arm, setting,
                    mean_std(targets, "{:.3%}") if targets else "—", mean_std(zeta, "{:.3%}"),
-                   budget, mean_std(accuracy, "{:.4f}"), mean_std(ratios, "{:.3f}")])
+                   budget, shown, mean_std(ratios, "{:.3f}")])
       points.append((stage, arm, zeta, accuracy))
   return rows, points
 
@@ -236,7 +254,7 @@ def main(argv=None):
       args.cells_dir = os.path.join(root, "cells")  # A check leaves the repository alone.
     for dataset in args.datasets.split(","):
       by_seed = {s: measure(dataset, s, args, os.path.join(root, dataset, str(s))) for s in seeds}
-      rows, points = summarize(dataset, by_seed)
+      rows, points = summarize(dataset, by_seed, chance_check(dataset))
       table = common.markdown_table(
           ["stage", "policy", "setting", "target ζ", "ζ", "matched (±10 %)", "test accuracy",
            "time / conventional"], rows)
@@ -252,7 +270,9 @@ def main(argv=None):
           "seeds.",
           "Targets: Selective Backprop β = 1/ζ − 1 and random p = ζ, with ζ the same seed's "
           "self-regulated (exact) budget; InfoBatch at r = 0.9, its lowest practical budget. "
-          "Matched: the achieved ζ within 10 % of the target in every seed.",
+          "Matched: the achieved ζ within 10 % of the target in every seed. AT CHANCE: a "
+          "seed's model is not clearly above 1/classes on the test split "
+          "(`tf_srkd.core.chance`); its numbers are those of a collapsed network.",
           "Time / conventional: fit wall time against the same seed's α = inf run of the same "
           "stage, measured in the same process unless a run was resumed from --cells_dir.",
           f"Measured at: {'; '.join(codes)}; 1-min load average at the end of each run "

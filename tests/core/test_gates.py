@@ -96,9 +96,22 @@ def test_infobatch_weights_and_annealing_epoch():
 def test_selective_backprop_probability_is_the_percentile_to_the_beta():
   reference = np.array([3.0, 1.0, 2.0, 2.0, np.inf], np.float32)  # one +inf pad
   losses_ = np.array([0.5, 1.0, 2.0, 3.0, 2.5], np.float32)
-  expected = np.array([0, 1, 3, 4, 3], np.float32) / 4
+  # scipy.stats.percentileofscore(kind="rank"), as the reference code: the tied 2.0s
+  # share ranks 2 and 3 (5/8, not 3/4); a value absent from the reference ranks as "<=".
+  expected = np.array([0, 2, 5, 8, 6], np.float32) / 8
   got = selective_backprop.keep_probability(losses_, reference, 4, 2.0).numpy()
   np.testing.assert_allclose(got, expected**2, rtol=1e-6)
+
+
+def test_selective_backprop_ties_at_the_top_are_not_kept_for_sure():
+  # A collapsed network: one loss per class. With beta = 220 (zeta ~0.45 %), the 50 rows
+  # tied at the top of 512 would all be kept under a "<=" percentile.
+  reference = np.repeat(np.arange(10, dtype=np.float32), [46] * 9 + [98])
+  got = selective_backprop.keep_probability(reference, reference, 512, 220.0).numpy()
+  assert got.max() < 1e-4
+  unique = np.arange(512, dtype=np.float32)
+  top = selective_backprop.keep_probability(unique, unique, 512, 220.0).numpy()
+  np.testing.assert_allclose(top, (np.arange(1, 513) / 512) ** 220, rtol=1e-4, atol=1e-30)
 
 
 def test_registry_and_bad_flags():

@@ -23,6 +23,7 @@ BENCH = os.path.join(ROOT, "bench")
 QUICK_RUNS = {
     "reproduction/bn_gate": (["--output_root={tmp}/run"], ["| regulated | masked |", "| hybrid | compact |"]),
     "reproduction/mobile": (["--output_root={tmp}/run"], ["| conventional |", "| hybrid |"]),
+    "reproduction/qad": (["--output_root={tmp}/run"], ["| hybrid |", "| ok / ok / ok |"]),
     "reproduction/precise_bn_case": (["--output_root={tmp}/run"], ["| hybrid |", "precise BN"]),
     "reproduction/peers": ([], ["| mnist | teacher | self_regulated |", "| mnist | student | infobatch |",
                    "| mnist | student | selective_backprop |", "| mnist | student | random |"]),

@@ -79,7 +79,7 @@ def export_students(config, modes, tracker):
       config.output_dir, config.export, modes=modes,
       mlflow_run_ids={m: run_id for m, run_id in run_ids.items() if run_id},
       tracking_uri=tracker.tracking_uri, max_in_memory_mb=config.max_in_memory_mb,
-      export_at_chance=config.export_at_chance)
+      export_at_chance=config.export_at_chance, qat_epochs=config.qad_epochs)
   for mode, by_quantization in results.items():
     for quantization, result in by_quantization.items():
       console.say(f"export {mode}/{quantization}: " + str({

@@ -86,6 +86,10 @@ def validate(config: Config) -> Config:
   _require(config.strategy in STRATEGIES, f"--strategy={config.strategy}: expected one of {', '.join(STRATEGIES)}")
   for q in config.export:
     _require(q in QUANTIZATIONS, f"--export={q}: expected a comma list of {', '.join(QUANTIZATIONS)}")
+  _require(config.qad_epochs >= 0, f"--qad_epochs={config.qad_epochs}: expected an integer >= 0")
+  _require(not config.qad_epochs or "int8" in config.export,
+           f"--qad_epochs={config.qad_epochs}: trains the int8 student, so it needs int8 in "
+           f"--export (got --export={','.join(config.export) or 'nothing'}); add --export=int8")
   _finite_nonnegative_or_inf("alpha", config.alpha)
   _finite_nonnegative_or_inf("distill_alpha", config.distill_alpha)
   for flag in ("temperature", "gate_temperature"):

@@ -205,6 +205,12 @@ class Config:
   export_at_chance: bool = _flag(
       False, "Export (and --register_model) students whose test accuracy is not clearly above "
       "chance (left out by default).")
+  qad_epochs: int = _flag(
+      0, "With --export=int8: also fine-tune each student for K epochs with fake "
+      "quantization (tensorflow-model-optimization) under its own distillation loss, "
+      "significance and self-regulating gate, and export that as "
+      "tflite/model_int8_qat.tflite (docs/export.md, quantization-aware distillation). "
+      "0: post-training quantization only.")
 
   @property
   def resolved_distill_epochs(self) -> int:

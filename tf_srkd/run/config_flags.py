@@ -80,7 +80,7 @@ HELP_GROUPS = (
                   "cpu_replicas", "jit_compile", "deterministic")),
     ("outputs and tracking", ("output_dir", "overwrite", "verbose", "mlflow",
                               "mlflow_experiment", "mlflow_tracking_uri", "register_model")),
-    ("export", ("export", "export_at_chance")),
+    ("export", ("export", "export_at_chance", "qad_epochs")),
 )
 
 

@@ -29,7 +29,7 @@ _NON_IDENTITY_FIELDS |= {"register_model"}  # Registering happens after every st
 # Steps per compiled call change the Python round trips, not the steps.
 _NON_IDENTITY_FIELDS |= {"steps_per_execution"}
 # Whether an at-chance student is exported does not change any stage.
-_NON_IDENTITY_FIELDS |= {"export_at_chance"}
+_NON_IDENTITY_FIELDS |= {"export_at_chance", "qad_epochs"}
 
 
 def _json_value(value):

@@ -7,7 +7,7 @@ part in the backward pass with probability
   P(L) = percentile(L among the recent losses) ** beta
 
 (`--sb_beta`; higher beta is more selective), the percentile being the fraction
-of recent losses <= L. The reference implementation's recent losses are the
+of recent losses <= L, ties sharing their mean rank (`keep_probability`). The reference implementation's recent losses are the
 last R = 1024 losses seen (two batches of 512); here they are the losses of the
 current *global* batch (every replica's rows, gathered), a window whose content
 does not depend on how the batch is split over replicas, so the decisions are
@@ -46,7 +46,16 @@ def global_batch(values):
 
 
 def keep_probability(losses, reference, count, beta):
-  """P(L) = (#{reference <= L} / count) ** beta for each of `losses`.
+  """P(L) = percentile(L) ** beta for each of `losses`, with the reference
+  implementation's percentile, `scipy.stats.percentileofscore(kind="rank")`:
+
+    percentile(L) = (#{ref < L} + #{ref <= L} + [some ref == L]) / (2 count)
+
+  For a loss found once in the reference this is #{ref <= L} / count; tied losses
+  share the mean of their ranks. The tie rule matters when a network collapses to
+  one output for every input: its losses then take one value per class, and
+  ranking ties at the top (#{ref <= L} / count = 1) would keep a whole class with
+  probability 1 whatever beta is.
 
   Args:
     losses: [rows] the losses to rank.
@@ -55,8 +64,11 @@ def keep_probability(losses, reference, count, beta):
     beta: the selectivity exponent.
   """
   ordered = tf.sort(tf.cast(reference, tf.float32))
-  below = tf.searchsorted(ordered, tf.cast(losses, tf.float32), side="right")
-  fraction = tf.cast(below, tf.float32) / tf.cast(tf.maximum(count, 1), tf.float32)
+  values = tf.cast(losses, tf.float32)
+  below = tf.searchsorted(ordered, values, side="left")
+  at_most = tf.searchsorted(ordered, values, side="right")
+  ranks = below + at_most + tf.cast(at_most > below, below.dtype)
+  fraction = tf.cast(ranks, tf.float32) / tf.cast(2 * tf.maximum(count, 1), tf.float32)
   return tf.pow(fraction, tf.cast(beta, tf.float32))
 
 

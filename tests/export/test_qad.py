@@ -1,0 +1,189 @@
+"""Quantization-aware distillation: the tf_keras twin of any functional student, the
+student's own objective and gate under fake quantization, and `--qad_epochs` end to end."""
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+from export import fake_quant
+from export import qat_process
+from export import tflite
+from export import twin as twin_lib
+from export.errors import ExportError
+from tests.conftest import ROOT
+from tests.support import litert_run
+
+pytestmark = pytest.mark.xdist_group("test_qad")
+
+
+def _images(shape, n=16, seed=0):
+  return np.random.default_rng(seed).random((n, *shape)).astype(np.float32)
+
+
+def test_twin_of_a_keras_applications_student_matches_it():
+  import tf_keras  # pylint: disable=import-outside-toplevel
+
+  from tf_srkd.models import sources  # pylint: disable=import-outside-toplevel
+
+  model = sources.build("MobileNetV3Small", (32, 32, 3), 10)
+  twin = twin_lib.build_twin(model, tf_keras)
+  # Flat: tfmot refuses nested models; the hard-swish pieces are built-in layers.
+  assert not any(isinstance(layer, tf_keras.Model) for layer in twin.layers)
+  assert not any(type(layer).__name__ == "TFOpLambda" for layer in twin.layers)
+  diff = twin_lib.check_twin(model, twin, _images((32, 32, 3)))
+  assert diff <= twin_lib.TOLERANCE
+  assert set(twin_lib.weighted_layers(model)) <= {l.name for l in twin.layers}
+
+
+def test_twin_of_a_registry_student_is_exact():
+  import tf_keras  # pylint: disable=import-outside-toplevel
+
+  from tf_srkd.models import zoo  # pylint: disable=import-outside-toplevel
+
+  model = zoo.build_model("lenet5_half", (28, 28, 1), 10)
+  twin = twin_lib.build_twin(model, tf_keras)
+  assert twin_lib.check_twin(model, twin, _images((28, 28, 1)), exact=True) == 0.0
+  assert twin.count_params() == model.count_params()
+
+
+def test_twin_maps_arithmetic_with_constants_exactly():
+  import tf_keras  # pylint: disable=import-outside-toplevel
+
+  inputs = keras.Input((4, 4, 2))
+  x = keras.layers.Conv2D(3, 1, name="conv")(inputs)
+  y = (x + 3.0) * 0.5 - 1.0
+  y = 2.0 - y / 4.0
+  z = keras.layers.Activation("hard_sigmoid")(x) + keras.layers.Activation("hard_silu")(y)
+  model = keras.Model(inputs, keras.layers.Flatten()(z * x))
+  twin = twin_lib.build_twin(model, tf_keras)
+  images = _images((4, 4, 2)) * 10 - 5  # Both sides of the hard activations' knees.
+  np.testing.assert_allclose(np.asarray(twin(images)), np.asarray(model(images)), atol=1e-5)
+
+
+def test_twin_names_what_it_cannot_copy():
+  import tf_keras  # pylint: disable=import-outside-toplevel
+
+  inputs = keras.Input((4, 4, 1))
+  model = keras.Model(inputs, keras.layers.Flatten()(keras.ops.sin(inputs)))
+  with pytest.raises(ExportError, match=r"operation sin \(Sin"):
+    twin_lib.build_twin(model, tf_keras)
+
+  class Custom(keras.layers.Layer):
+
+    def call(self, x):
+      return x * 2
+
+  model = keras.Model(inputs, Custom(name="mine")(inputs))
+  with pytest.raises(ExportError, match="layer mine"):
+    twin_lib.build_twin(model, tf_keras)
+
+
+def test_objective_follows_the_run_and_mode():
+  from export import fine_tune  # pylint: disable=import-outside-toplevel
+  from tf_srkd.core import modes  # pylint: disable=import-outside-toplevel
+
+  cfg = {"epochs": 200, "distill_epochs": 50, "temperature": 4.0, "kd_lambda": 0.5,
+         "kd_scale_temperature_squared": "false", "distill_alpha": 0.1,
+         "distill_loss_normaliser": "batch", "gate_temperature": 2.0}
+  hybrid = fine_tune.objective_of(cfg, modes.get_mode("hybrid"))
+  assert (hybrid.regulate, hybrid.weight_by_significance, hybrid.first_epoch) == (True, True, 50)
+  assert (hybrid.temperature, hybrid.kd_lambda, hybrid.scale_temperature_squared) == (4.0, 0.5,
+                                                                                       False)
+  assert (hybrid.alpha, hybrid.normaliser, hybrid.gate_temperature) == (0.1, "batch", 2.0)
+  assert "self-regulated" in hybrid.describe() and "significance" in hybrid.describe()
+  plain = fine_tune.objective_of({"epochs": 3}, modes.get_mode("conventional"))
+  assert (plain.regulate, plain.first_epoch, plain.normaliser) == (False, 3, "participants")
+  labels = fine_tune.objective_of(cfg, modes.get_mode("hybrid"), labels_only=True)
+  assert not (labels.distill or labels.regulate or labels.weight_by_significance)
+
+
+def test_export_qat_names_a_bad_objective_before_starting(tmp_path):
+  with pytest.raises(ExportError, match="--qat_objective=teacher: expected one of "
+                     "distillation, labels"):
+    qat_process.export_qat("any.keras", str(tmp_path / "q" / "m.tflite"),
+                           qat_objective="teacher")
+  assert not (tmp_path / "q").exists()
+  assert fake_quant.OUTPUT_QUANTIZED == ("Rescaling", "Multiply", "Subtract")
+
+
+_FAKE_QUANT_SCRIPT = """
+import numpy as np
+from tf_srkd.models import sources
+from export import convert, fake_quant, qat, twin, verify
+model = sources.build("MobileNetV3Small", (32, 32, 3), 10)
+tfmot, tf_keras = qat.import_tfmot()
+quantized = fake_quant.quantize(twin.build_twin(model, tf_keras), tfmot, tf_keras)
+qat.pin_input_range(quantized)
+images = np.random.default_rng(0).random((32, 32, 32, 3)).astype(np.float32)
+quantized(images, training=True)  # Moving-average ranges from one batch.
+details = verify.io_details(qat.convert_qat(quantized, (32, 32, 3)))
+verify.check_raw_pixel_input(details)
+print("OPS", ",".join(details["ops"]))
+"""
+
+
+@pytest.mark.slow
+def test_fake_quantized_mobilenet_v3_converts_to_full_integer():
+  # tfmot switches its process to legacy Keras: a subprocess, as export_qat runs it.
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  proc = subprocess.run([sys.executable, "-c", _FAKE_QUANT_SCRIPT], cwd=ROOT, env=env,
+                        capture_output=True, text=True, check=False, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  ops = proc.stdout.split("OPS ")[-1].strip().split(",")
+  assert "DEQUANTIZE" not in ops and {"CONV_2D", "DEPTHWISE_CONV_2D", "MUL", "ADD"} <= set(ops)
+
+
+@pytest.fixture(scope="module")
+def qad_run(tmp_path_factory):
+  """A tiny run through the CLI's `run` with --export=int8 --qad_epochs=1."""
+  from tf_srkd.cli import main as cli_main  # pylint: disable=import-outside-toplevel
+  from tf_srkd.run import config as config_lib  # pylint: disable=import-outside-toplevel
+
+  out = str(tmp_path_factory.mktemp("qad") / "run")
+  config = config_lib.Config(dataset="mnist", epochs=2, train_examples=512, batch_size=64,
+                             eval_batch_size=256, verbose=0, mlflow=False,
+                             modes=("conventional", "hybrid"), output_dir=out, export=("int8",),
+                             qad_epochs=1, export_at_chance=True)
+  cli_main.run(config)
+  return out
+
+
+@pytest.mark.slow
+def test_qad_epochs_exports_a_gated_full_integer_student(qad_run):
+  for mode, gated in (("conventional", False), ("hybrid", True)):
+    tflite_dir = os.path.join(qad_run, "students", mode, "tflite")
+    assert {"model_int8.tflite", "model_int8_qat.tflite"} <= set(os.listdir(tflite_dir))
+    with open(os.path.join(tflite_dir, "model_int8_qat.json"), encoding="utf-8") as f:
+      sidecar = json.load(f)
+    assert sidecar["full_integer"] and sidecar["input"]["dtype"] == "uint8"
+    qad = sidecar["qat"]
+    assert qad["self_regulation_gate"] is gated and qad["first_epoch"] == 2
+    share = qad["participation_per_epoch"][0]
+    # The gate keeps the misclassified and the unsure: some, not all, of 512 rows.
+    assert (0.0 < share < 1.0) if gated else share == 1.0
+    interpreter = litert_run.load(os.path.join(tflite_dir, "model_int8_qat.tflite"))
+    assert interpreter.get_output_details()[0]["dtype"] == np.int8
+
+
+@pytest.mark.slow
+def test_qad_of_a_mobilenet_v3_student_is_full_integer(tmp_path):
+  from tf_srkd.run import config as config_lib  # pylint: disable=import-outside-toplevel
+  from tf_srkd.run import pipeline  # pylint: disable=import-outside-toplevel
+
+  out = str(tmp_path / "run")
+  pipeline.run(config_lib.Config(
+      dataset="mnist", epochs=1, train_examples=256, batch_size=64, eval_batch_size=256,
+      verbose=0, mlflow=False, modes=("regulated",), output_dir=out,
+      student_model="MobileNetV3Small", precise_bn_batches=2))
+  student = os.path.join(out, "students", "regulated", "model.keras")
+  result = tflite.export_qat(student, str(tmp_path / "q" / "model_int8_qat.tflite"),
+                             qat_epochs=1, test_examples=256)
+  assert result["full_integer"] and result["qat"]["self_regulation_gate"]
+  assert result["qat"]["tf_keras_twin_max_abs_diff"] <= 1e-3
+  assert "DEQUANTIZE" not in result["ops"]
+  assert result["input"]["quantization"]["zero_point"] == 0
