@@ -18,9 +18,10 @@ Steps:
      require the two to agree on real test images (exactly, for the registry's).
   2. Fake-quantize it with tfmot's default 8-bit scheme (`export.fake_quant`).
      The input quantizer's range is pinned to [0, 1] so the int8 model's uint8
-     input is the raw pixel.
+     input is the raw pixel; every other activation range starts from 32
+     training batches (`fake_quant.calibrate_ranges`), not from tfmot's [-6, 6].
   3. Fine-tune for `--qat_epochs` on the run's transfer set with the student's
-     own objective (`Objective`, read from the run's flags): KL to the teacher's
+     own objective (`fine_tune.Objective`, read from the run's flags): KL to the teacher's
      soft targets at temperature tau (+ tau^2 scaling as configured) + lambda * CE,
      weighted by the teacher's significance in the `significance` and `hybrid`
      modes, and, in the `regulated` and `hybrid` modes, gated as in training: a
@@ -50,6 +51,10 @@ from export.errors import ExportError
 from tf_srkd.core import modes as modes_lib
 from tf_srkd.data import arrays as data
 from tf_srkd.storage import layout
+
+
+#: Training batches whose activation ranges start the fake-quant ranges.
+RANGE_BATCHES = 32
 
 
 def import_tfmot():
@@ -182,6 +187,9 @@ def export_qat_model(model, output: str, qat_epochs: int = 1, *, qat_learning_ra
                       f"{' '.join(str(e).split())[:300]}") from e
   pin_input_range(qmodel)
   batch_size = int(batch_size) or int(cfg.get("batch_size") or 0) or 512
+  rows = np.sort(np.random.default_rng(seed).permutation(train.size)[:RANGE_BATCHES * batch_size])
+  calibrated = fake_quant.calibrate_ranges(
+      qmodel, data.image_batches(train.images[rows], batch_size), tfmot)
   objective = fine_tune_lib.objective_of(cfg, mode, labels_only=qat_objective == "labels")
   history, shares = fine_tune_lib.fine_tune(qmodel, tf_keras, train, teacher_logits, significance, objective,
                               epochs=int(qat_epochs), learning_rate=qat_learning_rate,
@@ -216,6 +224,8 @@ def export_qat_model(model, output: str, qat_epochs: int = 1, *, qat_learning_ra
       # extra training from the cost of quantization.
       "fake_quant_keras_test_accuracy": float(np.mean(qat_keras_predicted == ctx.test_labels)),
       "tf_keras_twin_max_abs_diff": diff,
+      # Activation ranges started from this many training batches (export.fake_quant).
+      "range_calibration": {"ranges": calibrated, "batches": int(-(-len(rows) // batch_size))},
       "tfmot": _version("tensorflow-model-optimization"),
       "tf_keras": _version("tf-keras"),
       "wall_time_s": time.time() - began,

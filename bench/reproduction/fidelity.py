@@ -28,10 +28,12 @@ import sys
 import time
 
 import numpy as np
-from common import REPO_ROOT, load_average, machine_description, publish
 
-from tf_srkd.reporting import fidelity
-from tf_srkd.storage import layout
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from common import REPO_ROOT, load_average, machine_description, publish  # pylint: disable=wrong-import-position
+
+from tf_srkd.reporting import fidelity  # pylint: disable=wrong-import-position
+from tf_srkd.storage import layout  # pylint: disable=wrong-import-position
 
 
 def parse_args(argv):

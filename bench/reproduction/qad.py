@@ -26,10 +26,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import common  # pylint: disable=wrong-import-position
+import mobile  # pylint: disable=wrong-import-position  # beside this script
 import whole_runs  # pylint: disable=wrong-import-position
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import mobile  # pylint: disable=wrong-import-position
 
 
 def parse_args(argv=None):

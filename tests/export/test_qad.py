@@ -120,7 +120,10 @@ tfmot, tf_keras = qat.import_tfmot()
 quantized = fake_quant.quantize(twin.build_twin(model, tf_keras), tfmot, tf_keras)
 qat.pin_input_range(quantized)
 images = np.random.default_rng(0).random((32, 32, 32, 3)).astype(np.float32)
-quantized(images, training=True)  # Moving-average ranges from one batch.
+ranges = fake_quant.calibrate_ranges(quantized, [images[:16], images[16:]], tfmot)
+values = {v.name.split(":")[0]: float(np.max(v.numpy())) for v in quantized.non_trainable_weights}
+relu6 = [v for k, v in values.items() if k.endswith("relu6/output_max")]
+print("RANGES", ranges, fake_quant.ema_decay(tfmot), min(relu6), max(relu6))
 details = verify.io_details(qat.convert_qat(quantized, (32, 32, 3)))
 verify.check_raw_pixel_input(details)
 print("OPS", ",".join(details["ops"]))
@@ -134,6 +137,11 @@ def test_fake_quantized_mobilenet_v3_converts_to_full_integer():
   proc = subprocess.run([sys.executable, "-c", _FAKE_QUANT_SCRIPT], cwd=ROOT, env=env,
                         capture_output=True, text=True, check=False, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
+  ranges, decay, low, high = proc.stdout.split("RANGES ")[-1].split("\n")[0].split()
+  # Every activation range starts from the batches, not tfmot's [-6, 6]: a ReLU6 after
+  # x + 3 on these inputs reaches 6 and no higher.
+  assert int(ranges) > 100 and float(decay) == 0.999
+  assert 0 < float(low) <= float(high) <= 6.0 + 1e-3
   ops = proc.stdout.split("OPS ")[-1].strip().split(",")
   assert "DEQUANTIZE" not in ops and {"CONV_2D", "DEPTHWISE_CONV_2D", "MUL", "ADD"} <= set(ops)
 
