@@ -160,6 +160,12 @@ def test_layers_inside_a_wrapped_network_are_reached_through_the_adapter():
   features = keras.Model(inner.inputs, inner.get_layer("features").output)(x[:4] * 255.0)
   np.testing.assert_allclose(out["features"], features, rtol=1e-5, atol=1e-6)
   assert "teacher/features" in distill_terms.layer_names(wrapped)
+  # The listed path names the same layer as the bare name.
+  assert distill_terms.find_layer(wrapped, "teacher/features") is inner.get_layer("features")
+  assert distill_terms.layer_output_shape(wrapped, "teacher/features", "teacher") == (6, 6, 4)
+  by_path = distill_terms.tap_model(wrapped, ["teacher/features"], "taps")(x[:4], training=False)
+  np.testing.assert_allclose(by_path["teacher/features"], out["features"], rtol=1e-6)
+  assert distill_terms.find_layer(wrapped, "teacher/nope") is None
 
 
 def test_a_sequential_student_and_a_teacher_layer_against_the_logits():

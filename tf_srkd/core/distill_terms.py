@@ -170,7 +170,15 @@ def per_sample(loss, teacher_outputs, student_outputs):
 
 
 def find_layer(model, name):
-  """`model`'s layer `name`, searched in its nested models too; None when absent."""
+  """`model`'s layer `name`, searched in its nested models too; None when absent. A
+  nested layer may also be named by its path, `outer/inner`, as `layer_names` lists it."""
+  head, _, rest = name.partition("/")
+  if rest:
+    outer = next((l for l in model.layers if l.name == head and hasattr(l, "layers")), None)
+    if outer is not None:
+      found = find_layer(outer, rest)
+      if found is not None:
+        return found
   for layer in model.layers:
     if layer.name == name:
       return layer
@@ -180,6 +188,12 @@ def find_layer(model, name):
       if found is not None:
         return found
   return None
+
+
+def _within(outer, name):
+  """`name` as the nested model `outer` knows it: `outer/inner` -> `inner`."""
+  prefix = outer.name + "/"
+  return name[len(prefix):] if name.startswith(prefix) else name
 
 
 def layer_names(model, prefix=""):
@@ -238,11 +252,11 @@ def tap_model(model, names: Sequence[str], name: str):
     if isinstance(layer, keras.layers.InputLayer):
       continue
     inner = [n for n in names if n not in own and hasattr(layer, "layers")
-             and find_layer(layer, n) is not None]
+             and find_layer(layer, _within(layer, n)) is not None]
     if inner:
-      outputs = tap_model(layer, inner, f"{name}_{layer.name}")(x)
+      outputs = tap_model(layer, [_within(layer, n) for n in inner], f"{name}_{layer.name}")(x)
       x = outputs.pop(OUTPUT)
-      taps.update(outputs)
+      taps.update({n: outputs[_within(layer, n)] for n in inner})
     else:
       x = layer(x)
     if layer.name in names:
