@@ -189,6 +189,16 @@ def test_unknown_loss_normaliser_is_refused():
     config_lib.validate(config_lib.Config(distill_loss_normaliser="median"))
 
 
+def test_qad_epochs_needs_int8_and_stays_out_of_the_identity():
+  with pytest.raises(config_lib.ConfigError, match=r"--qad_epochs=2: .* add --export=int8"):
+    config_lib.validate(config_lib.Config(qad_epochs=2, export=("float16",)))
+  with pytest.raises(config_lib.ConfigError, match="--qad_epochs=-1: expected an integer >= 0"):
+    config_lib.validate(config_lib.Config(qad_epochs=-1, export=("int8",)))
+  config_lib.validate(config_lib.Config(qad_epochs=2, export=("int8",), output_dir="/tmp/x"))
+  # Export settings: a finished run may be restarted to add them.
+  assert "qad_epochs" not in config_lib.identity(config_lib.Config(qad_epochs=3, export=("int8",)))
+
+
 def test_cli_refuses_a_file_as_output_dir_a_bad_tf_config_and_a_self_including_flagfile(tmp_path):
   a_file = tmp_path / "a_file"
   a_file.write_text("keep")
