@@ -378,7 +378,7 @@ def plain_dataset(split, batch_size):
 
 @dataclasses.dataclass(frozen=True)
 class CompileSettings:
-  """The config fields `stages.compile_model` reads."""
+  """The `TrainingConfig` fields `stages.compile_model` reads."""
 
   jit_compile: bool = False
   steps_per_execution: int = 1

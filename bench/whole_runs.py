@@ -21,6 +21,11 @@ def add_run_args(parser, run_name, quick_help):
   parser.add_argument("--no_write", action="store_true", help="do not touch bench/RESULTS.md")
 
 
+#: The `--quick` checks' model (`mobile_models.tiny_bn_cnn`): they exercise a script's code
+#: paths in seconds, not its figures.
+TINY_BN_MODEL = "mobile_models:tiny_bn_cnn"
+
+
 def apply_quick(args, **more):
   """With `--quick`: one teacher and one distillation epoch on 128 examples in
   batches of 64, the attributes in `more`, and `<output_root>_quick` as the root

@@ -214,7 +214,8 @@ def train_examples_of(student: Student) -> int:
 def teacher_dir_of(run_dir: str) -> str:
   """The directory holding the run's teacher (`--teacher_dir` runs point elsewhere)."""
   run = layout.RunDir(run_dir)
-  configured = config_flags.read_flagfile(run.flags).teacher_dir if os.path.exists(run.flags) else None
+  configured = (config_flags.read_flagfile(run.flags).models.teacher_dir
+                if os.path.exists(run.flags) else None)
   return layout.teacher_of(run, configured).path
 
 

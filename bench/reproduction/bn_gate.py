@@ -39,8 +39,10 @@ def parse_args(argv=None):
   p.add_argument("--distill_alpha", default="0.04")
   p.add_argument("--train_examples", type=int, default=10000)
   p.add_argument("--batch_size", type=int, default=256)
-  whole_runs.add_run_args(p, "bench_bn_gate", "seconds: 128 examples, 1 epoch")
-  args = whole_runs.apply_quick(p.parse_args(argv))
+  whole_runs.add_run_args(p, "bench_bn_gate", "seconds: 128 examples, 1 epoch, a tiny BN "
+                          "teacher and student")
+  args = whole_runs.apply_quick(p.parse_args(argv), teacher=whole_runs.TINY_BN_MODEL,
+                                student=whole_runs.TINY_BN_MODEL)
   if args.dataset != "cifar10":  # Never reuse another dataset's finished runs.
     args.output_root = args.output_root.rstrip(os.sep) + f"_{args.dataset}"
   return args

@@ -46,9 +46,10 @@ def parse_args(argv=None):
   p.add_argument("--fresh", action="store_true", help="retrain even if the run finished")
   p.add_argument("--modes", default=",".join(MODES), help="comma list of distillation modes")
   whole_runs.add_run_args(p, "bench_mobile",
-                          "a seconds-scale check: 128 examples, 1 epoch, 20 test images")
+                          "a seconds-scale check: 128 examples, 1 epoch, 20 test images, "
+                          "a tiny teacher")
   return whole_runs.apply_quick(p.parse_args(argv), test_examples=20, calibration_samples=16,
-                                modes="conventional,hybrid")
+                                modes="conventional,hybrid", teacher=whole_runs.TINY_BN_MODEL)
 
 
 def train(args, run_dir, log):

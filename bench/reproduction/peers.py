@@ -85,7 +85,7 @@ def base_config(dataset, args):
   with open(path, encoding="utf-8") as f:
     config = config_flags.from_flagfile(f.read())
   epochs = args.cifar_epochs if dataset == "cifar10" else args.epochs
-  return dataclasses.replace(config, epochs=epochs, distill_epochs=epochs, seed=args.seed,
+  return config.replace(epochs=epochs, distill_epochs=epochs, seed=args.seed,
                              train_examples=args.train_examples, verbose=0, mlflow=False,
                              skip_idle_epochs=True, backward="auto")
 
@@ -117,7 +117,7 @@ class Runner:
     self.root = root
     self.config = base_config(dataset, args)
     spec = config_lib.dataset_spec(self.config)
-    self.train = data.load_split(spec, "train", self.config.train_examples)
+    self.train = data.load_split(spec, "train", self.config.data.train_examples)
     self.test = data.load_split(spec, "test")
     self.teacher_logits = None
     self.count = 0
@@ -138,38 +138,39 @@ class Runner:
     from tf_srkd.core import training  # pylint: disable=import-outside-toplevel
     from tf_srkd.run import config as config_lib  # pylint: disable=import-outside-toplevel
 
-    config = dataclasses.replace(self.config, margin_refresh=refresh)
+    config = self.config.replace(margin_refresh=refresh)
     spec = config_lib.dataset_spec(config)
     n = self.train.size
     keras.utils.set_random_seed(config.seed)
-    policy_object = gates.make_policy(policy, n, config.epochs, config.seed,
+    policy_object = gates.make_policy(policy, n, config.training.epochs, config.seed,
                                       gates.GateSettings(**settings))
     if stage == "teacher":
-      network = models.build_model(config.teacher_model, spec.image_shape, spec.num_classes)
-      model = training.SelfRegulatedModel(network, n, backward=config.backward,
+      network = models.build_model(config.models.teacher_model, spec.image_shape, spec.num_classes)
+      model = training.SelfRegulatedModel(network, n, backward=config.gating.backward,
                                           policy=policy_object)
-      extras, lr = {}, config.teacher_lr
+      extras, lr = {}, config.training.teacher_lr
     else:
-      network = models.build_model(config.student_model, spec.image_shape, spec.num_classes)
+      network = models.build_model(config.models.student_model, spec.image_shape, spec.num_classes)
       model = distillation.Distiller(
-          network, n, modes.get_mode(self.args.mode), temperature=config.temperature,
-          kd_lambda=config.kd_lambda, gate_temperature=config.gate_temperature,
-          backward=config.backward, normaliser=config.distill_loss_normaliser,
+          network, n, modes.get_mode(self.args.mode), temperature=config.training.temperature,
+          kd_lambda=config.training.kd_lambda, gate_temperature=config.gating.gate_temperature,
+          backward=config.gating.backward, normaliser=config.training.distill_loss_normaliser,
           policy=policy_object)
-      extras, lr = {"teacher_logits": self.teacher_logits}, config.distill_lr
+      extras, lr = {"teacher_logits": self.teacher_logits}, config.training.distill_lr
       if model.weight_by_significance:
         extras["significance"] = self.significance
-    stages.compile_model(model, lr, config)
+    stages.compile_model(model, lr, config.training)
     self.count += 1
-    _, wall = stages.fit_stage(model, self.train, config,
+    _, wall = stages.fit_stage(model, self.train, config.training, config.gating,
+                               seed=config.seed, verbose=config.verbose,
                                stage_dir=os.path.join(self.root, f"run{self.count}"),
-                               epochs=config.epochs, alpha=alpha, extras=extras)
-    accuracy = stages.evaluate_accuracy(model.network, self.test, config.eval_batch_size)
-    zeta = regulation.sample_efficiency(model.participation_counts(), config.epochs)
+                               epochs=config.training.epochs, alpha=alpha, extras=extras)
+    accuracy = stages.evaluate_accuracy(model.network, self.test, config.training.eval_batch_size)
+    zeta = regulation.sample_efficiency(model.participation_counts(), config.training.epochs)
     if (stage == "teacher" and policy == "self_regulated" and math.isfinite(alpha)
         and refresh == "exact"):
       self.teacher_logits = stages.predict_logits(network, self.train.images,
-                                                  config.eval_batch_size)
+                                                  config.training.eval_batch_size)
       self.significance = regulation.significance(model.participation_counts(),
                                                   self.train.labels).astype(np.float32)
     return accuracy, zeta, wall
@@ -180,9 +181,9 @@ def measure(dataset, args, root, log):
   config = runner.config
   rows = []
   for stage in args.stages.split(","):
-    alpha = config.alpha if stage == "teacher" else config.distill_alpha
+    alpha = config.gating.alpha if stage == "teacher" else config.gating.distill_alpha
     if stage == "student" and runner.teacher_logits is None:
-      runner.run("teacher", "self_regulated", config.alpha)  # The teacher to distil from.
+      runner.run("teacher", "self_regulated", config.gating.alpha)  # The teacher to distil from.
 
     def one(policy, setting, stage_alpha, **settings):
       began = time.time()

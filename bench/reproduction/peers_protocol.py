@@ -94,7 +94,7 @@ class SeedRuns:
 
   def __init__(self, dataset, seed, args, root):
     self.dataset, self.seed, self.args, self.root = dataset, seed, args, root
-    self.epochs = args.epochs or flagfile_config(dataset).epochs
+    self.epochs = args.epochs or flagfile_config(dataset).training.epochs
     self._runner = None
     self.settings = {"dataset": dataset, "seed": seed, "epochs": self.epochs,
                      "train_examples": args.train_examples, "mode": args.mode}
@@ -152,7 +152,7 @@ class SeedRuns:
       return
     logits, significance = self._teacher_files()
     if not os.path.exists(logits):
-      self.cell("teacher", "self_regulated", "exact", runner.config.alpha)
+      self.cell("teacher", "self_regulated", "exact", runner.config.gating.alpha)
       if runner.teacher_logits is not None:
         return
     runner.teacher_logits, runner.significance = np.load(logits), np.load(significance)
@@ -161,9 +161,9 @@ class SeedRuns:
 def measure(dataset, seed, args, root):
   """{(stage, arm): cell} of one dataset and seed."""
   runs = SeedRuns(dataset, seed, args, root)
-  alphas = flagfile_config(dataset)
+  gating = flagfile_config(dataset).gating
   cells = {}
-  for stage, alpha in (("teacher", alphas.alpha), ("student", alphas.distill_alpha)):
+  for stage, alpha in (("teacher", gating.alpha), ("student", gating.distill_alpha)):
     cells[stage, "conventional"] = runs.cell(stage, "conventional", "exact", math.inf)
     own = cells[stage, "self_regulated"] = runs.cell(stage, "self_regulated", "exact", alpha)
     for policy, refresh in ARMS[2:]:
@@ -263,7 +263,7 @@ def main(argv=None):
       pareto_figure(dataset, points).savefig(png, dpi=120)
       codes = sorted({c["code"] for cells in by_seed.values() for c in cells.values()})
       loads = [c["load"] for cells in by_seed.values() for c in cells.values()]
-      epochs = args.epochs or flagfile_config(dataset).epochs
+      epochs = args.epochs or flagfile_config(dataset).training.epochs
       notes = [
           f"`flags/{dataset}.flags`, {epochs} epochs per stage, seeds {args.seeds}, student "
           f"mode `{args.mode}` from each seed's exact self-regulated teacher; mean ± std over "

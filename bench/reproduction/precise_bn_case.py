@@ -44,7 +44,7 @@ def parse_args(argv=None):
                           "the hybrid mode, a tiny BN student")
   return whole_runs.apply_quick(p.parse_args(argv), test_examples=20, calibration_samples=16,
                                 precise_bn_batches=2, modes="hybrid",
-                                student="mobile_models:tiny_bn_cnn")
+                                student=whole_runs.TINY_BN_MODEL)
 
 
 def train(args, run_dir, log):

@@ -36,7 +36,8 @@ def parse_args(argv=None):
   args = mobile.parse_args([a for a in argv if a not in own])
   args.qat_epochs, args.qat_learning_rate = 2, 1e-4
   if "--quick" in argv:  # One mode, the one with both the gate and significance.
-    args.qat_epochs, args.modes = 1, "hybrid"
+    # A tiny student too: tests/export/test_qad.py holds MobileNetV3Small's QAD to full integer.
+    args.qat_epochs, args.modes, args.student = 1, "hybrid", whole_runs.TINY_BN_MODEL
   for a in own:
     name, value = a.lstrip("-").split("=", 1)
     setattr(args, name, type(getattr(args, name))(value))

@@ -28,7 +28,6 @@ differs from this invocation's is refused rather than mixed in.
 """
 
 import argparse
-import dataclasses
 import json
 import os
 import statistics
@@ -90,7 +89,7 @@ def arm_config(args, arm, seed, out):
     changes.update(stage="teacher")
   if kind == "conventional":
     changes.update(alpha=float("inf"), stage="teacher")
-  return dataclasses.replace(config, **changes)
+  return config.replace(**changes)
 
 
 def cell_settings(args):

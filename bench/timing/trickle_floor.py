@@ -26,7 +26,6 @@ same initial weights, interleaved rounds.
 """
 
 import argparse
-import dataclasses
 import os
 import sys
 import tempfile
@@ -87,39 +86,42 @@ class _UpdateCounter(keras.callbacks.Callback):
 def base_config(args, out):
   with open(os.path.join(common.REPO_ROOT, "flags", "mnist.flags"), encoding="utf-8") as f:
     config = config_flags.from_flagfile(f.read())
-  return dataclasses.replace(config, epochs=args.epochs, train_examples=args.examples,
+  return config.replace(epochs=args.epochs, train_examples=args.examples,
                              output_dir=out, verbose=0, mlflow=False)
 
 
 def build_teacher(config, spec, n, backward):
   keras.utils.set_random_seed(config.seed)
-  network = models.build_model(config.teacher_model, spec.image_shape, spec.num_classes)
+  network = models.build_model(config.models.teacher_model, spec.image_shape, spec.num_classes)
   model = training.SelfRegulatedModel(network, n, regulate=True, backward=backward,
                                       name="teacher")
-  stages.compile_model(model, config.teacher_lr, config)
+  stages.compile_model(model, config.training.teacher_lr, config.training)
   return model
 
 
 def run_variant(args, name, spec, train, test, out):
   alpha, backward, reuse = VARIANTS[name]
-  config = dataclasses.replace(base_config(args, out), backward=backward, reuse_margins=reuse,
+  config = base_config(args, out).replace(backward=backward, reuse_margins=reuse,
                                skip_idle_epochs=True)
-  alpha = config.alpha if alpha is None else alpha
+  alpha = config.gating.alpha if alpha is None else alpha
   model = build_teacher(config, spec, train.size, backward)
   counter = _UpdateCounter()
   load = common.load_average()
-  history, wall = stages.fit_stage(model, train, config, stage_dir=os.path.join(out, "teacher"),
-                                   epochs=config.epochs, alpha=alpha, callbacks=[counter])
+  history, wall = stages.fit_stage(model, train, config.training, config.gating,
+                                   seed=config.seed, verbose=config.verbose,
+                                   stage_dir=os.path.join(out, "teacher"),
+                                   epochs=config.training.epochs, alpha=alpha, callbacks=[counter])
   return {"wall": wall, "history": history, "updates": counter.updates,
-          "accuracy": stages.evaluate_accuracy(model.network, test, config.eval_batch_size),
+          "accuracy": stages.evaluate_accuracy(model.network, test,
+                                               config.training.eval_batch_size),
           "load": (load, common.load_average())}
 
 
 def unit_costs(config, spec, batch_size, rounds):
   """(c_inf per row, a, b) in seconds: inference+margin per row; update = a + b*k rows."""
   keras.utils.set_random_seed(1)
-  network = models.build_model(config.teacher_model, spec.image_shape, spec.num_classes)
-  optimizer = keras.optimizers.Adam(config.teacher_lr)
+  network = models.build_model(config.models.teacher_model, spec.image_shape, spec.num_classes)
+  optimizer = keras.optimizers.Adam(config.training.teacher_lr)
   optimizer.build(network.trainable_variables)
   rng = np.random.default_rng(0)
   images = tf.constant(rng.random((batch_size, *spec.image_shape), np.float32))
@@ -186,13 +188,13 @@ def floor_vs_conventional(results, n, units):
 
 def epoch0_table(args, spec, train, config):
   """Epoch 0 (eta = 0) with a masked and with a compact first epoch, same initial weights."""
-  dataset = data.train_dataset(train, config.batch_size, config.seed, 0, 1)
-  steps = data.steps_per_epoch(train.size, config.batch_size)
+  dataset = data.train_dataset(train, config.training.batch_size, config.seed, 0, 1)
+  steps = data.steps_per_epoch(train.size, config.training.batch_size)
   variants = {}
   for backward in ("masked", "compact"):
     model = build_teacher(config, spec, train.size, backward)
     initial = [np.copy(v.numpy()) for v in model.network.weights]
-    schedule = callbacks.RegulationSchedule(config.alpha, train.size)
+    schedule = callbacks.RegulationSchedule(config.gating.alpha, train.size)
 
     def run(_, model=model, initial=initial, schedule=schedule):
       model.network.set_weights(initial)  # Every round is the same epoch 0.
@@ -224,13 +226,13 @@ def main():
   names = [v for v in args.variants.split(",") if v]
   with tempfile.TemporaryDirectory() as tmp:
     config = base_config(args, tmp)
-    before = unit_costs(config, spec, config.batch_size, args.unit_rounds)
+    before = unit_costs(config, spec, config.training.batch_size, args.unit_rounds)
     results = {}
     for name in names:
       print(f"running {name} ({args.epochs} epochs, {n} examples)", flush=True)
       results[name] = run_variant(args, name, spec, train, test,
                                   os.path.join(tmp, name.replace(" ", "_")))
-    after = unit_costs(config, spec, config.batch_size, args.unit_rounds)
+    after = unit_costs(config, spec, config.training.batch_size, args.unit_rounds)
     units = tuple((x + y) / 2 for x, y in zip(before, after))
     epoch0 = epoch0_table(args, spec, train, config)
   conv = results.get("conventional")
@@ -253,7 +255,8 @@ def main():
   c_inf, a, b = units
   notes = [
       f"{args.epochs} epochs, {n} examples, `flags/mnist.flags` (LeNet-5, batch "
-      f"{config.batch_size}, Adam {config.teacher_lr}, seed {config.seed}), teacher stage "
+      f"{config.training.batch_size}, Adam {config.training.teacher_lr}, seed {config.seed}), "
+      "teacher stage "
       "only, runs one after the other in one process.",
       f"Unit costs (mean of before/after the runs): inference + margin {c_inf * 1e6:.2f} µs "
       f"per row; update of k rows {a * 1e3:.2f} ms + k × {b * 1e6:.2f} µs (before: "

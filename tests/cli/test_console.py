@@ -194,7 +194,7 @@ def test_every_flag_of_the_main_job_is_in_one_help_group():
 
 
 @pytest.mark.parametrize("module,expected", [
-    ("tf_srkd.main", ["data:", "models:", "gate:", "training:", "outputs and tracking:",
+    ("tf_srkd.main", ["data:", "models:", "gate:", "training:", "run and outputs:", "tracking:",
                       "export:", "--dataset (default: mnist)", "--teacher_input (default: auto)",
                       "--modes (default: conventional,significance,regulated,hybrid)"]),
     ("export.tflite", ["--quantization (default: float32)", "--export_at_chance"]),

@@ -95,7 +95,7 @@ def test_tool_refuses_a_directory_without_a_run(tmp_path, overrides, message):
     ({"methods": ["kd", "fancy"]}, "--methods=kd,fancy"),
 ])
 def test_tool_refuses_bad_flags(tmp_path, overrides, message):
-  (tmp_path / "flags.txt").write_text(config_flags.to_flagfile(config_lib.Config()))
+  (tmp_path / "flags.txt").write_text(config_flags.to_flagfile(config_lib.Config.of()))
   with pytest.raises(config_lib.ConfigError, match=message):
     subset.plan_from_flags(_values(tmp_path, **overrides))
 
@@ -111,7 +111,7 @@ def teacher_run(tmp_path_factory):
   from tf_srkd.models import zoo as models  # pylint: disable=import-outside-toplevel
 
   run = layout.RunDir(str(tmp_path_factory.mktemp("subset_teacher") / "run"))
-  config = config_lib.Config(dataset="mnist", epochs=1, train_examples=160, batch_size=32,
+  config = config_lib.Config.of(dataset="mnist", epochs=1, train_examples=160, batch_size=32,
                              eval_batch_size=500, verbose=0, mlflow=False, output_dir=run.path)
   os.makedirs(run.teacher.path)
   io_utils.write_text(run.flags, config_flags.to_flagfile(config))
@@ -132,8 +132,7 @@ def _run_tool(teacher_run, output_dir, max_in_memory_mb, monkeypatch, train=Fals
 
   plan = subset.plan_from_flags(_values(teacher_run, fractions=["0.25"],
                                         output_dir=str(output_dir)))
-  plan = dataclasses.replace(plan, config=dataclasses.replace(
-      plan.config, max_in_memory_mb=max_in_memory_mb))
+  plan = dataclasses.replace(plan, config=plan.config.replace(max_in_memory_mb=max_in_memory_mb))
   teacher = keras.models.load_model(os.path.join(teacher_run, "teacher", "model.keras"))
   seen = []
   real = stages.run_stage
@@ -143,7 +142,7 @@ def _run_tool(teacher_run, output_dir, max_in_memory_mb, monkeypatch, train=Fals
     if train:
       return real(stage, config, strategy, split, test, tracker, build, make_extras, **kwargs)
     return types.SimpleNamespace(metrics={
-        "test_accuracy": stages.evaluate_accuracy(teacher, test, config.eval_batch_size)})
+        "test_accuracy": stages.evaluate_accuracy(teacher, test, config.training.eval_batch_size)})
 
   monkeypatch.setattr(stages, "run_stage", spy)
   rows = subset_study.run(plan)

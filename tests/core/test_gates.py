@@ -125,10 +125,10 @@ def test_registry_and_bad_flags():
                                 ("sb_beta", 0.0, "--sb_beta=0.0"),
                                 ("keep_fraction", float("nan"), "--keep_fraction=nan")]:
     with pytest.raises(config_lib.ConfigError, match=message):
-      config_lib.validate(config_lib.Config(output_dir="/nonexistent/x", **{field: value}))
+      config_lib.validate(config_lib.Config.of(output_dir="/nonexistent/x", **{field: value}))
   # Defaults leave a run's identity (restart check) as it was before policies.
-  assert "gate" not in config_lib.identity(config_lib.Config())
-  assert config_lib.identity(config_lib.Config(gate="random"))["gate"] == "random"
+  assert "gate" not in config_lib.identity(config_lib.Config.of())
+  assert config_lib.identity(config_lib.Config.of(gate="random"))["gate"] == "random"
 
 
 def test_self_regulated_is_the_default_and_other_policies_run_compact():
@@ -244,14 +244,15 @@ def _fit_stage(name, stage_dir, epochs, crash_after=None):
   from tf_srkd.run import stages  # pylint: disable=import-outside-toplevel
 
   tf.config.experimental.enable_op_determinism()
-  config = config_lib.Config(epochs=epochs, batch_size=BATCH, seed=SEED, verbose=0,
+  config = config_lib.Config.of(epochs=epochs, batch_size=BATCH, seed=SEED, verbose=0,
                              skip_idle_epochs=True, backward="compact", train_examples=N)
   keras.utils.set_random_seed(1)
   network = models.build_model("lenet5", (28, 28, 1), 10)
   policy = gates.make_policy(name, N, epochs, SEED, gates.GateSettings(keep_fraction=0.05))
   model = training.SelfRegulatedModel(network, N, backward="compact", policy=policy)
-  stages.compile_model(model, 3e-3, config)
-  history, _ = stages.fit_stage(model, _split(), config, stage_dir=str(stage_dir),
+  stages.compile_model(model, 3e-3, config.training)
+  history, _ = stages.fit_stage(model, _split(), config.training, config.gating, seed=config.seed,
+                                verbose=config.verbose, stage_dir=str(stage_dir),
                                 epochs=epochs, alpha=1000.0,
                                 callbacks=[_CrashAfter(crash_after)] if crash_after else [])
   return model, history
@@ -285,7 +286,7 @@ def test_console_and_mlflow_name_the_gate(tmp_path):
       "teacher lenet5 (infobatch gate)")
   assert console.describe_stage("teacher", "teacher", "lenet5", None, 0.02,
                                 "self_regulated") == "teacher lenet5 (self-regulated, alpha=0.02)"
-  config = config_lib.Config(output_dir=str(tmp_path / "run"), mlflow_experiment="gates",
+  config = config_lib.Config.of(output_dir=str(tmp_path / "run"), mlflow_experiment="gates",
                              mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
   tracker = mlflow_tracking.connect(config, strict=True)
   with tracker.run(config, ""):

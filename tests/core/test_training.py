@@ -245,6 +245,6 @@ def test_compiled_stages_use_the_configured_adam_epsilon(epsilon):
   from tf_srkd.run import config as config_lib  # pylint: disable=import-outside-toplevel
 
   model = make_teacher(32)
-  stages.compile_model(model, 1e-3, config_lib.Config(adam_epsilon=epsilon))
+  stages.compile_model(model, 1e-3, config_lib.Config.of(adam_epsilon=epsilon).training)
   assert isinstance(model.optimizer, keras.optimizers.Adam)
   assert model.optimizer.epsilon == epsilon

@@ -115,7 +115,7 @@ def test_the_runs_export_passes_its_max_in_memory_mb(tmp_path, monkeypatch):
 
   calls = []
   monkeypatch.setattr(api, "export_run", lambda *args, **kwargs: calls.append(kwargs) or {})
-  config = config_lib.Config(output_dir=str(tmp_path), export=("float32",), max_in_memory_mb=7)
+  config = config_lib.Config.of(output_dir=str(tmp_path), export=("float32",), max_in_memory_mb=7)
   main_lib.export_students(config, ["conventional"], tracking.NullTracker())
   assert [c["max_in_memory_mb"] for c in calls] == [7]
 

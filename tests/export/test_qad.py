@@ -153,7 +153,7 @@ def qad_run(tmp_path_factory):
   from tf_srkd.run import config as config_lib  # pylint: disable=import-outside-toplevel
 
   out = str(tmp_path_factory.mktemp("qad") / "run")
-  config = config_lib.Config(dataset="mnist", epochs=2, train_examples=512, batch_size=64,
+  config = config_lib.Config.of(dataset="mnist", epochs=2, train_examples=512, batch_size=64,
                              eval_batch_size=256, verbose=0, mlflow=False,
                              modes=("conventional", "hybrid"), output_dir=out, export=("int8",),
                              qad_epochs=1, export_at_chance=True)
@@ -184,7 +184,7 @@ def test_qad_of_a_mobilenet_v3_student_is_full_integer(tmp_path):
   from tf_srkd.run import pipeline  # pylint: disable=import-outside-toplevel
 
   out = str(tmp_path / "run")
-  pipeline.run(config_lib.Config(
+  pipeline.run(config_lib.Config.of(
       dataset="mnist", epochs=1, train_examples=256, batch_size=64, eval_batch_size=256,
       verbose=0, mlflow=False, modes=("regulated",), output_dir=out,
       student_model="MobileNetV3Small", precise_bn_batches=2))

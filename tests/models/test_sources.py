@@ -1,6 +1,5 @@
 """Models from any source: registry, keras.applications, factory, .keras file (issue 12)."""
 
-import dataclasses
 import json
 import os
 import subprocess
@@ -116,7 +115,7 @@ def test_bad_sources_are_one_line_errors(tmp_path, case, expected):
 
 
 def _config(**overrides):
-  return dataclasses.replace(config_lib.Config(), output_dir="/nonexistent/x", **overrides)
+  return config_lib.Config.of().replace(output_dir="/nonexistent/x", **overrides)
 
 
 def test_pretrained_teacher_without_finetuning_refuses_significance_modes(tmp_path):

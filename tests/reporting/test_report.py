@@ -280,7 +280,7 @@ def runs(tmp_path_factory):
   try:
     server.wait_ready()
     uri = server.uri
-    config = config_lib.Config(
+    config = config_lib.Config.of(
         dataset="mnist", epochs=2, train_examples=256, batch_size=64, eval_batch_size=256,
         modes=("conventional", "regulated", "hybrid"), output_dir=str(tmp / "pipeline"),
         verbose=0, mlflow=True, mlflow_experiment=EXPERIMENT, mlflow_tracking_uri=uri)
@@ -294,7 +294,7 @@ def runs(tmp_path_factory):
         "--batch_size=64", "--eval_batch_size=256", "--verbose=0", "--alpha=0.04",
         f"--mlflow_experiment={EXPERIMENT}", f"--mlflow_tracking_uri={uri}",
         f"--output_dir={sweep_dir}"])
-    assert (sweep.stage, sweep.mlflow, sweep.alpha) == ("teacher", True, 0.04)
+    assert (sweep.stage, sweep.tracking.mlflow, sweep.gating.alpha) == ("teacher", True, 0.04)
     second = mlflow_tracking.connect(sweep, strict=True)
     pipeline.run(config_lib.validate(sweep), tracker=second)
     yield Runs(uri, str(tmp), str(tmp / "pipeline"), str(sweep_dir), first.parent_run_id,
@@ -305,9 +305,10 @@ def runs(tmp_path_factory):
 
 def test_sweep_flagfile_defaults():
   config = _sweep_config(["--flagfile=flags/mnist_alpha_sweep.flags", "--output_dir=x"])
-  assert (config.dataset, config.stage, config.mlflow, config.experiment_name) == (
+  assert (config.data.dataset, config.stage, config.tracking.mlflow, config.experiment_name) == (
       "mnist", "teacher", True, "mnist_alpha_sweep")
-  assert (config.epochs, config.teacher_lr, config.alpha) == (200, 0.001, 0.02)
+  assert (config.training.epochs, config.training.teacher_lr, config.gating.alpha) == (200, 0.001,
+                                                                                       0.02)
 
 
 @pytest.mark.slow

@@ -7,7 +7,6 @@ output directory is never created). A few cases also go through the command
 line: exit 2, one `error:` line, no traceback.
 """
 
-import dataclasses
 import json
 import os
 import pickle
@@ -33,10 +32,10 @@ EPOCHS = 2
 
 
 def smoke_config(out, **overrides):
-  config = config_lib.Config(dataset="mnist", epochs=EPOCHS, train_examples=N, batch_size=64,
+  config = config_lib.Config.of(dataset="mnist", epochs=EPOCHS, train_examples=N, batch_size=64,
                              eval_batch_size=256, output_dir=str(out), verbose=0, mlflow=False,
                              modes=("conventional",))
-  return dataclasses.replace(config, **overrides)
+  return config.replace(**overrides)
 
 
 @pytest.fixture(scope="module")

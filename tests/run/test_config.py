@@ -10,14 +10,15 @@ import numpy as np
 import pytest
 
 from tf_srkd.run import config as config_lib
+from tf_srkd.run import config_fields
 from tf_srkd.run import config_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def make(tmp_path, **overrides):
-  base = config_lib.Config(output_dir=str(tmp_path / "out"), epochs=1, train_examples=100)
-  return dataclasses.replace(base, **overrides)
+  base = config_lib.Config.of(output_dir=str(tmp_path / "out"), epochs=1, train_examples=100)
+  return base.replace(**overrides)
 
 
 @pytest.mark.parametrize("overrides,flag", [
@@ -91,36 +92,39 @@ def test_teacher_dir_checks(tmp_path):
 
 
 def test_flagfile_round_trip():
-  text = config_flags.to_flagfile(config_lib.Config(alpha=math.inf, modes=("hybrid",), mlflow=False))
+  text = config_flags.to_flagfile(config_lib.Config.of(alpha=math.inf, modes=("hybrid",),
+                                                       mlflow=False))
   assert "--alpha=inf\n" in text and "--modes=hybrid\n" in text and "--nomlflow\n" in text
-  for config in (config_lib.Config(alpha=math.inf, modes=("hybrid",), mlflow=False),
-                 config_lib.Config(teacher_dir="/runs/a", export=("int8", "float32"),
+  for config in (config_lib.Config.of(alpha=math.inf, modes=("hybrid",), mlflow=False),
+                 config_lib.Config.of(teacher_dir="/runs/a", export=("int8", "float32"),
                                    distill_epochs=3, mlflow_tracking_uri="sqlite:///x=y.db")):
     assert config_flags.from_flagfile(config_flags.to_flagfile(config)) == config
 
 
 def test_repeated_distillation_losses_round_trip_one_line_each():
-  config = config_lib.Config(distillation_loss=("logits", "feature:conv2,conv2,cosine_similarity"),
+  config = config_lib.Config.of(distillation_loss=("logits",
+                                                   "feature:conv2,conv2,cosine_similarity"),
                              distillation_loss_weights=(1.0, 0.25))
   text = config_flags.to_flagfile(config)
   assert "--distillation_loss=logits\n--distillation_loss=feature:conv2,conv2,cosine_similarity\n" \
       in text and "--distillation_loss_weights=1.0,0.25\n" in text
   assert config_flags.from_flagfile(text) == config
   # The default is not written: a --distillation_loss after the flagfile replaces it.
-  assert "--distillation_loss=" not in config_flags.to_flagfile(config_lib.Config())
+  assert "--distillation_loss=" not in config_flags.to_flagfile(config_lib.Config.of())
   assert config_lib.identity(config)["distillation_loss"] == [
       "logits", "feature:conv2,conv2,cosine_similarity"]
   # The paper's KD alone: runs written before the flag still match.
-  assert "distillation_loss" not in config_lib.identity(config_lib.Config())
-  ones = config_lib.Config(distillation_loss=("logits",), distillation_loss_weights=(1.0,))
-  assert config_lib.identity(ones) == config_lib.identity(config_lib.Config())
+  assert "distillation_loss" not in config_lib.identity(config_lib.Config.of())
+  ones = config_lib.Config.of(distillation_loss=("logits",), distillation_loss_weights=(1.0,))
+  assert config_lib.identity(ones) == config_lib.identity(config_lib.Config.of())
   with pytest.raises(config_lib.ConfigError, match="--distillation_loss_weights=x"):
     config_flags.from_flag_values({"distillation_loss_weights": ["x"]})
 
 
 def test_every_field_is_a_flag_with_help():
   specs = config_flags.flag_specs()
-  assert [s.name for s in specs] == [f.name for f in dataclasses.fields(config_lib.Config)]
+  leaves = [f.name for _, f in config_fields.flag_fields()]
+  assert [s.name for s in specs] == leaves and len(set(leaves)) == len(leaves)
   assert all(s.help for s in specs)
   kinds = {s.name: s.kind for s in specs}
   assert (kinds["alpha"], kinds["modes"], kinds["stage"], kinds["deterministic"]) == (
@@ -176,27 +180,28 @@ def test_added_identity_field_keeps_older_run_configs_matching():
   # Runs written before --distill_loss_normaliser existed used "participants":
   # at that value the field stays out of the identity, so they still resume.
   assert "distill_loss_normaliser" not in config_lib.identity(
-      config_lib.Config(distill_loss_normaliser="participants"))
-  assert config_lib.identity(config_lib.Config(distill_loss_normaliser="batch"))[
+      config_lib.Config.of(distill_loss_normaliser="participants"))
+  assert config_lib.identity(config_lib.Config.of(distill_loss_normaliser="batch"))[
       "distill_loss_normaliser"] == "batch"
   # Runs written before --adam_epsilon existed used Keras' 1e-7.
-  assert "adam_epsilon" not in config_lib.identity(config_lib.Config())
-  assert config_lib.identity(config_lib.Config(adam_epsilon=1e-8))["adam_epsilon"] == 1e-8
+  assert "adam_epsilon" not in config_lib.identity(config_lib.Config.of())
+  assert config_lib.identity(config_lib.Config.of(adam_epsilon=1e-8))["adam_epsilon"] == 1e-8
 
 
 def test_unknown_loss_normaliser_is_refused():
   with pytest.raises(config_lib.ConfigError, match="--distill_loss_normaliser=median"):
-    config_lib.validate(config_lib.Config(distill_loss_normaliser="median"))
+    config_lib.validate(config_lib.Config.of(distill_loss_normaliser="median"))
 
 
 def test_qad_epochs_needs_int8_and_stays_out_of_the_identity():
   with pytest.raises(config_lib.ConfigError, match=r"--qad_epochs=2: .* add --export=int8"):
-    config_lib.validate(config_lib.Config(qad_epochs=2, export=("float16",)))
+    config_lib.validate(config_lib.Config.of(qad_epochs=2, export=("float16",)))
   with pytest.raises(config_lib.ConfigError, match="--qad_epochs=-1: expected an integer >= 0"):
-    config_lib.validate(config_lib.Config(qad_epochs=-1, export=("int8",)))
-  config_lib.validate(config_lib.Config(qad_epochs=2, export=("int8",), output_dir="/tmp/x"))
+    config_lib.validate(config_lib.Config.of(qad_epochs=-1, export=("int8",)))
+  config_lib.validate(config_lib.Config.of(qad_epochs=2, export=("int8",), output_dir="/tmp/x"))
   # Export settings: a finished run may be restarted to add them.
-  assert "qad_epochs" not in config_lib.identity(config_lib.Config(qad_epochs=3, export=("int8",)))
+  assert "qad_epochs" not in config_lib.identity(config_lib.Config.of(qad_epochs=3, export=("int8",
+                                                                                            )))
 
 
 def test_cli_refuses_a_file_as_output_dir_a_bad_tf_config_and_a_self_including_flagfile(tmp_path):
@@ -225,3 +230,30 @@ def test_tf_config_and_seed_rules(tmp_path):
       config_lib.validate_tf_config(bad)
   with pytest.raises(config_lib.ConfigError, match=r"^--seed=4294967296"):
     config_lib.validate(make(tmp_path, seed=2**32))
+
+
+def test_settings_are_grouped_by_concern_in_frozen_groups():
+  config = config_lib.Config.of(dataset="cifar10", epochs=3, gate="random", mlflow=False,
+                                export=("int8",), teacher_model="resnet8", seed=5)
+  assert (config.data.dataset, config.training.epochs, config.gating.gate) == ("cifar10", 3,
+                                                                               "random")
+  assert (config.tracking.mlflow, config.exporting.export, config.models.teacher_model,
+          config.seed) == (False, ("int8",), "resnet8", 5)
+  groups = {f.name for f in dataclasses.fields(config) if f.metadata.get("group")}
+  assert groups == {"data", "models", "gating", "training", "tracking", "exporting"}
+  for name in groups:
+    with pytest.raises(dataclasses.FrozenInstanceError):
+      setattr(getattr(config, name), "seed", 1)
+  changed = config.replace(epochs=4, sb_beta=2.0)
+  assert (changed.training.epochs, changed.gating.sb_beta, changed.data) == (4, 2.0, config.data)
+  assert config.training.epochs == 3  # replace() copies
+  assert changed.settings() == dict(config.settings(), epochs=4, sb_beta=2.0)
+  with pytest.raises(TypeError, match="no setting 'epoch'"):
+    config_lib.Config.of(epoch=3)
+
+
+def test_help_groups_are_the_config_groups():
+  titles = [title for title, _ in config_flags.HELP_GROUPS]
+  assert titles == ["data", "models", "gate", "training", "run and outputs", "tracking", "export"]
+  data = dict(config_flags.HELP_GROUPS)["data"]
+  assert data == tuple(f.name for f in dataclasses.fields(config_fields.DataConfig))

@@ -1,6 +1,5 @@
 """`config_fields`: the one list of settings, whose defaults are themselves valid."""
 
-import dataclasses
 import math
 
 from tf_srkd.run import config as config_lib
@@ -13,7 +12,7 @@ def test_config_is_one_class_re_exported():
 
 
 def test_every_default_is_a_value_its_flag_accepts():
-  for field in dataclasses.fields(config_fields.Config):
+  for _, field in config_fields.flag_fields():
     meta = field.metadata
     assert meta["help"].strip(), field.name
     if meta.get("choices"):
@@ -25,5 +24,5 @@ def test_every_default_is_a_value_its_flag_accepts():
 
 
 def test_the_defaults_pass_every_rule(tmp_path):
-  config = config_fields.Config(output_dir=str(tmp_path / "out"))
+  config = config_fields.Config.of(output_dir=str(tmp_path / "out"))
   assert config_lib.validate(config) is config

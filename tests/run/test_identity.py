@@ -1,6 +1,5 @@
 """A run's identity: the settings that decide its results, in strict JSON."""
 
-import dataclasses
 import json
 
 from tf_srkd.run import config as config_lib
@@ -8,7 +7,7 @@ from tf_srkd.run import identity
 
 
 def _config(**overrides):
-  return dataclasses.replace(config_lib.Config(dataset="mnist"), **overrides)
+  return config_lib.Config.of(dataset="mnist", **overrides)
 
 
 def test_the_identity_is_strict_json_with_infinite_rates_as_strings():

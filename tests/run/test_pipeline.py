@@ -1,6 +1,5 @@
 """End-to-end: all four modes on tfds mock data, the output contract, reuse and resume."""
 
-import dataclasses
 import json
 import os
 
@@ -18,10 +17,10 @@ SHARES_MOCK_RUN = pytest.mark.xdist_group("test_pipeline_mock_run")
 
 
 def smoke_config(out, **overrides):
-  config = config_lib.Config(dataset="mnist", epochs=2, train_examples=N, batch_size=32,
+  config = config_lib.Config.of(dataset="mnist", epochs=2, train_examples=N, batch_size=32,
                              eval_batch_size=64, output_dir=str(out), verbose=0, mlflow=False,
                              alpha=0.5, distill_alpha=0.5, seed=3)
-  return dataclasses.replace(config, **overrides)
+  return config.replace(**overrides)
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +147,7 @@ def test_export_flag_writes_verified_tflite_students(tmp_path):
     assert summary["students"]["regulated"]["at_chance"] is True
     assert not (out / "students/regulated/tflite").exists()
     assert "--export_at_chance" in main_lib.refusal_at_chance(config, summary)
-    main_lib.run(dataclasses.replace(config, export_at_chance=True))
+    main_lib.run(config.replace(export_at_chance=True))
   tflite_dir = out / "students/regulated/tflite"
   assert (tflite_dir / "model_float32.tflite").is_file()
   assert (tflite_dir / "labels.txt").read_text().splitlines()[:2] == ["0", "1"]

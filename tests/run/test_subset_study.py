@@ -1,13 +1,12 @@
 """The subset study's pure parts: epochs per fraction, the table, the curve."""
 
-import dataclasses
 
 from tf_srkd.run import config as config_lib
 from tf_srkd.run import subset_study
 
 
 def _plan(schedule, distill_epochs=4):
-  config = dataclasses.replace(config_lib.Config(dataset="mnist"), distill_epochs=distill_epochs)
+  config = config_lib.Config.of(dataset="mnist", distill_epochs=distill_epochs)
   return subset_study.Plan(config, (0.1, 1.0), ("top", "random"), subset_study.METHODS, schedule)
 
 

@@ -35,14 +35,14 @@ def train(split, tmp_path, skip, kind, backward="compact", model_name=None, reus
     stop_at: if set, train to this epoch, then drop the model and resume the
       stage from its checkpoint with a freshly built one (a kill, then a rerun).
     strategy: the `tf.distribute` strategy (default: the default one).
-    steps_per_execution: `Config.steps_per_execution` (default: a whole epoch per call).
-    refresh, max_age, band, audit: `Config.margin_refresh`, `margin_max_age`,
+    steps_per_execution: `TrainingConfig.steps_per_execution` (default: a whole epoch per call).
+    refresh, max_age, band, audit: `GateConfig.margin_refresh`, `margin_max_age`,
       `margin_band` and `margin_audit`.
     callbacks: further Keras callbacks of every `fit`.
   """
   tf.config.experimental.enable_op_determinism()
   strategy = strategy or tf.distribute.get_strategy()
-  config = config_lib.Config(epochs=EPOCHS, batch_size=32, seed=1, verbose=0,
+  config = config_lib.Config.of(epochs=EPOCHS, batch_size=32, seed=1, verbose=0,
                              skip_idle_epochs=skip, backward=backward, train_examples=N,
                              output_dir=str(tmp_path),
                              reuse_margins=skip if reuse is None else reuse,
@@ -62,16 +62,19 @@ def train(split, tmp_path, skip, kind, backward="compact", model_name=None, reus
         network = models.build_model(model_name or "lenet5_half", split.images.shape[1:], 10)
         model = distillation.Distiller(network, N, modes.get_mode("regulated"),
                                        temperature=20.0, kd_lambda=0.3, backward=backward)
-      stages.compile_model(model, 1e-2, config)
+      stages.compile_model(model, 1e-2, config.training)
     return model
 
   model = build()
   if stop_at is not None:
-    stages.fit_stage(model, split, config, stage_dir=str(tmp_path / kind), epochs=stop_at,
+    stages.fit_stage(model, split, config.training, config.gating, seed=config.seed,
+                     verbose=config.verbose, stage_dir=str(tmp_path / kind), epochs=stop_at,
                      alpha=ALPHA, extras=extras, callbacks=callbacks)
     model = build()
-  history, _ = stages.fit_stage(model, split, config, stage_dir=str(tmp_path / kind),
-                                epochs=EPOCHS, alpha=ALPHA, extras=extras, callbacks=callbacks)
+  history, _ = stages.fit_stage(model, split, config.training, config.gating,
+                                seed=config.seed, verbose=config.verbose,
+                                stage_dir=str(tmp_path / kind), epochs=EPOCHS, alpha=ALPHA,
+                                extras=extras, callbacks=callbacks)
   optimizer_state = [np.asarray(v.numpy()).copy() for v in model.optimizer.variables]
   return model, history, optimizer_state
 

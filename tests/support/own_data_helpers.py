@@ -1,6 +1,5 @@
 """Shared helpers of the own-data tests: generated image folders and tiny configs."""
 
-import dataclasses
 import os
 
 import numpy as np
@@ -38,8 +37,8 @@ def tiny_config(tmp_path, name="out", **overrides):
               eval_batch_size=64, teacher_model="lenet5", student_model="lenet5_half",
               alpha=0.5, distill_alpha=0.5, modes=("hybrid",), mlflow=False, verbose=0)
   base.update(overrides)
-  return config_lib.Config(**base)
+  return config_lib.Config.of(**base)
 
 
 def replaced(config, **changes):
-  return dataclasses.replace(config, **changes)
+  return config.replace(**changes)

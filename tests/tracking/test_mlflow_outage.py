@@ -7,7 +7,6 @@ then no more calls), warn once, and keep what it could not log under
 the printed command uploads it and the teacher's run is complete.
 """
 
-import dataclasses
 import json
 import logging
 import subprocess
@@ -37,7 +36,7 @@ def test_a_server_killed_mid_run_costs_no_training_time_and_loses_nothing(
   server = Server(str(store))
   try:
     server.wait_ready()
-    config = config_lib.Config(dataset="mnist", epochs=EPOCHS, train_examples=256,
+    config = config_lib.Config.of(dataset="mnist", epochs=EPOCHS, train_examples=256,
                                batch_size=64, eval_batch_size=256, modes=("conventional",),
                                distill_epochs=2, output_dir=str(tmp_path / "run"), verbose=0,
                                mlflow=True, mlflow_experiment="outage",
@@ -97,7 +96,7 @@ def test_a_store_back_before_the_run_ends_gets_everything_without_a_command(
   servers = [Server(str(store))]
   try:
     servers[0].wait_ready()
-    config = config_lib.Config(dataset="mnist", epochs=3, train_examples=128, batch_size=64,
+    config = config_lib.Config.of(dataset="mnist", epochs=3, train_examples=128, batch_size=64,
                                eval_batch_size=128, modes=("conventional",), distill_epochs=1,
                                output_dir=str(tmp_path / "run"), verbose=0, mlflow=True,
                                mlflow_experiment="outage", mlflow_tracking_uri=servers[0].uri)

@@ -39,7 +39,7 @@ _ENV_URI_AT_IMPORT = os.environ.get("MLFLOW_TRACKING_URI")
 
 
 def _tiny_config(output_dir, uri, modes, experiment="tf_srkd_test"):
-  return config_lib.Config(dataset="mnist", epochs=2, train_examples=256, batch_size=64,
+  return config_lib.Config.of(dataset="mnist", epochs=2, train_examples=256, batch_size=64,
                            eval_batch_size=256, modes=modes, output_dir=str(output_dir),
                            verbose=0, mlflow=True, mlflow_experiment=experiment,
                            mlflow_tracking_uri=uri)
@@ -58,7 +58,7 @@ class Tracked:
 def _track(config):
   tracker = mlflow_tracking.connect(config, strict=True)
   summary = pipeline.run(config, tracker=tracker)
-  stages = ["teacher"] + [f"student-{m}" for m in config.modes]
+  stages = ["teacher"] + [f"student-{m}" for m in config.training.modes]
   return Tracked(config, summary, tracker.tracking_uri, tracker.parent_run_id,
                  {name: tracker.stage_run_id(name) for name in stages},
                  {name: tracker.stage_model_id(name) for name in stages})
@@ -213,9 +213,9 @@ def test_model_metadata_states_the_preprocessing():
 
 
 def test_config_params_cover_every_flag():
-  config = config_lib.Config(modes=("regulated", "hybrid"), alpha=float("inf"))
+  config = config_lib.Config.of(modes=("regulated", "hybrid"), alpha=float("inf"))
   params = mlflow_tracking.config_params(config, config_lib.num_train_examples(config))
-  assert set(params) == {f.name for f in dataclasses.fields(config)} | {
+  assert set(params) == set(config.settings()) | {
       "resolved_distill_epochs", "num_train_examples"}
   assert params["modes"] == "regulated,hybrid"
   assert params["alpha"] == "inf"
@@ -289,7 +289,7 @@ def test_connect_to_unreachable_server_fails_fast(tmp_path):
     mlflow_tracking.connect(config)
   assert time.monotonic() - started < 15
   message = str(error.value)
-  assert config.mlflow_tracking_uri in message
+  assert config.tracking.mlflow_tracking_uri in message
   assert "--mlflow_tracking_uri" in message and "MLFLOW_TRACKING_URI" in message
   assert "\n" not in message
 
@@ -327,7 +327,7 @@ def test_parent_and_child_runs(tracked):
   assert parent.data.tags["dataset"] == "mnist"
   assert parent.info.run_name == "mnist all alpha=0.02"
   children = {r.data.tags["stage"]: r for r in runs if r.info.run_id != tracked.parent_run_id}
-  assert set(children) == {"teacher"} | {f"student-{m}" for m in config.modes}
+  assert set(children) == {"teacher"} | {f"student-{m}" for m in config.training.modes}
   for name, child in children.items():
     tags = child.data.tags
     assert tags["mlflow.parentRunId"] == tracked.parent_run_id
@@ -361,7 +361,7 @@ def test_params_and_flags_file(tracked, tmp_path):
     assert params["stage_epochs"] == "2"
     assert params["optimizer_name"] == "Adam"  # The class, not Keras' instance name.
     assert float(params["optimizer_learning_rate"]) == pytest.approx(
-        config.teacher_lr if name == "teacher" else config.distill_lr)
+        config.training.teacher_lr if name == "teacher" else config.training.distill_lr)
 
 
 @pytest.mark.slow
@@ -526,7 +526,7 @@ def test_export_and_registration_after_the_run(sqlite_run, tmp_path):
     def stage_model_id(self, name):
       return sqlite_run.stage_model_ids.get(name)
 
-  config = dataclasses.replace(sqlite_run.config, export=("float32",), register_model="srkd")
+  config = sqlite_run.config.replace(export=("float32",), register_model="srkd")
   assert mlflow.get_tracking_uri() != sqlite_run.uri
   results = main_lib.export_students(config, ["conventional"], Tracker())
   assert results["conventional"]["float32"]["mlflow_logged"]
@@ -576,8 +576,8 @@ def test_a_stage_logs_its_own_epochs_so_the_report_lists_them(tmp_path):
   """A pre-trained teacher fine-tuned 3 epochs in a run of --epochs=8 is a 3-epoch stage."""
   from tf_srkd.reporting import records as report_records  # pylint: disable=import-outside-toplevel
 
-  config = dataclasses.replace(_tiny_config(tmp_path / "run", f"sqlite:///{tmp_path}/m.db",
-                                            ("regulated",)), epochs=8)
+  config = _tiny_config(tmp_path / "run", f"sqlite:///{tmp_path}/m.db",
+                      ("regulated",)).replace(epochs=8)
   tracker = mlflow_tracking.connect(config, strict=True)
   with tracker.run(config, "--epochs=8\n"):
     with tracker.stage("teacher", role="teacher", model_name="t.keras", alpha=0.02, epochs=3):

@@ -76,10 +76,10 @@ def export_students(config, modes, tracker):
   if getattr(tracker, "pending", None) is not None:  # MLflow went away during the run: do not wait on it.
     run_ids = {}
   results = export_api.export_run(
-      config.output_dir, config.export, modes=modes,
+      config.output_dir, config.exporting.export, modes=modes,
       mlflow_run_ids={m: run_id for m, run_id in run_ids.items() if run_id},
-      tracking_uri=tracker.tracking_uri, max_in_memory_mb=config.max_in_memory_mb,
-      export_at_chance=config.export_at_chance, qat_epochs=config.qad_epochs)
+      tracking_uri=tracker.tracking_uri, max_in_memory_mb=config.data.max_in_memory_mb,
+      export_at_chance=config.exporting.export_at_chance, qat_epochs=config.exporting.qad_epochs)
   for mode, by_quantization in results.items():
     for quantization, result in by_quantization.items():
       console.say(f"export {mode}/{quantization}: " + str({
@@ -103,9 +103,9 @@ def run(config, strategy=None, tracker=None, is_chief=True) -> dict:
   with contextlib.closing(run_lock.RunDirLock(config.output_dir)) as lock:
     summary = pipeline.run(config, strategy, tracker=tracker, is_chief=is_chief, lock=lock)
     shippable = [m for m in summary["students"] if m not in students_at_chance(config, summary)]
-    if config.export and shippable and is_chief:
+    if config.exporting.export and shippable and is_chief:
       export_students(config, shippable, tracker)
-    if config.register_model and shippable and is_chief:
+    if config.tracking.register_model and shippable and is_chief:
       register_students(config, shippable, tracker)
   return summary
 
@@ -113,7 +113,7 @@ def run(config, strategy=None, tracker=None, is_chief=True) -> dict:
 def students_at_chance(config, summary) -> list:
   """The students `--export` and `--register_model` leave out: those at chance, unless
   `--export_at_chance`."""
-  if config.export_at_chance:
+  if config.exporting.export_at_chance:
     return []
   return [m for m, s in summary["students"].items() if s.get("at_chance")]
 
@@ -121,10 +121,10 @@ def students_at_chance(config, summary) -> list:
 def refusal_at_chance(config, summary):
   """The one line for students left unexported at chance, or None."""
   held = students_at_chance(config, summary)
-  if not held or not (config.export or config.register_model):
+  if not held or not (config.exporting.export or config.tracking.register_model):
     return None
   accuracies = ", ".join(f"{m} {summary['students'][m]['test_accuracy']:.4f}" for m in held)
-  flag = "--export" if config.export else "--register_model"
+  flag = "--export" if config.exporting.export else "--register_model"
   return (f"{flag}: nothing exported or registered for the student(s) at chance ({accuracies} "
           f"test accuracy, {config_lib.dataset_spec(config).num_classes} classes); every other file is "
           "kept. Train longer (see the warnings above), or pass --export_at_chance")
@@ -150,9 +150,9 @@ def register_students(config, modes, tracker):
           if pending is not None else ""))
       continue
     version = mlflow_registry.register_student(
-        tracker.tracking_uri, config.register_model, mode, model_id,
+        tracker.tracking_uri, config.tracking.register_model, mode, model_id,
         layout.RunDir(config.output_dir).student(mode).tflite,
-        tags={"mode": mode, "dataset": config.dataset, "model": config.student_model})
+        tags={"mode": mode, "dataset": config.data.dataset, "model": config.models.student_model})
     if version is not None:
       versions[mode] = version
       console.say(f"registered {mode} as {version.name} version {version.version}")
@@ -172,13 +172,13 @@ def main(argv):
   from tf_srkd.cli import strategy as strategy_lib  # pylint: disable=import-outside-toplevel
   from tf_srkd.tracking import base as tracking  # pylint: disable=import-outside-toplevel
 
-  if config.deterministic:
+  if config.training.deterministic:
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     tf.config.experimental.enable_op_determinism()
-  strategy = strategy_lib.make_strategy(config.strategy, config.cpu_replicas)
+  strategy = strategy_lib.make_strategy(config.training.strategy, config.training.cpu_replicas)
   chief = strategy_lib.is_chief(strategy)
   tracker = tracking.NullTracker()
-  if config.mlflow and chief:
+  if config.tracking.mlflow and chief:
     from tf_srkd.tracking import mlflow_tracking  # pylint: disable=import-outside-toplevel
     try:
       tracker = mlflow_tracking.connect(config)  # Fails fast if the server is unreachable.

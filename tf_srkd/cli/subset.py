@@ -100,13 +100,12 @@ def plan_from_flags(values) -> Plan:
             f"--{flag}={','.join(given)}: expected a comma list of {', '.join(known)}")
   require(values.epochs is None or values.epochs > 0, f"--epochs={values.epochs}: expected > 0")
   base = config_flags.read_flagfile(run.flags)
-  config = dataclasses.replace(
-      base, teacher_dir=values.teacher_dir, stage="distill", modes=("conventional",),
+  config = base.replace(teacher_dir=values.teacher_dir, stage="distill", modes=("conventional",),
       output_dir=values.output_dir or os.path.join(run.path, "subsets"),
-      distill_epochs=values.epochs or base.resolved_distill_epochs,
+      distill_epochs=values.epochs or base.training.resolved_distill_epochs,
       seed=base.seed if values.seed is None else values.seed, mlflow=values.mlflow,
       mlflow_tracking_uri=values.mlflow_tracking_uri, verbose=values.verbose,
-      mlflow_experiment=values.mlflow_experiment or f"{base.dataset}_subsets", export=())
+      mlflow_experiment=values.mlflow_experiment or f"{base.data.dataset}_subsets", export=())
   config_lib.validate(config)
   return Plan(config, fractions, tuple(values.rankings), tuple(values.methods), values.schedule)
 
@@ -121,7 +120,7 @@ def main(argv):
   from tf_srkd.tracking import base as tracking  # pylint: disable=import-outside-toplevel
 
   tracker = tracking.NullTracker()
-  if plan.config.mlflow:
+  if plan.config.tracking.mlflow:
     from tf_srkd.tracking import mlflow_tracking  # pylint: disable=import-outside-toplevel
     try:
       tracker = mlflow_tracking.connect(plan.config)

@@ -9,6 +9,7 @@ import dataclasses
 import math
 from typing import Optional, Tuple
 
+from tf_srkd.run import config_fields
 from tf_srkd.run.config import Config
 from tf_srkd.errors import ConfigError
 
@@ -16,8 +17,9 @@ from tf_srkd.errors import ConfigError
 def to_flagfile(config: Config) -> str:
   """Renders `config` in absl flagfile format (one `--flag=value` per line)."""
   lines = []
-  for field in dataclasses.fields(config):
-    value = getattr(config, field.name)
+  values = config.settings()
+  for _, field in config_fields.flag_fields():
+    value = values[field.name]
     if value is None:
       continue
     if isinstance(value, bool):
@@ -60,34 +62,21 @@ class FlagSpec:
   choices: Optional[Tuple[str, ...]] = None
 
 
-#: `tf-srkd --help`: the flags by concern, in the order a user meets them. Every `Config`
-#: field is in exactly one group (tests/cli/test_console.py checks it).
-HELP_GROUPS = (
-    ("data", ("dataset", "train_examples", "train_split", "test_split", "image_size",
-              "channels", "test_folder", "validation_fraction", "download",
-              "max_in_memory_mb")),
-    ("models", ("teacher_model", "student_model", "teacher_weights", "student_weights",
-                "teacher_finetune_epochs", "teacher_input", "student_input", "teacher_dir")),
-    ("gate", ("alpha", "distill_alpha", "gate", "distill_gate", "gate_temperature",
-              "backward", "infobatch_ratio", "infobatch_delta", "sb_beta", "keep_fraction",
-              "skip_idle_epochs", "reuse_margins", "margin_refresh", "margin_max_age",
-              "margin_band", "margin_audit")),
-    ("training", ("modes", "stage", "epochs", "distill_epochs", "batch_size", "teacher_lr",
-                  "distill_lr", "adam_epsilon", "temperature", "kd_lambda",
-                  "kd_scale_temperature_squared", "distillation_loss", "distillation_loss_weights",
-                  "distill_loss_normaliser", "augment", "seed",
-                  "precise_bn_batches", "eval_batch_size", "steps_per_execution", "strategy",
-                  "cpu_replicas", "jit_compile", "deterministic")),
-    ("outputs and tracking", ("output_dir", "overwrite", "verbose", "mlflow",
-                              "mlflow_experiment", "mlflow_tracking_uri", "register_model")),
-    ("export", ("export", "export_at_chance", "qad_epochs")),
-)
+#: The `--help` title of each settings group (None: the run-level settings).
+_HELP_TITLES = {"data": "data", "models": "models", "gating": "gate", "training": "training",
+                None: "run and outputs", "tracking": "tracking", "exporting": "export"}
+
+#: `tf-srkd --help`: the flags by concern, in the order a user meets them, drawn from
+#: `Config`'s groups so that every setting is in exactly one.
+HELP_GROUPS = tuple(
+    (title, tuple(field.name for g, field in config_fields.flag_fields() if g == group))
+    for group, title in _HELP_TITLES.items())
 
 
 def flag_specs() -> Tuple[FlagSpec, ...]:
-  """One `FlagSpec` per `Config` field, in field order."""
+  """One `FlagSpec` per setting, in `config_fields.flag_fields()` order."""
   specs = []
-  for field in dataclasses.fields(Config):
+  for _, field in config_fields.flag_fields():
     meta = field.metadata
     kind = "enum" if meta.get("choices") else meta.get("kind") or _KINDS[field.type]
     default = meta.get("flag_default", field.default)
@@ -140,7 +129,7 @@ def from_flag_values(values: dict) -> Config:
     elif spec.kind == "floats" and value is not None:
       value = tuple(_number(spec.name, v) for v in value)
     fields[spec.name] = value
-  return Config(**fields)
+  return Config.of(**fields)
 
 
 def from_flagfile(text: str) -> Config:

@@ -9,7 +9,6 @@ that the older run directories still match and resume. `tf_srkd.run.config`
 re-exports `identity`.
 """
 
-import dataclasses
 import math
 from typing import Optional
 
@@ -83,13 +82,13 @@ def identity(config: "tf_srkd.run.config.Config", teacher_digest: Optional[str] 
       model flags name (None without such files), for the same reason.
   """
   fields = {k: _json_value(v)
-            for k, v in dataclasses.asdict(config).items()
+            for k, v in config.settings().items()
             if k not in _NON_IDENTITY_FIELDS
             and not (k in _ADDED_IDENTITY_FIELDS and v == _ADDED_IDENTITY_FIELDS[k])}
-  if config.margin_refresh == "exact":
+  if config.gating.margin_refresh == "exact":
     for name in _BOUNDED_ONLY_FIELDS:
       fields.pop(name, None)
-  if all(w == 1.0 for w in config.distillation_loss_weights):  # 1 each is the default.
+  if all(w == 1.0 for w in config.training.distillation_loss_weights):  # 1 each is the default.
     fields.pop("distillation_loss_weights", None)
   if teacher_digest is not None:
     fields["teacher_sha256"] = teacher_digest
@@ -98,7 +97,7 @@ def identity(config: "tf_srkd.run.config.Config", teacher_digest: Optional[str] 
   from tf_srkd.models import sources as model_sources  # pylint: disable=import-outside-toplevel
 
   if any(model_sources.kind_of(name) == "application"
-         for name in (config.teacher_model, config.student_model)):
+         for name in (config.models.teacher_model, config.models.student_model)):
     # Applications fold their preprocessing in as Keras' own layers (other weights and
     # rounding than the earlier custom layer) and get precise BN: runs written before
     # are refused by name instead of failing on a checkpoint that no longer fits.

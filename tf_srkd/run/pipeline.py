@@ -108,8 +108,8 @@ def load_teacher(config, strategy, train_size) -> Tuple[Optional[stages.StageRes
     (the teacher or None when the run trains its own, the content hash of
     `--teacher_dir`'s files or None).
   """
-  if config.teacher_dir:
-    stage = layout.teacher_stage(config.teacher_dir)
+  if config.models.teacher_dir:
+    stage = layout.teacher_stage(config.models.teacher_dir)
     teacher = stages.load_stage(stage, strategy, config_lib.dataset_spec(config), train_size)
     return teacher, checked_reads.digest([stage.model, stage.significance, stage.participation])
   if config.stage == "distill":
@@ -141,10 +141,11 @@ def check_models(config, train, build_teacher: bool,
       or a pre-trained teacher at chance under both scalings.
   """
   spec = config_lib.dataset_spec(config)
-  sources = [("student", config.student_model, config.student_weights, config.student_input)]
+  sources = [("student", config.models.student_model, config.models.student_weights,
+              config.models.student_input)]
   if build_teacher:
-    sources.append(("teacher", config.teacher_model, config.teacher_weights,
-                    config.teacher_input))
+    sources.append(("teacher", config.models.teacher_model, config.models.teacher_weights,
+                    config.models.teacher_input))
   files, scalings, measured = [], {"teacher": "unit", "student": "unit"}, {}
   networks = {"teacher": teacher_network}
   for role, name, weights, requested in sources:
@@ -160,16 +161,16 @@ def check_models(config, train, build_teacher: bool,
   return (checked_reads.digest(files) if files else None), scalings, measured
 
 
-def distillation_losses(config):
+def distillation_losses(training):
   """(losses, weights) of `--distillation_loss` for `distillation.Distiller`
   (`distill_terms.from_flags`)."""
-  return distill_terms.from_flags(config.distillation_loss, config.distillation_loss_weights)
+  return distill_terms.from_flags(training.distillation_loss, training.distillation_loss_weights)
 
 
 def _check_distillation_layers(config, teacher, student):
   """The layers `--distillation_loss` names exist and their features can be compared,
   before anything is written."""
-  losses, weights = distillation_losses(config)
+  losses, weights = distillation_losses(config.training)
   if losses is not None:
     try:
       distill_terms.projections(distill_terms.terms_of(losses, weights), teacher, student,
@@ -183,12 +184,12 @@ def _measure_input(config, role, name, weights, network, train):
   spec = config_lib.dataset_spec(config)
   ids = input_contract.detection_ids(train.size, config.seed)
   m = input_contract.measure(network, data.take_rows(train.images, ids), train.labels[ids],
-                             spec.num_classes, min(config.eval_batch_size, len(ids)))
+                             spec.num_classes, min(config.training.eval_batch_size, len(ids)))
   source = weights or name
   # A teacher used as is must already be trained; one that is fine-tuned here (perhaps
   # from another label set) or a student (an untrained .keras architecture is common)
   # may start at chance.
-  may_start_at_chance = role == "student" or config.teacher_finetune_epochs > 0
+  may_start_at_chance = role == "student" or config.models.teacher_finetune_epochs > 0
   if m.choice is None and not may_start_at_chance:
     raise config_lib.ConfigError(input_contract.refusal(f"{role}_input", source, m,
                                                         spec.num_classes))
@@ -215,25 +216,26 @@ def train_teacher(config, strategy, train, test, tracker, is_chief=True,
   """
   spec = config_lib.dataset_spec(config)
   # A pre-trained teacher trains only its fine-tuning epochs (0: used as is).
-  pretrained = model_sources.is_pretrained(config.teacher_model, config.teacher_weights)
-  epochs = config.teacher_finetune_epochs if pretrained else config.epochs
+  pretrained = model_sources.is_pretrained(config.models.teacher_model,
+                                           config.models.teacher_weights)
+  epochs = config.models.teacher_finetune_epochs if pretrained else config.training.epochs
 
   def build():
     network = input_contract.wrap(
-        model_sources.build(config.teacher_model, spec.image_shape, spec.num_classes,
-                            config.teacher_weights, flag="teacher_model"), scaling,
+        model_sources.build(config.models.teacher_model, spec.image_shape, spec.num_classes,
+                            config.models.teacher_weights, flag="teacher_model"), scaling,
         spec.image_shape)
-    policy = gates.make_policy(config.gate, train.size, epochs, config.seed,
-                               gates.GateSettings.of(config))
+    policy = gates.make_policy(config.gating.gate, train.size, epochs, config.seed,
+                               gates.GateSettings.of(config.gating))
     return training.SelfRegulatedModel(
         network, train.size, regulate=True,
-        backward=model_sources.backward_for(config.backward, network), policy=policy,
+        backward=model_sources.backward_for(config.gating.backward, network), policy=policy,
         name="teacher")
 
-  stage = stages.StageSpec(name="teacher", role="teacher", model_name=config.teacher_model,
+  stage = stages.StageSpec(name="teacher", role="teacher", model_name=config.models.teacher_model,
                            stage_dir=layout.RunDir(config.output_dir).teacher,
-                           epochs=epochs, alpha=config.alpha,
-                           learning_rate=config.teacher_lr, gate=config.gate,
+                           epochs=epochs, alpha=config.gating.alpha,
+                           learning_rate=config.training.teacher_lr, gate=config.gating.gate,
                            input_scaling=scaling)
   return stages.run_stage(stage, config, strategy, train, test, tracker, build,
                           is_chief=is_chief)
@@ -251,24 +253,24 @@ def distill_students(config, strategy, train, test, teacher: stages.StageResult,
 
   def teacher_logits():  # One inference pass over the transfer set per run.
     if "logits" not in cached and data.is_stored(train.images):  # On disk too.
-      cached["logits"] = streaming.predict_to_disk(teacher.network, train.images,
-                                                   config.eval_batch_size, "teacher_logits")
+      cached["logits"] = streaming.predict_to_disk(
+          teacher.network, train.images, config.training.eval_batch_size, "teacher_logits")
     if "logits" not in cached:
       cached["logits"] = stages.predict_logits(teacher.network, train.images,
-                                               config.eval_batch_size)
+                                               config.training.eval_batch_size)
     return cached["logits"]
 
-  losses, weights = distillation_losses(config)
+  losses, weights = distillation_losses(config.training)
   # Terms that read the teacher's layers run it in every step; logits alone come cached.
   live_teacher = losses is not None and any(
       t.teacher_layer for t in distill_terms.terms_of(losses, weights))
   results = {}
-  for mode_name in config.modes:
+  for mode_name in config.training.modes:
     mode = modes_lib.get_mode(mode_name)
 
     def make_extras(mode=mode):
       extras = {}
-      if not (config.augment or live_teacher):
+      if not (config.data.augment or live_teacher):
         extras["teacher_logits"] = teacher_logits()
       if mode.weight_by_significance:
         extras["significance"] = teacher.significance.astype(np.float32)
@@ -276,30 +278,32 @@ def distill_students(config, strategy, train, test, teacher: stages.StageResult,
 
     def build(mode=mode):
       student = input_contract.wrap(
-          model_sources.build(config.student_model, spec.image_shape, spec.num_classes,
-                              config.student_weights, flag="student_model"), scaling,
+          model_sources.build(config.models.student_model, spec.image_shape, spec.num_classes,
+                              config.models.student_weights, flag="student_model"), scaling,
           spec.image_shape)
-      policy = (gates.make_policy(config.distill_gate, train.size, config.resolved_distill_epochs,
-                                  config.seed, gates.GateSettings.of(config))
+      policy = (gates.make_policy(config.gating.distill_gate, train.size,
+                                  config.training.resolved_distill_epochs,
+                                  config.seed, gates.GateSettings.of(config.gating))
                 if mode.regulate else None)
       return distillation.Distiller(
-          student, train.size, mode, temperature=config.temperature, kd_lambda=config.kd_lambda,
-          scale_temperature_squared=config.kd_scale_temperature_squared,
-          gate_temperature=config.gate_temperature,
-          backward=model_sources.backward_for(config.backward, student) if mode.regulate
+          student, train.size, mode, temperature=config.training.temperature,
+          kd_lambda=config.training.kd_lambda,
+          scale_temperature_squared=config.training.kd_scale_temperature_squared,
+          gate_temperature=config.gating.gate_temperature,
+          backward=model_sources.backward_for(config.gating.backward, student) if mode.regulate
           else "masked",
-          normaliser=config.distill_loss_normaliser,
-          teacher=teacher.network if config.augment or live_teacher else None, policy=policy,
-          distillation_losses=distillation_losses(config)[0],
+          normaliser=config.training.distill_loss_normaliser,
+          teacher=teacher.network if config.data.augment or live_teacher else None, policy=policy,
+          distillation_losses=distillation_losses(config.training)[0],
           distillation_loss_weights=weights,
           name=f"student_{mode.name}")
 
     stage = stages.StageSpec(
-        name=f"student-{mode_name}", role="student", model_name=config.student_model,
-        stage_dir=run_dir.student(mode_name), epochs=config.resolved_distill_epochs,
-        alpha=config.distill_alpha if mode.regulate else float("inf"),
-        learning_rate=config.distill_lr, mode=mode_name,
-        gate=config.distill_gate if mode.regulate else None, input_scaling=scaling)
+        name=f"student-{mode_name}", role="student", model_name=config.models.student_model,
+        stage_dir=run_dir.student(mode_name), epochs=config.training.resolved_distill_epochs,
+        alpha=config.gating.distill_alpha if mode.regulate else float("inf"),
+        learning_rate=config.training.distill_lr, mode=mode_name,
+        gate=config.gating.distill_gate if mode.regulate else None, input_scaling=scaling)
     results[mode_name] = stages.run_stage(stage, config, strategy, train, test, tracker, build,
                                           make_extras, is_chief=is_chief).metrics
   return results
@@ -319,7 +323,7 @@ def summarize(config, train_size, teacher_metrics, student_metrics) -> dict:
     return picked
 
   return {
-      "dataset": config.dataset,
+      "dataset": config.data.dataset,
       "train_examples": train_size,
       "teacher": pick(teacher_metrics),
       "students": {mode: pick(m) for mode, m in student_metrics.items()},
@@ -368,16 +372,16 @@ def run(config: config_lib.Config, strategy=None, tracker=None, is_chief=True,
   config_lib.validate(config)
   strategy = strategy or tf.distribute.get_strategy()
   replicas = strategy.num_replicas_in_sync
-  if config.batch_size % replicas:
+  if config.training.batch_size % replicas:
     raise config_lib.ConfigError(
-        f"--batch_size={config.batch_size}: the global batch must divide evenly over the "
+        f"--batch_size={config.training.batch_size}: the global batch must divide evenly over the "
         f"{replicas} replicas of the {type(strategy).__name__}")
   tracker = tracker or tracking.NullTracker()
   spec = config_lib.dataset_spec(config)
   # In memory, or on disk above --max_in_memory_mb (`streaming`); the same batches either way.
-  train = streaming.load(spec, "train", config.train_examples, config.download,
-                         config.max_in_memory_mb)
-  test = streaming.load(spec, "test", 0, config.download, config.max_in_memory_mb)
+  train = streaming.load(spec, "train", config.data.train_examples, config.data.download,
+                         config.data.max_in_memory_mb)
+  test = streaming.load(spec, "test", 0, config.data.download, config.data.max_in_memory_mb)
   teacher, teacher_digest = load_teacher(config, strategy, train.size)
   files_digest, scalings, measured = check_models(
       config, train, teacher is None, None if teacher is None else teacher.network)
@@ -398,7 +402,7 @@ def _run_stages(config, strategy, tracker, is_chief, train, test, teacher, scali
   """The stages of `run` after the output directory is ready; returns the summary."""
   with tracker.run(config, config_flags.to_flagfile(config),
                    num_train_examples=config_lib.num_train_examples(config)):
-    if not config.teacher_dir and config.stage != "distill":
+    if not config.models.teacher_dir and config.stage != "distill":
       # The run's own teacher: trained, or (finished) checked, reused and tracked.
       teacher = train_teacher(config, strategy, train, test, tracker, is_chief,
                               scalings["teacher"])

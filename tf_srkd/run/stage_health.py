@@ -20,9 +20,10 @@ CHANCE_TRAIN_IMAGES = 1000
 def epochs_flag(spec, config) -> str:
   """The flag that sets the stage's epoch count."""
   if spec.role == "teacher":
-    pretrained = model_sources.is_pretrained(config.teacher_model, config.teacher_weights)
+    pretrained = model_sources.is_pretrained(config.models.teacher_model,
+                                             config.models.teacher_weights)
     return "--teacher_finetune_epochs" if pretrained else "--epochs"
-  return "--epochs" if config.distill_epochs is None else "--distill_epochs"
+  return "--epochs" if config.training.distill_epochs is None else "--distill_epochs"
 
 
 def say_if_too_few_steps(spec, config, examples: int, batch_norm: bool):
@@ -36,9 +37,9 @@ def say_if_too_few_steps(spec, config, examples: int, batch_norm: bool):
   """
   if spec.epochs <= 0:
     return
-  steps = spec.epochs * data.steps_per_epoch(examples, config.batch_size)
+  steps = spec.epochs * data.steps_per_epoch(examples, config.training.batch_size)
   line = chance.too_few_steps_line(spec.name, steps, batch_norm, spec.epochs,
-                                   config.batch_size, examples, epochs_flag(spec, config))
+                                   config.training.batch_size, examples, epochs_flag(spec, config))
   if line:
     console.say(f"note: {line}")
 
@@ -60,7 +61,7 @@ def chance_check(spec, network, model, train, test, config, test_accuracy) -> di
   ids = np.sort(np.random.default_rng([config.seed, 0xc4]).choice(
       train.size, size=min(CHANCE_TRAIN_IMAGES, train.size), replace=False))
   logits = data.predict_logits(network, data.take_rows(train.images, ids),
-                               config.eval_batch_size)
+                               config.training.eval_batch_size)
   train_accuracy = float(np.mean(np.argmax(logits, axis=-1) == train.labels[ids]))
   optimizer = getattr(model, "optimizer", None)
   steps = int(optimizer.iterations.numpy()) if optimizer is not None else 0

@@ -89,15 +89,15 @@ def execution_steps(requested: int, steps_per_epoch: int) -> int:
   return max(k for k in range(1, requested + 1) if steps_per_epoch % k == 0)
 
 
-def compile_model(model, learning_rate, config):
+def compile_model(model, learning_rate, training):
   """Adam at `learning_rate`, built now so checkpoints can restore its slots.
 
-  Whole epochs per compiled call by default (`config.steps_per_execution`):
+  Whole epochs per compiled call by default (`training.steps_per_execution`):
   a trickle epoch of the self-regulated teacher is ~118 steps of which most
   apply no update, so the per-call Python round trip of Keras' loop was a
   large share of it (bench/RESULTS.md "trickle").
   """
-  per_call = config.steps_per_execution
+  per_call = training.steps_per_execution
   if tf.distribute.has_strategy():
     # `distributed.apply_if` takes the update's condition in cross-replica context,
     # which a tf.while_loop over steps cannot hold ("You must feed a value for
@@ -105,58 +105,63 @@ def compile_model(model, learning_rate, config):
     per_call = 1
   if per_call != 1:
     per_call = execution_steps(per_call, data.steps_per_epoch(model.num_examples,
-                                                              config.batch_size))
-  model.compile(optimizer=keras.optimizers.Adam(learning_rate, epsilon=config.adam_epsilon),
-                jit_compile=config.jit_compile,
+                                                              training.batch_size))
+  model.compile(optimizer=keras.optimizers.Adam(learning_rate, epsilon=training.adam_epsilon),
+                jit_compile=training.jit_compile,
                 steps_per_execution=per_call)
   model.optimizer.build(model.trained_variables())
 
 
-def fit_stage(model, split, config, *, stage_dir, epochs, alpha, extras=None, callbacks=(),
-              epoch_listeners=(), is_chief=True, name=None):
+def fit_stage(model, split, training, gating, *, seed, stage_dir, epochs, alpha, extras=None,
+              augment_fn=None, callbacks=(), epoch_listeners=(), is_chief=True, name=None,
+              verbose=2):
   """Trains `model` for `epochs`, resuming from `<stage_dir>/backup` if present.
 
-  With `config.skip_idle_epochs`, epochs in which provably no sample takes part
+  With `gating.skip_idle_epochs`, epochs in which provably no sample takes part
   (see `callbacks.IdleEpochSkipper`) are not run: they are recorded with
   participation 0 and `skipped_epoch` 1, through the same `EpochHistory.record`
   as the epochs that ran, and training resumes at the first epoch with a
   participant. The result is bit-identical to running them. With
-  `config.reuse_margins`, compact steps take the gate of every row whose
+  `gating.reuse_margins`, compact steps take the gate of every row whose
   margin is still exact from the model's `margin_cache`.
 
   Args:
     model: a compiled `SelfRegulatedModel`.
     split: the transfer set (`data.SplitArrays`).
-    config: the run's `Config` (batch size, seed, augmentation, skipping, verbosity).
+    training: the run's `TrainingConfig` (batch size).
+    gating: the run's `GateConfig` (margin reuse, idle-epoch skipping).
+    seed: the run's seed (the per-epoch shuffles).
     stage_dir: the stage's directory (history.json and backup/ go there).
     epochs: the stage's epoch count.
     alpha: the self-regulation rate of the schedule.
     extras: per-sample features gathered into every batch (teacher logits, ...).
+    augment_fn: the per-batch augmentation (`augmentation`), or None.
     callbacks: further Keras callbacks (e.g. the tracker's).
     epoch_listeners: `fn(epoch, logs)` called for every epoch, run or skipped.
     is_chief: False on workers that write nothing.
     name: the stage's name in the message of a diverged (NaN/inf) epoch.
+    verbose: Keras' fit verbosity.
 
   Returns:
     (history list of per-epoch dicts, wall time in seconds of this process' share).
   """
   stage = layout.StageDir(stage_dir)
   checkpoint, start, history, previous = _resume(stage, model, epochs, is_chief, epoch_listeners)
-  augment_fn = _augmentation(config)
   schedule = callbacks_lib.RegulationSchedule(alpha, split.size, start, previous)
-  rollover, skipper = _margin_reuse(model, config, split.labels, alpha, epochs)
+  rollover, skipper = _margin_reuse(model, gating, augment_fn is not None, split.labels, alpha,
+                                    epochs)
   guard = callbacks_lib.FiniteLogsGuard(name or stage_dir, stage.backup)
   began = time.time()
   epoch = start
   while epoch < epochs:
-    model.fit(_epoch_batches(split, config, epoch, epochs, extras, augment_fn),
+    model.fit(_epoch_batches(split, training.batch_size, seed, epoch, epochs, extras, augment_fn),
               epochs=epochs, initial_epoch=epoch,
               # The batches are already shuffled per epoch (Keras warns otherwise).
-              shuffle=False, steps_per_epoch=data.steps_per_epoch(split.size, config.batch_size),
+              shuffle=False, steps_per_epoch=data.steps_per_epoch(split.size, training.batch_size),
               callbacks=[schedule, *[c for c in (rollover, skipper) if c], guard, history,
                          callbacks_lib.CheckpointCallback(checkpoint), *callbacks,
                          callbacks_lib.ConsoleProgbar()],
-              verbose=config.verbose)
+              verbose=verbose)
     if skipper is None or skipper.idle_from is None:
       break
     for idle_epoch, logs in skipper.idle_epochs():
@@ -180,15 +185,20 @@ def _resume(stage: layout.StageDir, model, epochs, is_chief, listeners):
   return checkpoint, start, history, previous
 
 
-def _augmentation(config):
-  """`--augment`'s per-batch random shift (and flip for colour images), or None."""
-  if not config.augment:
+def augmentation(data_config, seed, channels):
+  """`--augment`'s per-batch random shift (and flip for colour images), or None.
+
+  Args:
+    data_config: the run's `DataConfig`.
+    seed: the run's seed.
+    channels: the images' channels (3: colour, flipped too).
+  """
+  if not data_config.augment:
     return None
-  return data.random_shift_augment(2, flip=config_lib.dataset_spec(config).image_shape[-1] == 3,
-                                   seed=config.seed)
+  return data.random_shift_augment(2, flip=channels == 3, seed=seed)
 
 
-def _margin_reuse(model, config, labels, alpha, epochs):
+def _margin_reuse(model, gating, augmented, labels, alpha, epochs):
   """Configures the model's margins; returns (margin-cache rollover, idle-epoch skipper),
   each or None.
 
@@ -202,20 +212,20 @@ def _margin_reuse(model, config, labels, alpha, epochs):
   rollover = skipper = None
   model.configure_margins(reuse=False)  # Read when `fit` traces the step.
   if (model.regulate and model.backward != "masked" and model.policy.idle_epochs
-      and not config.augment and not model_sources.has_batch_norm(model.network)):
-    bound = (staleness.Staleness(config.margin_max_age, config.margin_band)
-             if config.margin_refresh == "bounded" else None)
-    model.configure_margins(config.reuse_margins, bound, audit=config.margin_audit)
-    if config.skip_idle_epochs or config.reuse_margins:
-      rollover = margin_cache.MarginCacheRollover(config.reuse_margins)
+      and not augmented and not model_sources.has_batch_norm(model.network)):
+    bound = (staleness.Staleness(gating.margin_max_age, gating.margin_band)
+             if gating.margin_refresh == "bounded" else None)
+    model.configure_margins(gating.reuse_margins, bound, audit=gating.margin_audit)
+    if gating.skip_idle_epochs or gating.reuse_margins:
+      rollover = margin_cache.MarginCacheRollover(gating.reuse_margins)
     # The audit runs every epoch: a skipped one would log no misses where rows kept
     # since may have fallen below eta (skipping changes no bit, running them neither).
-    if config.skip_idle_epochs and not config.margin_audit:
+    if gating.skip_idle_epochs and not gating.margin_audit:
       skipper = callbacks_lib.IdleEpochSkipper(labels, alpha, epochs, bound)
   return rollover, skipper
 
 
-def _epoch_batches(split, config, epoch, epochs, extras, augment_fn):
+def _epoch_batches(split, batch_size, seed, epoch, epochs, extras, augment_fn):
   """The batches of epochs [epoch, epochs), shuffled per epoch from the run's seed.
 
   Distillation batches carry per-sample extras: when all of it is in memory, they are
@@ -224,7 +234,7 @@ def _epoch_batches(split, config, epoch, epochs, extras, augment_fn):
   """
   in_memory = not any(data.is_stored(v) for v in (split.images, *(extras or {}).values()))
   make_dataset = epoch_batches.train_dataset if extras and in_memory else data.train_dataset
-  return make_dataset(split, config.batch_size, config.seed, epoch, epochs, extras, augment_fn)
+  return make_dataset(split, batch_size, seed, epoch, epochs, extras, augment_fn)
 
 
 def predict_logits(network, images, batch_size):
@@ -304,14 +314,17 @@ def run_stage(spec: StageSpec, config, strategy, train, test, tracker, build: Ca
   keras.utils.set_random_seed(config.seed)
   with strategy.scope():
     model = build()
-    compile_model(model, spec.learning_rate, config)
+    compile_model(model, spec.learning_rate, config.training)
   stage_health.say_if_too_few_steps(spec, config, train.size,
                                     model_sources.has_batch_norm(model.network))
   with tracker.stage(spec.name, epochs=spec.epochs, **tracked) as stage:
-    history, wall = fit_stage(model, train, config, stage_dir=spec.stage_dir.path,
-                              epochs=spec.epochs, alpha=spec.alpha, extras=extras,
-                              callbacks=stage.callbacks(), epoch_listeners=[stage.log_epoch],
-                              is_chief=is_chief, name=spec.name)
+    augment_fn = augmentation(config.data, config.seed,
+                              config_lib.dataset_spec(config).image_shape[-1])
+    history, wall = fit_stage(model, train, config.training, config.gating, seed=config.seed,
+                              stage_dir=spec.stage_dir.path, epochs=spec.epochs, alpha=spec.alpha,
+                              extras=extras, augment_fn=augment_fn, callbacks=stage.callbacks(),
+                              epoch_listeners=[stage.log_epoch], is_chief=is_chief,
+                              name=spec.name, verbose=config.verbose)
     result = _trained_result(spec, model, train, test, config, history, wall)
     if is_chief:
       _write_result(spec.stage_dir, result)
@@ -327,14 +340,14 @@ def _trained_result(spec, model, train, test, config, history, wall) -> StageRes
   significance = None
   trained = spec.epochs > 0  # 0: a pre-trained teacher used as is, without counts.
   bn_batches = 0
-  if trained and config.precise_bn_batches:
+  if trained and config.training.precise_bn_batches:
     # Before evaluation, the teacher's logits for the students and export: the moving
     # statistics must belong to the final weights, not to the average of the run's.
-    bn_batches = precise_bn.recompute(network, train.images, config.batch_size,
-                                      config.precise_bn_batches, config.seed)
+    bn_batches = precise_bn.recompute(network, train.images, config.training.batch_size,
+                                      config.training.precise_bn_batches, config.seed)
   if spec.role == "teacher" and trained:
     significance = regulation.significance(counts, train.labels, config_lib.dataset_spec(config).num_classes)
-  test_accuracy = evaluate_accuracy(network, test, config.eval_batch_size)
+  test_accuracy = evaluate_accuracy(network, test, config.training.eval_batch_size)
   metrics = {
       "test_accuracy": test_accuracy,
       "zeta": (regulation.sample_efficiency(counts, spec.epochs)
@@ -377,10 +390,11 @@ def _log_result(stage, result: StageResult, train, test, config):
   """Datasets, the whole per-epoch history, participation, the final metrics at the last
   epoch's step, the model at that step (so it carries them), significance."""
   metrics = result.metrics
-  train_split = f"train[:{config.train_examples}]" if config.train_examples else "train"
+  train_split = f"train[:{config.data.train_examples}]" if config.data.train_examples else "train"
   if train.size != config_lib.num_train_examples(config):  # A subset of it (`tf_srkd.cli.subset`).
     train_split = f"{train_split}-subset-{train.size}"
-  stage.log_datasets(config.dataset, [(train_split, train, "training"), ("test", test, "testing")])
+  stage.log_datasets(config.data.dataset, [(train_split, train, "training"), ("test", test,
+                                                                              "testing")])
   stage.log_history(metrics.get("history"))
   if result.participation is not None:
     stage.log_participation(result.participation, metrics.get("history"))

@@ -31,7 +31,7 @@ class Plan:
   schedule: str
 
   def epochs_at(self, fraction) -> int:
-    epochs = self.config.resolved_distill_epochs
+    epochs = self.config.training.resolved_distill_epochs
     return epochs if self.schedule == "epochs" else math.ceil(epochs / fraction)
 
 
@@ -98,10 +98,11 @@ def run(plan: Plan, tracker=None) -> list:
   spec = config_lib.dataset_spec(config)
   strategy = tf.distribute.get_strategy()
   # In memory, or on disk above --max_in_memory_mb, as in `pipeline.run`.
-  train = streaming.load(spec, "train", config.train_examples, config.download,
-                         config.max_in_memory_mb)
-  test = streaming.load(spec, "test", 0, config.download, config.max_in_memory_mb)
-  teacher = stages.load_stage(layout.teacher_stage(config.teacher_dir), strategy, spec, train.size)
+  train = streaming.load(spec, "train", config.data.train_examples, config.data.download,
+                         config.data.max_in_memory_mb)
+  test = streaming.load(spec, "test", 0, config.data.download, config.data.max_in_memory_mb)
+  teacher = stages.load_stage(layout.teacher_stage(config.models.teacher_dir), strategy, spec,
+                              train.size)
   check_output_dir(plan)
   out = config.output_dir
   from tf_srkd.storage import run_lock  # pylint: disable=import-outside-toplevel
@@ -128,10 +129,11 @@ def _run_locked(plan, tracker, config, spec, strategy, train, test, teacher, out
   os.makedirs(os.path.join(out, "ids"), exist_ok=True)
   io_utils.write_json(os.path.join(out, "settings.json"), settings_record(plan))
   if data.is_stored(train.images):  # On disk too, as in `pipeline.distill_students`.
-    logits = streaming.predict_to_disk(teacher.network, train.images, config.eval_batch_size,
+    logits = streaming.predict_to_disk(teacher.network, train.images,
+                                       config.training.eval_batch_size,
                                        "teacher_logits")
   else:
-    logits = stages.predict_logits(teacher.network, train.images, config.eval_batch_size)
+    logits = stages.predict_logits(teacher.network, train.images, config.training.eval_batch_size)
   tracker = tracker or tracking.NullTracker()
   rows = []
   with tracker.run(config, config_flags.to_flagfile(config),
@@ -179,33 +181,35 @@ def _train_student(plan, method, ranking, fraction, ids, train, test, logits, st
 
   config = plan.config
   spec = config_lib.dataset_spec(config)
-  subset = subset_split(train, ids, config.max_in_memory_mb)
+  subset = subset_split(train, ids, config.data.max_in_memory_mb)
   # The run's --distillation_loss terms; those on the teacher's layers need it live.
-  losses, weights = distill_terms.from_flags(config.distillation_loss,
-                                             config.distillation_loss_weights)
+  losses, weights = distill_terms.from_flags(config.training.distillation_loss,
+                                             config.training.distillation_loss_weights)
   live = losses is not None and any(
       t.teacher_layer for t in distill_terms.terms_of(losses, weights))
 
   def build():
-    network = models.build_model(config.student_model, spec.image_shape, spec.num_classes)
+    network = models.build_model(config.models.student_model, spec.image_shape, spec.num_classes)
     if method == "supervised":
       return training.SelfRegulatedModel(network, subset.size, regulate=False, name="supervised")
     return distillation.Distiller(
-        network, subset.size, modes.get_mode("conventional"), temperature=config.temperature,
-        kd_lambda=config.kd_lambda, scale_temperature_squared=config.kd_scale_temperature_squared,
-        normaliser=config.distill_loss_normaliser, teacher=teacher_network if live else None,
+        network, subset.size, modes.get_mode("conventional"),
+        temperature=config.training.temperature, kd_lambda=config.training.kd_lambda,
+        scale_temperature_squared=config.training.kd_scale_temperature_squared,
+        normaliser=config.training.distill_loss_normaliser,
+        teacher=teacher_network if live else None,
         distillation_losses=losses, distillation_loss_weights=weights, name="kd")
 
   name = f"{method}-{ranking}-f{fraction:g}"
-  stage = stages.StageSpec(name=name, role="student", model_name=config.student_model,
+  stage = stages.StageSpec(name=name, role="student", model_name=config.models.student_model,
                            stage_dir=layout.StageDir(os.path.join(config.output_dir, name)),
                            epochs=plan.epochs_at(fraction), alpha=float("inf"),
-                           learning_rate=config.distill_lr, mode=method)
+                           learning_rate=config.training.distill_lr, mode=method)
 
   def extras():  # Read only when the stage trains (a finished one is reused).
     if method != "kd" or live:
       return {}
-    return {"teacher_logits": streaming.take(logits, ids, config.max_in_memory_mb)}
+    return {"teacher_logits": streaming.take(logits, ids, config.data.max_in_memory_mb)}
 
   return stages.run_stage(stage, config, strategy, subset, test, tracker, build, extras).metrics
 
@@ -215,10 +219,10 @@ def _write_outputs(plan, rows, tracker):
 
   out = plan.config.output_dir
   run_dir = layout.RunDir(out)
-  io_utils.write_json(run_dir.summary, {"dataset": plan.config.dataset, "rows": rows})
+  io_utils.write_json(run_dir.summary, {"dataset": plan.config.data.dataset, "rows": rows})
   table = markdown_table(rows, plan.fractions, plan.rankings)
   io_utils.write_text(os.path.join(out, "table.md"), table)
-  figure = curve_figure(rows, plan.config.dataset)
+  figure = curve_figure(rows, plan.config.data.dataset)
   figure.savefig(os.path.join(out, "curve.png"), dpi=120)
   print(table)
   for name in ("table.md", "curve.png"):

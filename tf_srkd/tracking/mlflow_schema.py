@@ -17,7 +17,6 @@ Metrics of a child run (teacher or student):
 Imports neither TensorFlow nor MLflow.
 """
 
-import dataclasses
 import math
 
 #: Keras epoch-log names whose MLflow metric name differs (the final `zeta` is the stage's).
@@ -63,9 +62,9 @@ def config_params(config, num_train_examples=None) -> dict:
   Also `resolved_distill_epochs` and `num_train_examples` (the transfer set's
   size, as the run resolved it), the values the flags resolve to.
   """
-  params = {f.name: _param_value(getattr(config, f.name)) for f in dataclasses.fields(config)}
-  params["resolved_distill_epochs"] = str(config.resolved_distill_epochs)
-  params["num_train_examples"] = str(num_train_examples or config.train_examples)
+  params = {name: _param_value(value) for name, value in config.settings().items()}
+  params["resolved_distill_epochs"] = str(config.training.resolved_distill_epochs)
+  params["num_train_examples"] = str(num_train_examples or config.data.train_examples)
   return params
 
 
@@ -144,7 +143,7 @@ def summary_metrics(summary: dict) -> dict:
 
 
 def parent_run_name(config) -> str:
-  return f"{config.dataset} {config.stage} alpha={format_alpha(config.alpha)}"
+  return f"{config.data.dataset} {config.stage} alpha={format_alpha(config.gating.alpha)}"
 
 
 def stage_run_name(name, model_name, alpha) -> str:

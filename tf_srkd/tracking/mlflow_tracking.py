@@ -86,7 +86,7 @@ def connect(config, strict=False):
     TrackingError: the tracking store cannot be reached or used; the message
       names the URI and --mlflow_tracking_uri / MLFLOW_TRACKING_URI.
   """
-  uri = mlflow_store.resolve_tracking_uri(config.mlflow_tracking_uri)
+  uri = mlflow_store.resolve_tracking_uri(config.tracking.mlflow_tracking_uri)
   try:
     with mlflow_store.fail_fast_http():
       client = mlflow.MlflowClient(tracking_uri=uri)
@@ -190,7 +190,7 @@ class MlflowTracker:
     return True
 
   def _base_tags(self, config):
-    return {"dataset": config.dataset, "output_dir": os.path.abspath(config.output_dir)}
+    return {"dataset": config.data.dataset, "output_dir": os.path.abspath(config.output_dir)}
 
   def _start(self, what, *, run_name, tags, parent_id=None):
     """Starts a run (nested under `parent_id` if given); returns its id, or None.
@@ -282,9 +282,9 @@ class MlflowTracker:
   @contextlib.contextmanager
   def _parent_run(self, config, flags_text):
     self.config = config
-    tags = dict(self._base_tags(config), model=config.teacher_model,
-                student_model=config.student_model, alpha=format_alpha(config.alpha),
-                stage=config.stage, modes=",".join(config.modes))
+    tags = dict(self._base_tags(config), model=config.models.teacher_model,
+                student_model=config.models.student_model, alpha=format_alpha(config.gating.alpha),
+                stage=config.stage, modes=",".join(config.training.modes))
     outer = mlflow.active_run()  # The caller's own run, if any, is the parent's parent.
     run_id = self._start("parent", run_name=mlflow_schema.parent_run_name(config), tags=tags,
                          parent_id=outer.info.run_id if outer is not None else None)
@@ -343,7 +343,8 @@ class MlflowTracker:
       return
     self.stage_run_ids[name] = run_id
     if epochs is None:
-      epochs = config.epochs if role == "teacher" else config.resolved_distill_epochs
+      epochs = (config.training.epochs if role == "teacher"
+                else config.training.resolved_distill_epochs)
     params = dict(config_params(config, self.num_train_examples), stage_epochs=str(epochs),
                   stage_alpha=format_alpha(alpha) or "None")
     self.guard("log params", self.client.log_batch, run_id,
@@ -351,7 +352,8 @@ class MlflowTracker:
     error = None
     try:
       yield mlflow_stage.MlflowStage(
-          self, run_id, title=f"{config.dataset} {name} ({model_name}, α={format_alpha(alpha)})",
+          self, run_id,
+          title=f"{config.data.dataset} {name} ({model_name}, α={format_alpha(alpha)})",
           name=name, tags=tags, alpha=alpha, gate=gate)
     except BaseException as e:
       error = e

@@ -38,7 +38,7 @@ class GateSettings:
 
   @classmethod
   def of(cls, config) -> "GateSettings":
-    """The settings of a `config.Config` (or anything with the same attributes)."""
+    """The settings of a run's `GateConfig` (or anything with the same attributes)."""
     return cls(**{f.name: getattr(config, f.name) for f in dataclasses.fields(cls)})
 
 
