@@ -86,8 +86,8 @@ def base_config(dataset, args):
     config = config_flags.from_flagfile(f.read())
   epochs = args.cifar_epochs if dataset == "cifar10" else args.epochs
   return config.replace(epochs=epochs, distill_epochs=epochs, seed=args.seed,
-                             train_examples=args.train_examples, verbose=0, mlflow=False,
-                             skip_idle_epochs=True, backward="auto")
+                        train_examples=args.train_examples, verbose=0, mlflow=False,
+                        skip_idle_epochs=True, backward="auto")
 
 
 def peer_settings(zeta, quick=False):

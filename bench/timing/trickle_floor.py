@@ -87,7 +87,7 @@ def base_config(args, out):
   with open(os.path.join(common.REPO_ROOT, "flags", "mnist.flags"), encoding="utf-8") as f:
     config = config_flags.from_flagfile(f.read())
   return config.replace(epochs=args.epochs, train_examples=args.examples,
-                             output_dir=out, verbose=0, mlflow=False)
+                        output_dir=out, verbose=0, mlflow=False)
 
 
 def build_teacher(config, spec, n, backward):

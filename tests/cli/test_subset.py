@@ -112,7 +112,7 @@ def teacher_run(tmp_path_factory):
 
   run = layout.RunDir(str(tmp_path_factory.mktemp("subset_teacher") / "run"))
   config = config_lib.Config.of(dataset="mnist", epochs=1, train_examples=160, batch_size=32,
-                             eval_batch_size=500, verbose=0, mlflow=False, output_dir=run.path)
+                                eval_batch_size=500, verbose=0, mlflow=False, output_dir=run.path)
   os.makedirs(run.teacher.path)
   io_utils.write_text(run.flags, config_flags.to_flagfile(config))
   keras.utils.set_random_seed(0)

@@ -245,7 +245,7 @@ def _fit_stage(name, stage_dir, epochs, crash_after=None):
 
   tf.config.experimental.enable_op_determinism()
   config = config_lib.Config.of(epochs=epochs, batch_size=BATCH, seed=SEED, verbose=0,
-                             skip_idle_epochs=True, backward="compact", train_examples=N)
+                                skip_idle_epochs=True, backward="compact", train_examples=N)
   keras.utils.set_random_seed(1)
   network = models.build_model("lenet5", (28, 28, 1), 10)
   policy = gates.make_policy(name, N, epochs, SEED, gates.GateSettings(keep_fraction=0.05))
@@ -287,7 +287,7 @@ def test_console_and_mlflow_name_the_gate(tmp_path):
   assert console.describe_stage("teacher", "teacher", "lenet5", None, 0.02,
                                 "self_regulated") == "teacher lenet5 (self-regulated, alpha=0.02)"
   config = config_lib.Config.of(output_dir=str(tmp_path / "run"), mlflow_experiment="gates",
-                             mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+                                mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
   tracker = mlflow_tracking.connect(config, strict=True)
   with tracker.run(config, ""):
     with tracker.stage("teacher", role="teacher", model_name="lenet5", alpha=0.02,

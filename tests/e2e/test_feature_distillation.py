@@ -22,10 +22,10 @@ pytestmark = pytest.mark.slow
 
 def _config(out, **overrides):
   config = config_lib.Config.of(dataset="mnist", epochs=3, train_examples=N, batch_size=32,
-                             eval_batch_size=64, output_dir=str(out), verbose=0, mlflow=False,
-                             alpha=0.5, distill_alpha=0.5, seed=3, modes=("hybrid",),
-                             backward="compact", distillation_loss=FEATURES,
-                             distillation_loss_weights=(1.0, 0.5, 0.25))
+                                eval_batch_size=64, output_dir=str(out), verbose=0, mlflow=False,
+                                alpha=0.5, distill_alpha=0.5, seed=3, modes=("hybrid",),
+                                backward="compact", distillation_loss=FEATURES,
+                                distillation_loss_weights=(1.0, 0.5, 0.25))
   return config.replace(**overrides)
 
 

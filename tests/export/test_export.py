@@ -33,8 +33,8 @@ def run_dir(tmp_path_factory):
 
   out = str(tmp_path_factory.mktemp("export_run") / "run")
   config = config_lib.Config.of(dataset="mnist", epochs=2, train_examples=256, batch_size=64,
-                             eval_batch_size=256, verbose=0, mlflow=False, modes=MODES,
-                             output_dir=out)
+                                eval_batch_size=256, verbose=0, mlflow=False, modes=MODES,
+                                output_dir=out)
   pipeline.run(config)
   return out
 

@@ -154,9 +154,9 @@ def qad_run(tmp_path_factory):
 
   out = str(tmp_path_factory.mktemp("qad") / "run")
   config = config_lib.Config.of(dataset="mnist", epochs=2, train_examples=512, batch_size=64,
-                             eval_batch_size=256, verbose=0, mlflow=False,
-                             modes=("conventional", "hybrid"), output_dir=out, export=("int8",),
-                             qad_epochs=1, export_at_chance=True)
+                                eval_batch_size=256, verbose=0, mlflow=False,
+                                modes=("conventional", "hybrid"), output_dir=out, export=("int8",),
+                                qad_epochs=1, export_at_chance=True)
   cli_main.run(config)
   return out
 

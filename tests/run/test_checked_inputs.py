@@ -33,8 +33,8 @@ EPOCHS = 2
 
 def smoke_config(out, **overrides):
   config = config_lib.Config.of(dataset="mnist", epochs=EPOCHS, train_examples=N, batch_size=64,
-                             eval_batch_size=256, output_dir=str(out), verbose=0, mlflow=False,
-                             modes=("conventional",))
+                                eval_batch_size=256, output_dir=str(out), verbose=0, mlflow=False,
+                                modes=("conventional",))
   return config.replace(**overrides)
 
 

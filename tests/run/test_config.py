@@ -97,7 +97,7 @@ def test_flagfile_round_trip():
   assert "--alpha=inf\n" in text and "--modes=hybrid\n" in text and "--nomlflow\n" in text
   for config in (config_lib.Config.of(alpha=math.inf, modes=("hybrid",), mlflow=False),
                  config_lib.Config.of(teacher_dir="/runs/a", export=("int8", "float32"),
-                                   distill_epochs=3, mlflow_tracking_uri="sqlite:///x=y.db")):
+                                      distill_epochs=3, mlflow_tracking_uri="sqlite:///x=y.db")):
     assert config_flags.from_flagfile(config_flags.to_flagfile(config)) == config
 
 

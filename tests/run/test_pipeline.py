@@ -18,8 +18,8 @@ SHARES_MOCK_RUN = pytest.mark.xdist_group("test_pipeline_mock_run")
 
 def smoke_config(out, **overrides):
   config = config_lib.Config.of(dataset="mnist", epochs=2, train_examples=N, batch_size=32,
-                             eval_batch_size=64, output_dir=str(out), verbose=0, mlflow=False,
-                             alpha=0.5, distill_alpha=0.5, seed=3)
+                                eval_batch_size=64, output_dir=str(out), verbose=0, mlflow=False,
+                                alpha=0.5, distill_alpha=0.5, seed=3)
   return config.replace(**overrides)
 
 

@@ -27,8 +27,8 @@ SHARES_TEACHERS = pytest.mark.xdist_group("test_reliability_teachers")
 
 def smoke_config(out, **overrides):
   config = config_lib.Config.of(dataset="mnist", epochs=2, train_examples=N, batch_size=32,
-                             eval_batch_size=64, output_dir=str(out), verbose=0, mlflow=False,
-                             alpha=0.5, distill_alpha=0.5, seed=3, modes=("conventional",))
+                                eval_batch_size=64, output_dir=str(out), verbose=0, mlflow=False,
+                                alpha=0.5, distill_alpha=0.5, seed=3, modes=("conventional",))
   return config.replace(**overrides)
 
 

@@ -43,11 +43,11 @@ def train(split, tmp_path, skip, kind, backward="compact", model_name=None, reus
   tf.config.experimental.enable_op_determinism()
   strategy = strategy or tf.distribute.get_strategy()
   config = config_lib.Config.of(epochs=EPOCHS, batch_size=32, seed=1, verbose=0,
-                             skip_idle_epochs=skip, backward=backward, train_examples=N,
-                             output_dir=str(tmp_path),
-                             reuse_margins=skip if reuse is None else reuse,
-                             steps_per_execution=steps_per_execution, margin_refresh=refresh,
-                             margin_max_age=max_age, margin_band=band, margin_audit=audit)
+                                skip_idle_epochs=skip, backward=backward, train_examples=N,
+                                output_dir=str(tmp_path),
+                                reuse_margins=skip if reuse is None else reuse,
+                                steps_per_execution=steps_per_execution, margin_refresh=refresh,
+                                margin_max_age=max_age, margin_band=band, margin_audit=audit)
   extras = {}
   if kind != "teacher":
     extras["teacher_logits"] = np.eye(10, dtype=np.float32)[split.labels] * 8.0  # confident

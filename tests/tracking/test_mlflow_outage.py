@@ -37,10 +37,10 @@ def test_a_server_killed_mid_run_costs_no_training_time_and_loses_nothing(
   try:
     server.wait_ready()
     config = config_lib.Config.of(dataset="mnist", epochs=EPOCHS, train_examples=256,
-                               batch_size=64, eval_batch_size=256, modes=("conventional",),
-                               distill_epochs=2, output_dir=str(tmp_path / "run"), verbose=0,
-                               mlflow=True, mlflow_experiment="outage",
-                               mlflow_tracking_uri=server.uri)
+                                  batch_size=64, eval_batch_size=256, modes=("conventional",),
+                                  distill_epochs=2, output_dir=str(tmp_path / "run"), verbose=0,
+                                  mlflow=True, mlflow_experiment="outage",
+                                  mlflow_tracking_uri=server.uri)
     tracker = mlflow_tracking.connect(config)
     killed = {}
     log_epoch = mlflow_stage.MlflowStage.log_epoch
@@ -97,9 +97,9 @@ def test_a_store_back_before_the_run_ends_gets_everything_without_a_command(
   try:
     servers[0].wait_ready()
     config = config_lib.Config.of(dataset="mnist", epochs=3, train_examples=128, batch_size=64,
-                               eval_batch_size=128, modes=("conventional",), distill_epochs=1,
-                               output_dir=str(tmp_path / "run"), verbose=0, mlflow=True,
-                               mlflow_experiment="outage", mlflow_tracking_uri=servers[0].uri)
+                                  eval_batch_size=128, modes=("conventional",), distill_epochs=1,
+                                  output_dir=str(tmp_path / "run"), verbose=0, mlflow=True,
+                                  mlflow_experiment="outage", mlflow_tracking_uri=servers[0].uri)
     tracker = mlflow_tracking.connect(config)
     log_epoch = mlflow_stage.MlflowStage.log_epoch
 

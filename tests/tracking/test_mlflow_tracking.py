@@ -40,9 +40,9 @@ _ENV_URI_AT_IMPORT = os.environ.get("MLFLOW_TRACKING_URI")
 
 def _tiny_config(output_dir, uri, modes, experiment="tf_srkd_test"):
   return config_lib.Config.of(dataset="mnist", epochs=2, train_examples=256, batch_size=64,
-                           eval_batch_size=256, modes=modes, output_dir=str(output_dir),
-                           verbose=0, mlflow=True, mlflow_experiment=experiment,
-                           mlflow_tracking_uri=uri)
+                              eval_batch_size=256, modes=modes, output_dir=str(output_dir),
+                              verbose=0, mlflow=True, mlflow_experiment=experiment,
+                              mlflow_tracking_uri=uri)
 
 
 @dataclasses.dataclass

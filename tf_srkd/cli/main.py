@@ -1,6 +1,6 @@
 """Command-line entry point: `tf-srkd --flagfile=quick` (or `python -m tf_srkd.main`).
 
-Defines one flag per `Config` field, turns the flags into one frozen `Config`,
+Defines one flag per `Config` setting, turns the flags into one frozen `Config`,
 creates the distribution strategy once, calls `pipeline.run`, and, with
 `--export`, exports the students with `export/` afterwards (the library itself
 never imports `export/`, which sits on top of it).
@@ -32,7 +32,7 @@ _DEFINE = {"string": flags.DEFINE_string, "rate": flags.DEFINE_string,
 
 
 def define_flags(flag_values=FLAGS):
-  """Defines one flag per `Config` field (name, default and help from the field)."""
+  """Defines one flag per `Config` setting (name, default and help from its field)."""
   for spec in config_flags.flag_specs():
     if spec.kind == "enum":
       flags.DEFINE_enum(spec.name, spec.default, list(spec.choices), spec.help,

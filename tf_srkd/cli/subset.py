@@ -26,7 +26,6 @@ as in the run itself: a subset reads only its own rows, and a subset that is
 itself above the limit is read by id while its students train.
 """
 
-import dataclasses
 import os
 import time
 

@@ -45,7 +45,7 @@ import tensorflow as tf
 from tf_srkd.data import arrays as data
 from tf_srkd.data import datasets
 
-#: The default of `--max_in_memory_mb` (see `Config`).
+#: The default of `--max_in_memory_mb` (see `DataConfig`).
 DEFAULT_MAX_IN_MEMORY_MB = 2048
 
 

@@ -1,8 +1,8 @@
 """The frozen run configuration and every bad-input rule.
 
 Entry points turn flags into a `Config`; the library only ever sees this
-object. The fields are the one list of settings (`config_fields`, re-exported
-here): each carries its flag's help (`flag_specs()`), `tf_srkd.main` defines the
+object. Its settings, grouped by concern, are the one list of settings (`config_fields`,
+re-exported here): each carries its flag's help (`flag_specs()`), `tf_srkd.main` defines the
 flags from them, and `to_flagfile` / `from_flagfile` write and read a run's
 `flags.txt`.
 

@@ -1,8 +1,8 @@
-"""`Config` fields as command-line flags, and `Config`s as flagfiles.
+"""`Config` settings as command-line flags, and `Config`s as flagfiles.
 
-Every `Config` field is a flag of the same name (`tf_srkd.main` defines them
-from `flag_specs()`); a run's `flags.txt` is `to_flagfile(config)`, which
-`from_flagfile` reads back.
+Every leaf setting of `Config` (`config_fields.flag_fields()`) is a flag of the
+same name (`tf_srkd.main` defines them from `flag_specs()`); a run's `flags.txt`
+is `to_flagfile(config)`, which `from_flagfile` reads back.
 """
 
 import dataclasses
@@ -44,7 +44,7 @@ _KINDS = {str: "string", int: "integer", float: "float", bool: "bool",
 
 @dataclasses.dataclass(frozen=True)
 class FlagSpec:
-  """How one `Config` field appears on the command line.
+  """How one `Config` setting appears on the command line.
 
   Attributes:
     name: the flag (= field) name.

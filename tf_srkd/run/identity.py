@@ -1,4 +1,4 @@
-"""Which `Config` fields make up a run's identity, and its strict-JSON form.
+"""Which `Config` settings make up a run's identity, and its strict-JSON form.
 
 A run directory records `identity(config)` in its `run_config.json`; a restart
 resumes only when the current settings give the same identity. This module owns

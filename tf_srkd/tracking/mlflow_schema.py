@@ -57,7 +57,7 @@ def _param_value(value) -> str:
 
 
 def config_params(config, num_train_examples=None) -> dict:
-  """Every field of the resolved `Config` as MLflow params (strings).
+  """Every setting of the resolved `Config` (`Config.settings()`) as MLflow params (strings).
 
   Also `resolved_distill_epochs` and `num_train_examples` (the transfer set's
   size, as the run resolved it), the values the flags resolve to.

@@ -76,7 +76,7 @@ def connect(config, strict=False):
   """An `MlflowTracker` for `config`, after checking that the store answers.
 
   Args:
-    config: the run's `Config` (`mlflow_tracking_uri`, `experiment_name`).
+    config: the run's `Config` (`tracking.mlflow_tracking_uri`, `experiment_name`).
     strict: raise on any later logging failure instead of warning.
 
   Returns:

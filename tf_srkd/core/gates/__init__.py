@@ -22,7 +22,7 @@ from tf_srkd import registry
 
 @dataclasses.dataclass(frozen=True)
 class GateSettings:
-  """The policies' hyper-parameters (`--infobatch_ratio`, ... ; see `config.Config`).
+  """The policies' hyper-parameters (`--infobatch_ratio`, ... ; see `config_fields.GateConfig`).
 
   Attributes:
     infobatch_ratio: r, the fraction of below-mean samples InfoBatch prunes each epoch.
