@@ -99,13 +99,14 @@ def validate(config: Config) -> Config:
            f"--export (got --export={','.join(exporting.export) or 'nothing'}); add --export=int8")
   _finite_nonnegative_or_inf("alpha", gating.alpha)
   _finite_nonnegative_or_inf("distill_alpha", gating.distill_alpha)
+  settings = config.settings()
   for flag in ("temperature", "gate_temperature"):
-    value = config.settings()[flag]
+    value = settings[flag]
     _require(math.isfinite(value) and value > 0, f"--{flag}={value}: expected a number > 0")
   _require(math.isfinite(training.kd_lambda) and training.kd_lambda >= 0,
            f"--kd_lambda={training.kd_lambda}: expected a number >= 0")
   for flag in ("teacher_lr", "distill_lr", "adam_epsilon"):
-    value = config.settings()[flag]
+    value = settings[flag]
     _require(math.isfinite(value) and value > 0, f"--{flag}={value}: expected a number > 0")
   _require(training.epochs > 0, f"--epochs={training.epochs}: expected an integer > 0")
   _require(training.distill_epochs is None or training.distill_epochs > 0,
@@ -119,7 +120,7 @@ def validate(config: Config) -> Config:
            f"--precise_bn_batches={training.precise_bn_batches}: expected an integer >= 0 "
            "(0: off)")
   for flag in ("teacher_input", "student_input"):
-    _check_name(flag, config.settings()[flag], input_contract.INPUTS)
+    _check_name(flag, settings[flag], input_contract.INPUTS)
   _require(training.steps_per_execution >= 0,
            f"--steps_per_execution={training.steps_per_execution}: expected an integer >= 0")
   size = spec.train_size
@@ -189,14 +190,15 @@ def _validate_margin_refresh(config: Config):
 
 
 def _validate_gates(config: Config):
+  settings = config.settings()
   for flag in ("gate", "distill_gate"):
-    _check_name(flag, config.settings()[flag], gates.POLICIES)
+    _check_name(flag, settings[flag], gates.POLICIES)
   checks = (("infobatch_ratio", lambda v: 0 <= v < 1, "a number in [0, 1)"),
             ("infobatch_delta", lambda v: 0 < v <= 1, "a number in (0, 1]"),
             ("sb_beta", lambda v: 0 < v < math.inf, "a number > 0"),
             ("keep_fraction", lambda v: 0 < v <= 1, "a number in (0, 1]"))
   for flag, good, expected in checks:
-    value = config.settings()[flag]
+    value = settings[flag]
     _require(not math.isnan(value) and good(value), f"--{flag}={value}: expected {expected}")
 
 
@@ -240,8 +242,9 @@ def _validate_model_sources(config: Config):
 
   model_sources.check_name("teacher_model", models.teacher_model)
   model_sources.check_name("student_model", models.student_model)
+  settings = config.settings()
   for flag in ("teacher_weights", "student_weights"):
-    path = config.settings()[flag]
+    path = settings[flag]
     _require(path is None or os.path.isfile(path), f"--{flag}={path}: no such file")
   k = models.teacher_finetune_epochs
   _require(k >= 0, f"--teacher_finetune_epochs={k}: expected an integer >= 0")
