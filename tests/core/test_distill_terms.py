@@ -1,6 +1,8 @@
 """keras.distillation losses under the gate: per-sample values, Keras' own loss value with
 the gate open, the gate and significance applied per sample, and projections."""
 
+import re
+
 import keras
 import numpy as np
 import pytest
@@ -139,8 +141,22 @@ def test_bad_layers_and_shapes_are_one_line_naming_what_exists():
                                                     student_layer_name="hidden")
   with pytest.raises(ValueError, match=r"\(6, 6, 4\).*\(6,\)"):
     tf_srkd.Distiller(teacher, student, N, distillation_losses=[mismatch])
-  with pytest.raises(ValueError, match="its layers: .*features"):
+  with pytest.raises(ValueError, match=r"no layer 'conv'\. Its 5 layers: .*features"):
     distill_terms.layer_output_shape(student, "conv", "student")
+
+
+def test_a_misspelt_layer_is_answered_with_the_closest_names_first():
+  wrapped = keras.Sequential([keras.Input((8, 8, 1)), _net(4, 1, "net")])
+  message = distill_terms.missing_layer_message(wrapped, "featurs", "teacher")
+  assert re.fullmatch(r"the teacher has no layer 'featurs'; did you mean 'net/features'\? Its 6 "
+                      r"layers: net, net/input_layer\w*, net/features, net/flatten\w*, "
+                      r"net/hidden, net/logits", message), message
+  assert "\n" not in message
+  # A nested path with a slip in the inner name, and a name nothing resembles.
+  assert "did you mean 'net/hidden'?" in distill_terms.missing_layer_message(
+      wrapped, "net/hiden", "teacher")
+  assert distill_terms.missing_layer_message(wrapped, "zz", "student").startswith(
+      "the student has no layer 'zz'. Its 6 layers:")
 
 
 def test_layers_inside_a_wrapped_network_are_reached_through_the_adapter():

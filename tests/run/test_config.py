@@ -153,7 +153,7 @@ def run_cli(*args, env_extra=None, cwd=None):
     (["--stage=teacher", "--teacher_dir=/tmp"], "nothing to train"),
     (["--margin_refresh=bounded", "--backward=masked"], "--margin_refresh=bounded --backward"),
     (["--margin_max_age=-2"], "--margin_max_age=-2"),
-    (["--distillation_loss=feature:conv9,conv2"], "the teacher has no layer 'conv9'; its layers:"),
+    (["--distillation_loss=feature:conv9,conv2"], "the teacher has no layer 'conv9'; did you mean"),
     (["--distillation_loss=feature:fc1,conv2"], "(120,) and the student's (10, 10, 8)"),
 ])
 def test_cli_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, expected):

@@ -27,6 +27,7 @@ shapes), so maps that differ elsewhere are refused with both shapes.
 """
 
 import dataclasses
+import difflib
 from typing import Optional, Sequence, Tuple
 
 #: The paper's tau**2-scaled logit KD, by name.
@@ -221,9 +222,21 @@ def layer_output_shape(model, name, role) -> tuple:
                      "keras.Input, or a loss on the logits")
   layer = find_layer(model, name)
   if layer is None:
-    raise ValueError(f"the {role} has no layer {name!r}; its layers: "
-                     f"{', '.join(layer_names(model))}")
+    raise ValueError(missing_layer_message(model, name, role))
   return tuple(layer.output.shape[1:])
+
+
+def missing_layer_message(model, name, role) -> str:
+  """One line for a layer `name` that `model` lacks: the closest names first, since a
+  pretrained network lists hundreds and a typo's fix is otherwise lost in them; then
+  every name, so the line stays complete for grep."""
+  names = layer_names(model)
+  close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
+  if not close:  # A bare inner name of a nested model: its `outer/inner` paths.
+    close = [n for n in names if n.rsplit("/", 1)[-1].startswith(name)][:3]
+  hint = f"; did you mean {' or '.join(repr(n) for n in close)}?" if close else "."
+  return (f"the {role} has no layer {name!r}{hint} Its {len(names)} layers: "
+          f"{', '.join(names)}")
 
 
 def tap_model(model, names: Sequence[str], name: str):
