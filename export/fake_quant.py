@@ -3,7 +3,8 @@
 Every layer is annotated for tfmot's default 8-bit scheme (weights per channel,
 activations per tensor, BatchNorm folded into the convolution before it), except
 the weightless layers tfmot's registry does not know (`OUTPUT_QUANTIZED`:
-`Rescaling`, `Multiply`, `Subtract`): they get `OutputQuantizeConfig`, a
+`Rescaling`, `Multiply`, `Subtract` and the twin's `HardSwish`): they get
+`OutputQuantizeConfig`, a
 fake-quant of their output with moving-average ranges, the way tfmot treats
 `Add` and `ReLU`, and TFLite has int8 kernels for each. The
 twin (`export.twin`) turns arithmetic with constants and the hard-sigmoid /
@@ -20,9 +21,12 @@ an argument so that importing it imports nothing heavy.
 
 import numpy as np
 
+from export import twin as twin_lib
+
 #: Weightless layers that tfmot 0.8's default registry refuses; their outputs get a
-#: fake-quant of their own.
-OUTPUT_QUANTIZED = ("Rescaling", "Multiply", "Subtract")
+#: fake-quant of their own. `HardSwish` has none inside it, so TFLite's converter can
+#: fuse it into one integer op.
+OUTPUT_QUANTIZED = ("Rescaling", "Multiply", "Subtract", "HardSwish")
 
 
 def output_quantize_config_class(tfmot):
@@ -71,7 +75,8 @@ def quantize(twin, tfmot, tf_keras):
 
   # clone_function wraps the twin's own layer objects, so their weights carry over.
   annotated = tf_keras.models.clone_model(twin, clone_function=annotate)
-  with keras_q.quantize_scope({"OutputQuantizeConfig": config_class}):
+  with keras_q.quantize_scope({"OutputQuantizeConfig": config_class,
+                               "HardSwish": twin_lib.hard_swish_class(tf_keras)}):
     return keras_q.quantize_apply(annotated)
 
 

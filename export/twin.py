@@ -17,13 +17,17 @@ layers that `x + 3.0` becomes in tf_keras (tensorflow/model-optimization #980,
     float tensor between two ops);
   * arithmetic of two tensors becomes the `Add` / `Subtract` / `Multiply` layer;
   * `hard_sigmoid` / `hard_silu` (`hard_swish`) activations, which tf_keras lacks
-    or defines differently, become `relu6(x + 3) / 6` (times x) from those pieces.
+    or defines differently: `hard_sigmoid` becomes `relu6(x + 3) / 6` from those
+    pieces, and hard-swish one `HardSwish` layer computing `x * relu6(x + 3) * (1/6)`,
+    the form TFLite's converter fuses into its single integer `HARD_SWISH` op (its
+    pieces, each with a quantized output, would stay four ops).
 
 Layer names are kept, so the weights are copied by name; `check_twin` then
 measures the two models' outputs on real images. Anything else in the graph
 stops with an `ExportError` naming the node.
 """
 
+import functools
 import inspect
 
 import numpy as np
@@ -37,6 +41,20 @@ TOLERANCE = 1e-4
 _BINARY = {"Add": "Add", "Subtract": "Subtract", "Multiply": "Multiply"}
 _HARD = ("hard_sigmoid", "hard_silu", "hard_swish")
 _BASE_LAYER_KEYS = ("name", "trainable", "dtype")
+
+
+@functools.lru_cache(maxsize=None)
+def hard_swish_class(tf_keras):
+  """The weightless tf_keras layer `x * relu6(x + 3) * (1/6)` (one class per tf_keras)."""
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+  class HardSwish(tf_keras.layers.Layer):
+    """hard-swish in the operand order TFLite's converter matches as `HARD_SWISH`."""
+
+    def call(self, inputs):  # pylint: disable=arguments-differ
+      return inputs * tf.nn.relu6(inputs + 3.0) * (1.0 / 6.0)
+
+  return HardSwish
 
 
 def _is_tensor(value):
@@ -180,16 +198,16 @@ class _Builder:
     return out
 
   def hard(self, name, activation, x):
-    """hard_sigmoid(x) = relu6(x + 3) / 6; hard_silu(x) = x * hard_sigmoid(x). ReLU6 is one
-    TFLite op; a ReLU capped at 1 would be two, with a float tensor between them."""
+    """hard-swish: one `HardSwish` layer. hard_sigmoid(x) = relu6(x + 3) / 6 from pieces:
+    TFLite has no hard-sigmoid op, ReLU6 is one, and a ReLU capped at 1 would be two, with
+    a float tensor between them."""
     layers = self.tf_keras.layers
+    if activation != "hard_sigmoid":
+      return hard_swish_class(self.tf_keras)(name=self.unique(name))(x)
     self.names.add(name)
     gate = self.affine(f"{name}/plus_3", x, 1.0, 3.0)
     gate = layers.ReLU(max_value=6.0, name=self.unique(f"{name}/relu6"))(gate)
-    gate = self.affine(f"{name}/over_6", gate, 1.0 / 6.0, 0.0)
-    if activation == "hard_sigmoid":
-      return gate
-    return layers.Multiply(name=self.unique(f"{name}/times_x"))([x, gate])
+    return self.affine(f"{name}/over_6", gate, 1.0 / 6.0, 0.0)
 
 
 def weighted_layers(model):

@@ -32,9 +32,10 @@ def test_twin_of_a_keras_applications_student_matches_it():
 
   model = sources.build("MobileNetV3Small", (32, 32, 3), 10)
   twin = twin_lib.build_twin(model, tf_keras)
-  # Flat: tfmot refuses nested models; the hard-swish pieces are built-in layers.
+  # Flat: tfmot refuses nested models, and cannot clone TFOpLambda layers.
   assert not any(isinstance(layer, tf_keras.Model) for layer in twin.layers)
-  assert not any(type(layer).__name__ == "TFOpLambda" for layer in twin.layers)
+  kinds = [type(layer).__name__ for layer in twin.layers]
+  assert "TFOpLambda" not in kinds and kinds.count("HardSwish") > 10
   diff = twin_lib.check_twin(model, twin, _images((32, 32, 3)))
   assert diff <= twin_lib.TOLERANCE
   assert set(twin_lib.weighted_layers(model)) <= {l.name for l in twin.layers}
@@ -108,7 +109,7 @@ def test_export_qat_names_a_bad_objective_before_starting(tmp_path):
     qat_process.export_qat("any.keras", str(tmp_path / "q" / "m.tflite"),
                            qat_objective="teacher")
   assert not (tmp_path / "q").exists()
-  assert fake_quant.OUTPUT_QUANTIZED == ("Rescaling", "Multiply", "Subtract")
+  assert fake_quant.OUTPUT_QUANTIZED == ("Rescaling", "Multiply", "Subtract", "HardSwish")
 
 
 _FAKE_QUANT_SCRIPT = """
@@ -117,12 +118,15 @@ from tf_srkd.models import sources
 from export import convert, fake_quant, qat, twin, verify
 model = sources.build("MobileNetV3Small", (32, 32, 3), 10)
 tfmot, tf_keras = qat.import_tfmot()
-quantized = fake_quant.quantize(twin.build_twin(model, tf_keras), tfmot, tf_keras)
+twin_model = twin.build_twin(model, tf_keras)
+capped = {"quant_" + l.name for l in twin_model.layers
+          if type(l).__name__ == "ReLU" and l.max_value is not None and float(l.max_value) == 6}
+quantized = fake_quant.quantize(twin_model, tfmot, tf_keras)
 qat.pin_input_range(quantized)
 images = np.random.default_rng(0).random((32, 32, 32, 3)).astype(np.float32)
 ranges = fake_quant.calibrate_ranges(quantized, [images[:16], images[16:]], tfmot)
 values = {v.name.split(":")[0]: float(np.max(v.numpy())) for v in quantized.non_trainable_weights}
-relu6 = [v for k, v in values.items() if k.endswith("relu6/output_max")]
+relu6 = [v for k, v in values.items() if k.split("/")[0] in capped and k.endswith("/output_max")]
 print("RANGES", ranges, fake_quant.ema_decay(tfmot), min(relu6), max(relu6))
 details = verify.io_details(qat.convert_qat(quantized, (32, 32, 3)))
 verify.check_raw_pixel_input(details)
@@ -138,12 +142,14 @@ def test_fake_quantized_mobilenet_v3_converts_to_full_integer():
                         capture_output=True, text=True, check=False, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   ranges, decay, low, high = proc.stdout.split("RANGES ")[-1].split("\n")[0].split()
-  # Every activation range starts from the batches, not tfmot's [-6, 6]: a ReLU6 after
-  # x + 3 on these inputs reaches 6 and no higher.
+  # Every activation range starts from the batches, not tfmot's [-6, 6]: the ReLU6 of a
+  # hard-sigmoid, after x + 3, on these inputs reaches 6 and no higher.
   assert int(ranges) > 100 and float(decay) == 0.999
   assert 0 < float(low) <= float(high) <= 6.0 + 1e-3
   ops = proc.stdout.split("OPS ")[-1].strip().split(",")
-  assert "DEQUANTIZE" not in ops and {"CONV_2D", "DEPTHWISE_CONV_2D", "MUL", "ADD"} <= set(ops)
+  # Hard-swish is TFLite's one integer op, not four ops with a tensor each between them.
+  assert "DEQUANTIZE" not in ops and {"CONV_2D", "DEPTHWISE_CONV_2D", "MUL", "ADD",
+                                      "HARD_SWISH"} <= set(ops)
 
 
 @pytest.fixture(scope="module")
@@ -193,5 +199,5 @@ def test_qad_of_a_mobilenet_v3_student_is_full_integer(tmp_path):
                              qat_epochs=1, test_examples=256)
   assert result["full_integer"] and result["qat"]["self_regulation_gate"]
   assert result["qat"]["tf_keras_twin_max_abs_diff"] <= 1e-3
-  assert "DEQUANTIZE" not in result["ops"]
+  assert "DEQUANTIZE" not in result["ops"] and "HARD_SWISH" in result["ops"]
   assert result["input"]["quantization"]["zero_point"] == 0
