@@ -226,7 +226,7 @@ def summarize(dataset, by_seed, at_chance=lambda accuracy: False):
       rows.append([stage, arm, setting,
                    mean_std(targets, "{:.3%}") if targets else "—", mean_std(zeta, "{:.3%}"),
                    budget, shown, mean_std(ratios, "{:.3f}")])
-      points.append((stage, arm, zeta, accuracy))
+      points.append((stage, arm, zeta, accuracy, bool(collapsed)))
   return rows, points
 
 
@@ -236,12 +236,20 @@ def pareto_figure(dataset, points):
 
   figure = Figure(figsize=(9, 4), layout="constrained")
   FigureCanvasAgg(figure)
+  spread = (lambda v: statistics.stdev(v) if len(v) > 1 else 0.0)
+  colors = {arm_name(*arm): f"C{i}" for i, arm in enumerate(ARMS)}  # One per arm, both panels.
   for ax, stage in zip(figure.subplots(1, 2), ("teacher", "student")):
-    for _, arm, zeta, accuracy in [p for p in points if p[0] == stage]:
-      spread = (lambda v: statistics.stdev(v) if len(v) > 1 else 0.0)
+    off_axis = []
+    for _, arm, zeta, accuracy, collapsed in [p for p in points if p[0] == stage]:
+      if collapsed:  # On the axis, a network at chance would squash the others into a line.
+        off_axis.append(f"{arm}: at chance ({statistics.mean(accuracy):.3f} at "
+                        f"ζ {statistics.mean(zeta):.3%})")
+        continue
       ax.errorbar(statistics.mean(zeta), statistics.mean(accuracy), xerr=spread(zeta),
-                  yerr=spread(accuracy), fmt="o", capsize=3, label=arm)
+                  yerr=spread(accuracy), fmt="o", capsize=3, label=arm, color=colors[arm])
     peers.style_pareto_axis(ax, f"{dataset} {stage} (mean ± std over seeds)")
+    if off_axis:
+      ax.set_xlabel(ax.get_xlabel() + "\nnot shown: " + "; ".join(off_axis), fontsize="small")
   return figure
 
 
