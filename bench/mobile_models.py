@@ -50,5 +50,5 @@ def tiny_bn_cnn(input_shape, num_classes):
   x = keras.layers.Conv2D(8, 3, strides=2, padding="same", use_bias=False)(inputs)
   x = keras.layers.BatchNormalization(momentum=0.999)(x)
   x = keras.layers.Activation("relu")(x)
-  x = keras.layers.GlobalAveragePooling2D()(x)
+  x = keras.layers.GlobalAveragePooling2D(name="pool")(x)  # Named: a feature-term layer.
   return keras.Model(inputs, keras.layers.Dense(num_classes, name="logits")(x), name="tiny_bn")

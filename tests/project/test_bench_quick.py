@@ -25,6 +25,9 @@ QUICK_RUNS = {
     "reproduction/mobile": (["--output_root={tmp}/run"], ["| conventional |", "| hybrid |"]),
     "reproduction/qad": (["--output_root={tmp}/run"], ["| hybrid |", "| ok / ok / ok |"]),
     "reproduction/precise_bn_case": (["--output_root={tmp}/run"], ["| hybrid |", "precise BN"]),
+    "reproduction/feature_kd": (["--output_root={tmp}/run"], [
+        "| regulated | logits+feature@1 |", "| hybrid | logits |",
+        "same ζ budget (±10 %)"]),
     "reproduction/peers": ([], ["| mnist | teacher | self_regulated |", "| mnist | student | infobatch |",
                    "| mnist | student | selective_backprop |", "| mnist | student | random |"]),
     "reproduction/peers_protocol": (["--cells_dir={tmp}/cells"], [
