@@ -246,6 +246,16 @@ def verdict(value, goal, at_most=True):
 # -- markdown ------------------------------------------------------------------
 
 
+def mean_std(values, pattern):
+  """'mean ± std' of `values`, each formatted with `pattern` ('{:.4f}'); one value alone,
+  without a spread; '—' for none."""
+  if not values:
+    return "—"
+  if len(values) == 1:
+    return pattern.format(values[0])
+  return f"{pattern.format(statistics.mean(values))} ± {pattern.format(statistics.stdev(values))}"
+
+
 def markdown_table(headers, rows):
   """A GitHub-flavoured Markdown table."""
   lines = ["| " + " | ".join(str(h) for h in headers) + " |",

@@ -27,6 +27,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import common  # pylint: disable=wrong-import-position
+from common import mean_std  # pylint: disable=wrong-import-position
 import whole_runs  # pylint: disable=wrong-import-position
 
 #: An arm is at the `logits` arm's budget when its ζ is within this share of it.
@@ -90,11 +91,6 @@ def run_seed(args, seed, log):
     results[arm] = {mode: whole_runs.read_metrics(os.path.join(run_dir, "students", mode))
                     for mode in args.modes.split(",")}
   return results, whole_runs.read_metrics(os.path.join(teacher_dir, "teacher"))
-
-
-def mean_std(values, fmt):
-  spread = statistics.stdev(values) if len(values) > 1 else 0.0
-  return f"{fmt.format(statistics.mean(values))} ± {fmt.format(spread)}"
 
 
 def same_budget(zetas, reference) -> str:

@@ -39,6 +39,7 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import common  # pylint: disable=wrong-import-position
+from common import mean_std  # pylint: disable=wrong-import-position
 import peers  # pylint: disable=wrong-import-position
 
 #: (policy, refresh) in table order; "conventional" is self_regulated at alpha = inf.
@@ -179,12 +180,6 @@ def matched(cells):
     return None
   worst = max(abs(c["zeta"] / c["target"] - 1.0) for c in cells)
   return True if worst <= MATCH_TOLERANCE else worst
-
-
-def mean_std(values, pattern):
-  if len(values) == 1:
-    return pattern.format(values[0])
-  return f"{pattern.format(statistics.mean(values))} ± {pattern.format(statistics.stdev(values))}"
 
 
 def chance_check(dataset):

@@ -36,6 +36,7 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import common  # pylint: disable=wrong-import-position
+from common import mean_std  # pylint: disable=wrong-import-position
 
 from tf_srkd.core import staleness  # pylint: disable=wrong-import-position
 from tf_srkd.run import config_flags  # pylint: disable=wrong-import-position
@@ -109,14 +110,6 @@ def run_arm(args, arm, seed, tmp):
       with open(path) as f:
         stages[stage] = json.load(f)
   return {"stages": stages, "load": (load, common.load_average()), "code": common.code_version()}
-
-
-def mean_std(values, pattern):
-  if not values:
-    return "—"
-  if len(values) == 1:
-    return pattern.format(values[0])
-  return f"{pattern.format(statistics.mean(values))} ± {pattern.format(statistics.stdev(values))}"
 
 
 def agreement(history, n):
