@@ -105,7 +105,8 @@ def main(argv=None):
   notes = [
       f"the run of bench/reproduction/mobile.py's flags: teacher {args.teacher}, student "
       f"{args.student}, {args.epochs} teacher and {args.distill_epochs} distillation epochs on "
-      f"{args.train_examples or 50000} CIFAR-10 training images, batch {args.batch_size}",
+      f"{args.train_examples or 50000} CIFAR-10 training images, batch {args.batch_size}"
+      + (f"; extra flags {' '.join(args.extra)}" if args.extra else ""),
       f"PTQ calibrated on {args.calibration_samples} random training images; QAT and QAD "
       f"{args.qat_epochs} epoch(s) of fake-quant fine-tuning, Adam {args.qat_learning_rate:g}, "
       "the run's batch size (tensorflow-model-optimization on the flat tf_keras twin, "
