@@ -110,6 +110,49 @@ def test_the_gate_and_significance_multiply_each_sample_of_a_feature_loss():
   np.testing.assert_array_equal(model.participation_counts(), gate.astype(np.int32))
 
 
+class ProbabilityGap(keras.distillation.DistillationLoss):
+  """A user's own loss: the L1 distance of the two softened class distributions,
+  averaged over the batch, as a Keras user would write one for keras.distillation."""
+
+  def __init__(self, temperature=2.0):
+    self.temperature = temperature
+
+  def compute_loss(self, teacher_outputs, student_outputs, **kwargs):
+    gap = keras.ops.abs(keras.ops.softmax(teacher_outputs / self.temperature)
+                        - keras.ops.softmax(student_outputs / self.temperature))
+    return keras.ops.mean(keras.ops.sum(gap, axis=-1))
+
+
+def _softmax(z):
+  e = np.exp(z - z.max(axis=-1, keepdims=True))
+  return e / e.sum(axis=-1, keepdims=True)
+
+
+def test_a_users_own_distillation_loss_runs_under_the_gate_unchanged():
+  x, y = _data()
+  losses, weights = [ProbabilityGap(), _feature_loss()], [2.0, 0.5]
+  # The gate open: Keras' own Distiller's loss value, same objects, same weights.
+  reference = keras.distillation.Distiller(_net(4, 1, "teacher"), _net(4, 2, "student"),
+                                           distillation_losses=losses,
+                                           distillation_loss_weights=weights,
+                                           student_loss_weight=0.0)
+  reference.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+  expected = float(reference.compute_loss(x=x, y=y, training=True))
+  _, logs, _, _ = _fit_one_step("conventional", losses, weights)
+  np.testing.assert_allclose(logs["kd_loss"][0], expected, rtol=1e-5)
+  # Gated and significance-weighted: the same loss, recomputed per sample in NumPy.
+  significance = np.linspace(0.1, 1.0, N).astype(np.float32)
+  model, logs, teacher, student = _fit_one_step("hybrid", [ProbabilityGap()],
+                                                significance=significance)
+  t, s = teacher.predict(x, verbose=0), student.predict(x, verbose=0)
+  gate = (s.argmax(-1) != y).astype(np.float32)
+  assert 0 < gate.sum() < N
+  per_sample = np.abs(_softmax(t / 2.0) - _softmax(s / 2.0)).sum(axis=-1)
+  np.testing.assert_allclose(logs["kd_loss"][0],
+                             (gate * significance * per_sample).sum() / gate.sum(), rtol=1e-5)
+  np.testing.assert_array_equal(model.participation_counts(), gate.astype(np.int32))
+
+
 def test_naming_the_papers_term_is_the_default_bit_for_bit():
   runs = []
   for losses in (None, ["logits"]):
