@@ -145,6 +145,7 @@ def test_a_users_own_distillation_loss_runs_under_the_gate_unchanged():
   model, logs, teacher, student = _fit_one_step("hybrid", [ProbabilityGap()],
                                                 significance=significance)
   t, s = teacher.predict(x, verbose=0), student.predict(x, verbose=0)
+  # Epoch 0: eta = 0, so exactly the misclassified samples take part.
   gate = (s.argmax(-1) != y).astype(np.float32)
   assert 0 < gate.sum() < N
   per_sample = np.abs(_softmax(t / 2.0) - _softmax(s / 2.0)).sum(axis=-1)
