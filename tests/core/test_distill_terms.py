@@ -47,6 +47,20 @@ def _fit_one_step(mode, losses, weights=None, significance=None, student_width=4
   return model, logs, teacher, student
 
 
+def _assert_gate_open_matches_keras_distiller(losses, weights):
+  """With the gate open, our KD term equals keras.distillation.Distiller's loss value on
+  the same batch, for the same loss objects and weights."""
+  x, y = _data()
+  reference = keras.distillation.Distiller(_net(4, 1, "teacher"), _net(4, 2, "student"),
+                                           distillation_losses=losses,
+                                           distillation_loss_weights=weights,
+                                           student_loss_weight=0.0)
+  reference.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+  expected = float(reference.compute_loss(x=x, y=y, training=True))
+  _, logs, _, _ = _fit_one_step("conventional", losses, weights)
+  np.testing.assert_allclose(logs["kd_loss"][0], expected, rtol=1e-5)
+
+
 def test_terms_are_checked_like_keras_distiller_checks_them():
   assert distill_terms.terms_of("logits") == (distill_terms.Term("logits", 1.0),)
   with pytest.raises(ValueError, match="2 weights for 1 losses"):
@@ -83,15 +97,7 @@ def test_feature_and_logit_losses_reproduce_keras_distiller_with_the_gate_open(k
                                                   loss=keras.losses.KLDivergence()))
   losses = [logits, _feature_loss()]
   weights = [1.0, 0.5]
-  x, y = _data()
-  reference = keras.distillation.Distiller(_net(4, 1, "teacher"), _net(4, 2, "student"),
-                                           distillation_losses=losses,
-                                           distillation_loss_weights=weights,
-                                           student_loss_weight=0.0)
-  reference.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
-  expected = float(reference.compute_loss(x=x, y=y, training=True))
-  _, logs, _, _ = _fit_one_step("conventional", losses, weights)
-  np.testing.assert_allclose(logs["kd_loss"][0], expected, rtol=1e-5)
+  _assert_gate_open_matches_keras_distiller(losses, weights)
 
 
 def test_the_gate_and_significance_multiply_each_sample_of_a_feature_loss():
@@ -132,14 +138,7 @@ def test_a_users_own_distillation_loss_runs_under_the_gate_unchanged():
   x, y = _data()
   losses, weights = [ProbabilityGap(), _feature_loss()], [2.0, 0.5]
   # The gate open: Keras' own Distiller's loss value, same objects, same weights.
-  reference = keras.distillation.Distiller(_net(4, 1, "teacher"), _net(4, 2, "student"),
-                                           distillation_losses=losses,
-                                           distillation_loss_weights=weights,
-                                           student_loss_weight=0.0)
-  reference.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
-  expected = float(reference.compute_loss(x=x, y=y, training=True))
-  _, logs, _, _ = _fit_one_step("conventional", losses, weights)
-  np.testing.assert_allclose(logs["kd_loss"][0], expected, rtol=1e-5)
+  _assert_gate_open_matches_keras_distiller(losses, weights)
   # Gated and significance-weighted: the same loss, recomputed per sample in NumPy.
   significance = np.linspace(0.1, 1.0, N).astype(np.float32)
   model, logs, teacher, student = _fit_one_step("hybrid", [ProbabilityGap()],
