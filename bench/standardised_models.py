@@ -1,4 +1,4 @@
-"""LeNet-5 models that standardise their input (issue 17's input-scaling screen).
+"""LeNet-5 models that standardise their input (for the input-scaling screen).
 
 Factories for the ``package.module:function`` model source: the paper's LeNet-5
 and LeNet-5-half behind a fixed per-channel standardisation layer, so that the

@@ -14,8 +14,8 @@ Setup, all on the same MNIST data in one process:
   * ours: `distillation.Distiller` in the four modes, fed by the real input
     pipeline (`epoch_batches.train_dataset` with `teacher_logits`, plus
     `significance` for significance/hybrid: one gather per epoch, as
-    `stages.fit_stage` does since issue 14); "conventional (per-batch gather)"
-    is conventional on the previous pipeline (`data.train_dataset`: every
+    `stages.fit_stage` does); "conventional (per-batch gather)"
+    is conventional on the per-batch pipeline (`data.train_dataset`: every
     batch gathered by id), for comparison. conventional and significance use alpha=inf and
     `backward=masked` (as the pipeline does); regulated and hybrid use
     distill_alpha=0.02 and `backward=auto`.

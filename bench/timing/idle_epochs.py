@@ -1,9 +1,9 @@
-"""Issue 8: skipping provably idle epochs. Whole MNIST teacher runs, paper settings.
+"""Skipping provably idle epochs. Whole MNIST teacher runs, paper settings.
 
 Runs, one after the other in separate processes (same machine, same data, seed 0):
 
   compact+skip   --alpha=0.02 --backward=compact --skip_idle_epochs (reuses exact margins)
-  compact+skip-noreuse  the same with --noreuse_margins (issue 14's baseline)
+  compact+skip-noreuse  the same with --noreuse_margins (what margin reuse adds)
   conventional   --alpha=inf
   compact        --alpha=0.02 --backward=compact --noskip_idle_epochs
   masked         --alpha=0.02 --backward=masked  --noskip_idle_epochs
@@ -95,8 +95,9 @@ def write(args, results):
            "batch 512, Adam 1e-3, seed 0), `--stage=teacher`, runs one after the other.",
            "Goal: compact+skip ≤ 0.25× the conventional teacher's time at equal accuracy (± 0.2 pt).",
            "The CPU is shared with other processes: see the load averages."]
-  body = common.section_preamble(f"Issue 8: idle-epoch skipping, whole MNIST teacher ({args.epochs} epochs)",
-                                 common.command_line(), common.machine_description(), notes)
+  body = common.section_preamble(
+      f"Idle-epoch skipping, whole MNIST teacher ({args.epochs} epochs)",
+      common.command_line(), common.machine_description(), notes)
   common.write_section(f"idle_epochs_e{args.epochs}", body + "\n" + table + "\n")
   print(table, flush=True)
 

@@ -1,10 +1,10 @@
-"""Issue 14: the self-regulated teacher run against conventional and against its own floor.
+"""The self-regulated teacher run against conventional and against its own floor.
 
 Everything in one process, on the same data, seed and machine (`flags/mnist.flags`
 settings, the teacher stage through `stages.fit_stage` as `tf_srkd.main` runs it):
 
   SR            alpha=0.02, backward=compact, skip idle epochs, reuse exact margins
-  SR no reuse   the same with reuse_margins off (what issue 8 measured)
+  SR no reuse   the same with reuse_margins off (idle-epoch skipping alone)
   conventional  alpha=inf, backward=masked
 
 The *floor* of an SR run is the work the algorithm cannot avoid: an inference
@@ -270,9 +270,9 @@ def main():
       *floor_vs_conventional(results, n, units),
   ]
   common.publish(f"trickle_floor_e{args.epochs}",
-                 f"Issue 14: SR teacher vs conventional and vs its floor ({args.epochs} epochs)",
+                 f"Self-regulated teacher vs conventional and vs its floor ({args.epochs} epochs)",
                  machine, notes, table, write=not args.no_write)
-  common.publish("auto_epoch0", "Issue 14: `auto`'s first epoch, masked or compact",
+  common.publish("auto_epoch0", "`auto`'s first epoch, masked or compact",
                  machine, [f"Epoch 0 of the teacher (eta = 0), {n} examples, same initial "
                            f"weights every round; {args.epoch0_rounds} rounds after a "
                            "warm-up, interleaved."], epoch0, write=not args.no_write)

@@ -1,5 +1,5 @@
 """The public API for your own Keras code (`tf_srkd.SelfRegulated`, `Distiller`, ...) and
-the examples/ scripts that show it (issue 12)."""
+the examples/ scripts that show it."""
 
 import os
 import subprocess

@@ -1,4 +1,4 @@
-"""BatchNorm under the gate: a compact step with one participant (issue 12)."""
+"""BatchNorm under the gate: a compact step with one participant."""
 
 import keras
 import numpy as np

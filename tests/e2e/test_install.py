@@ -1,6 +1,6 @@
 """`pip install` the repository into a fresh venv and run `tf-srkd --flagfile=smoke` from an
-empty directory; its console says what it does and has none of the warnings our own calls
-used to cause.
+empty directory; its console says what it does and has none of the warnings that
+our own calls could cause.
 
 Offline: the venv sees the packages of the environment that runs the tests (a `.pth`
 file adds its site directories behind the venv's own) and the install neither resolves
@@ -26,7 +26,7 @@ import pytest
 pytestmark = pytest.mark.xdist_group("test_install")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-#: Console lines our own calls used to cause (issue 15); none may come back.
+#: Console lines our own calls must not cause; none may appear.
 KNOWN_WARNINGS = ("shuffle=True", "retracing", "Sharding callback duration")
 STAGES = ("teacher", "student-conventional", "student-significance", "student-regulated",
           "student-hybrid")

@@ -1,4 +1,4 @@
-"""End to end on datasets beyond the three registered ones (issue 11).
+"""End to end on datasets beyond the three registered ones.
 
 TFDS builders that are not prepared run under `tfds.testing.mock_data`: a
 100-class one (cifar100) and one without a test split and with images of

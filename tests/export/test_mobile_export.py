@@ -1,5 +1,5 @@
 """A BatchNorm / hard-swish / squeeze-excite student exports to a full-integer int8 .tflite
-whose ops are integer (issue 12)."""
+whose ops are integer."""
 
 import json
 import os

@@ -1,4 +1,4 @@
-"""Models from any source: registry, keras.applications, factory, .keras file (issue 12)."""
+"""Models from any source: registry, keras.applications, factory, .keras file."""
 
 import json
 import os

@@ -42,11 +42,11 @@ def make(tmp_path, **overrides):
     ({"backward": "sparse"}, "--backward"),
     ({"export": ("int4",)}, "--export"),
     ({"stage": "distill"}, "--stage=distill"),
-    ({"register_model": "srkd", "mlflow": False}, "--register_model=srkd"),  # issue 16
+    ({"register_model": "srkd", "mlflow": False}, "--register_model=srkd"),  # needs --mlflow
     ({"register_model": "a/b"}, "--register_model=a/b"),
     ({"register_model": " "}, "--register_model= "),
-    ({"steps_per_execution": -1}, "--steps_per_execution=-1"),  # issue 14
-    ({"adam_epsilon": 0.0}, "--adam_epsilon=0.0"),  # issue 17
+    ({"steps_per_execution": -1}, "--steps_per_execution=-1"),
+    ({"adam_epsilon": 0.0}, "--adam_epsilon=0.0"),  # Adam divides by sqrt(v) + epsilon
     ({"margin_refresh": "lazy"}, "--margin_refresh=lazy"),
     ({"margin_max_age": -1}, "--margin_max_age=-1"),
     ({"margin_band": -0.1}, "--margin_band=-0.1"),
@@ -143,7 +143,7 @@ def run_cli(*args, env_extra=None, cwd=None):
     (["--teacher_model=resnet"], "--teacher_model=resnet: unknown"),
     (["--train_examples=70000"], "--train_examples=70000"),
     (["--modes=conventional,bogus"], "--modes=bogus"),
-    # absl's own parse errors, and the refusals of issue 19.
+    # absl's own parse errors, and the inputs a run refuses before it starts.
     (["--epochs=abc"], "--epochs=abc"),
     (["--bogus=1"], "'bogus'"),
     (["--flagfile=/no/such.flags"], "/no/such.flags"),

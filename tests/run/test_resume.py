@@ -1,4 +1,4 @@
-"""Unbreakable runs (issue 19): NaN losses, a changed teacher, stages without their record.
+"""Unbreakable runs: NaN losses, a changed teacher, stages without their record.
 
 The damaged-file fuzz test is tests/run/test_checked_inputs.py.
 """
