@@ -1,4 +1,5 @@
-"""keras.applications MobileNets with BatchNorm momentum 0.9, for short CPU runs.
+"""keras.applications MobileNets with BatchNorm momentum 0.9, for short CPU runs, and the
+tiny models of the mobile scripts' `--quick` checks.
 
 `bench/reproduction/mobile.py` trains for a few epochs on a CPU. Keras' MobileNetV3 builds its
 BatchNorm layers with momentum 0.999, tuned for ImageNet-length runs: after the
@@ -52,3 +53,16 @@ def tiny_bn_cnn(input_shape, num_classes):
   x = keras.layers.Activation("relu")(x)
   x = keras.layers.GlobalAveragePooling2D(name="pool")(x)  # Named: a feature-term layer.
   return keras.Model(inputs, keras.layers.Dense(num_classes, name="logits")(x), name="tiny_bn")
+
+
+def tiny_hard_swish_cnn(input_shape, num_classes):
+  """`tiny_bn_cnn` with MobileNetV3's activation (`Activation("hard_swish")`, as
+  keras.applications builds it): the mobile script's `--quick` student, whose int8 file
+  must show TFLite's HARD_SWISH op as a MobileNetV3Small's does, in seconds."""
+  inputs = keras.Input(shape=input_shape, name="image")
+  x = keras.layers.Conv2D(8, 3, strides=2, padding="same", use_bias=False)(inputs)
+  x = keras.layers.BatchNormalization(momentum=0.999)(x)
+  x = keras.layers.Activation("hard_swish")(x)
+  x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+  return keras.Model(inputs, keras.layers.Dense(num_classes, name="logits")(x),
+                     name="tiny_hard_swish")

@@ -24,6 +24,9 @@ def add_run_args(parser, run_name, quick_help):
 #: The `--quick` checks' model (`mobile_models.tiny_bn_cnn`): they exercise a script's code
 #: paths in seconds, not its figures.
 TINY_BN_MODEL = "mobile_models:tiny_bn_cnn"
+#: The same with hard-swish (`mobile_models.tiny_hard_swish_cnn`), for an int8 op check
+#: that asks for TFLite's HARD_SWISH.
+TINY_HARD_SWISH_MODEL = "mobile_models:tiny_hard_swish_cnn"
 
 
 def apply_quick(args, **more):

@@ -98,11 +98,25 @@ def pytest_configure(config):
 E2E_DIR = os.path.join(ROOT, "tests", "e2e")
 
 
+def slow_modules_first(items, is_slow):
+  """`items` reordered so that the files holding a slow test come first, each file's
+  tests kept together and in order (a file split apart would rebuild its module fixtures).
+
+  Under xdist the long tests then start while the short ones are still queued, and the
+  short ones fill the workers at the end, instead of one worker finishing a long test
+  alone.
+  """
+  slow_files = {str(item.fspath) for item in items if is_slow(item)}
+  return sorted(items, key=lambda item: str(item.fspath) not in slow_files)
+
+
 def pytest_collection_modifyitems(config, items):
-  """Marks every test under tests/e2e/ `slow`, so `-m "not slow"` leaves the folder out."""
+  """Marks every test under tests/e2e/ `slow`, so `-m "not slow"` leaves the folder out,
+  and runs the files with slow tests first (`slow_modules_first`)."""
   del config
   import pytest  # pylint: disable=import-outside-toplevel
 
   for item in items:
     if os.path.realpath(str(item.fspath)).startswith(os.path.realpath(E2E_DIR) + os.sep):
       item.add_marker(pytest.mark.slow)
+  items[:] = slow_modules_first(items, lambda item: item.get_closest_marker("slow") is not None)

@@ -50,7 +50,7 @@ def parse_args(argv=None):
   whole_runs.add_run_args(p, "bench_feature_kd",
                           "a seconds-scale check: 128 examples, 1 epoch, one seed, one weight, "
                           "tiny models")
-  args = whole_runs.apply_quick(p.parse_args(argv), seeds="0", weights="1",
+  args = whole_runs.apply_quick(p.parse_args(argv), seeds="0", weights="0.5",
                                 teacher=whole_runs.TINY_BN_MODEL,
                                 student=whole_runs.TINY_BN_MODEL, feature="pool,pool")
   args.weights = [float(w) for w in args.weights.split(",") if w]

@@ -47,9 +47,10 @@ def parse_args(argv=None):
   p.add_argument("--modes", default=",".join(MODES), help="comma list of distillation modes")
   whole_runs.add_run_args(p, "bench_mobile",
                           "a seconds-scale check: 128 examples, 1 epoch, 20 test images, "
-                          "a tiny teacher")
+                          "a tiny teacher and a tiny hard-swish student")
   return whole_runs.apply_quick(p.parse_args(argv), test_examples=20, calibration_samples=16,
-                                modes="conventional,hybrid", teacher=whole_runs.TINY_BN_MODEL)
+                                modes="conventional,hybrid", teacher=whole_runs.TINY_BN_MODEL,
+                                student=whole_runs.TINY_HARD_SWISH_MODEL)
 
 
 def train(args, run_dir, log):

@@ -1,10 +1,10 @@
-"""Significance-ranked subsets: the id lists' rules, and the tool end to end."""
+"""Significance-ranked subsets: the id lists' rules, and the tool's flags and storage.
+
+The tool end to end from the command line, after a CLI teacher run, is the check of
+bench/reproduction/subsets.py (tests/project/test_bench_quick.py)."""
 
 import dataclasses
-import json
 import os
-import subprocess
-import sys
 import types
 
 import numpy as np
@@ -15,8 +15,6 @@ from tf_srkd.run import config_flags
 from tf_srkd.cli import subset
 from tf_srkd.run import subset_study
 from tf_srkd.data import subsets
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _ties(n=1000, seed=0):
@@ -187,28 +185,3 @@ def test_students_trained_on_disk_equal_students_trained_in_memory(teacher_run, 
   for row in memory_rows + disk_rows:
     row.pop("wall_time_s")
   assert memory_rows == disk_rows
-
-
-@pytest.mark.slow
-def test_tool_end_to_end(tmp_path):
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-  run = tmp_path / "run"
-  subprocess.run([sys.executable, "-m", "tf_srkd.main", "--flagfile=flags/smoke.flags",
-                  "--stage=teacher", "--alpha=0.5", f"--output_dir={run}"], cwd=ROOT, env=env,
-                 check=True, capture_output=True, timeout=600)
-  result = subprocess.run([sys.executable, "-m", "tf_srkd.cli.subset", f"--teacher_dir={run}",
-                           "--fractions=0.25,1", "--epochs=1", "--nomlflow"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
-  assert result.returncode == 0, result.stderr[-3000:]
-  out = run / "subsets"
-  significance = np.load(run / "teacher/significance.npy")
-  labels = np.concatenate([np.load(out / f"ids/{r}-f0.25.npy") for r in subsets.RANKINGS])
-  assert len(labels) > 0
-  top, bottom = np.load(out / "ids/top-f0.25.npy"), np.load(out / "ids/bottom-f0.25.npy")
-  assert not set(top) & set(bottom) and len(top) == len(bottom)
-  assert significance[top].mean() >= significance[bottom].mean()
-  summary = json.loads((out / "summary.json").read_text())
-  assert len(summary["rows"]) == 2 * 3 * 2  # methods x rankings x fractions
-  assert {r["ranking"] for r in summary["rows"] if r["fraction"] == 1.0} == set(subsets.RANKINGS)
-  assert (out / "curve.png").stat().st_size > 0 and "| kd | top |" in (out / "table.md").read_text()
-  assert (out / "kd-top-f0.25/model.keras").exists() and (out / "supervised-all-f1/metrics.json").exists()

@@ -1,8 +1,6 @@
 """Splits above --max_in_memory_mb: on disk, read by id, identical to the in-memory path."""
 
 import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
@@ -104,50 +102,8 @@ def test_split_megabytes():
   assert streaming.split_megabytes(unknown, "train") is None
 
 
-def _cli(*args):
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-  result = subprocess.run([sys.executable, "-m", "tf_srkd.main", "--flagfile=flags/smoke.flags",
-                           "--deterministic", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=900)
-  assert result.returncode == 0, result.stderr[-3000:]
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("replicas", [1, 2])
-def test_streaming_run_equals_in_memory_run(tmp_path, replicas):
-  common = ["--epochs=2", "--distill_epochs=1", "--train_examples=300", "--batch_size=50",
-            "--alpha=0.5", "--distill_alpha=0.5", "--modes=conventional,hybrid"]
-  if replicas > 1:
-    common += ["--cpu_replicas=2", "--strategy=mirrored"]
-  _cli(*common, f"--output_dir={tmp_path / 'memory'}")
-  _cli(*common, "--max_in_memory_mb=0", f"--output_dir={tmp_path / 'disk'}")
-  for name in ("teacher/participation.npy", "teacher/significance.npy",
-               "students/hybrid/participation.npy"):
-    a, b = np.load(tmp_path / "memory" / name), np.load(tmp_path / "disk" / name)
-    assert a.shape == (300,)
-    np.testing.assert_array_equal(a, b, err_msg=name)
-  memory = keras.models.load_model(tmp_path / "memory/students/conventional/model.keras")
-  disk = keras.models.load_model(tmp_path / "disk/students/conventional/model.keras")
-  for wa, wb in zip(memory.get_weights(), disk.get_weights()):
-    np.testing.assert_array_equal(wa, wb)
-
-
-@pytest.mark.slow
-def test_two_workers_streaming_equal_one_process_in_memory(tmp_path):
-  """MultiWorkerMirroredStrategy: each worker reads its share of every batch by global id."""
-  from tests.support import cluster  # pylint: disable=import-outside-toplevel
-
-  args = ["--modes=regulated", "--epochs=2", "--train_examples=256", "--alpha=0.5",
-          "--distill_alpha=0.5"]
-  _cli(*args, f"--output_dir={tmp_path / 'single'}")
-  cluster.run_two_workers(lambda index: [
-      sys.executable, "-m", "tf_srkd.main", "--flagfile=flags/smoke.flags", "--deterministic",
-      *args, "--strategy=multi_worker", "--max_in_memory_mb=0",
-      f"--output_dir={tmp_path / 'multi'}"])
-  for name in ("teacher/participation.npy", "teacher/significance.npy",
-               "students/regulated/participation.npy"):
-    np.testing.assert_array_equal(np.load(tmp_path / "single" / name),
-                                  np.load(tmp_path / "multi" / name), err_msg=name)
+# Whole runs streamed from disk against in memory, on 1 and 2 replicas and on two
+# workers: tests/e2e/test_distribute.py.
 
 
 def _dataset_ops(dataset):

@@ -4,12 +4,9 @@ The rule itself is unit-tested in tests/core/test_staleness.py and
 tests/core/test_margin_cache.py; here whole stages show that K = 0 and an infinite
 band are the exact gate bit for bit, that no kept margin is older than K, that
 skipping idle epochs and resuming after a kill change no bit, and that the audit
-counts what the exact gate would have decided.
+counts what the exact gate would have decided. (On one and two replicas:
+tests/e2e/test_distribute.py.)
 """
-
-import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
@@ -20,6 +17,10 @@ from tests.support.idle_runs import train as _train
 from tf_srkd.core import staleness
 from tf_srkd.data import arrays as data
 from tf_srkd.data import datasets
+
+
+# Shares tests.support.idle_runs' trained runs with the other module that reads them.
+pytestmark = pytest.mark.xdist_group("idle_runs")
 
 
 @pytest.fixture(scope="module")
@@ -122,21 +123,3 @@ def test_the_audit_counts_misses_and_changes_no_decision(mnist_subset, tmp_path)
   # Rows forwarded or current are gated exactly: the bounded gate never admits more.
   assert all(h["gate_extra"] == 0 for h in history)
   assert all(0 <= h["gate_misses"] <= 1 for h in history)
-
-
-@pytest.mark.slow
-def test_one_and_two_replicas_keep_the_same_rows_and_count_the_same(mnist_subset, tmp_path):
-  """The bound decides from mirrored cached values: every replica decides alike, and the
-  counts of a 2-replica run are those of the 1-replica run."""
-  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  subprocess.run([sys.executable, "tests/support/margin_reuse_worker.py", "teacher",
-                  str(tmp_path / "r.npz"), "bounded"], cwd=root, check=True, timeout=900)
-  two = np.load(tmp_path / "r.npz")
-  assert int(two["replicas"]) == 2
-  one = _train(mnist_subset, tmp_path / "one", False, "teacher", reuse=True,
-               refresh="bounded")
-  np.testing.assert_array_equal(one[0].participation_counts(), two["reuse_counts"])
-  np.testing.assert_array_equal([h["participation_fraction"] for h in one[1]],
-                                two["reuse_participation_fraction"])
-  np.testing.assert_array_equal([h["gate_from_cache"] for h in one[1]],
-                                two["reuse_gate_from_cache"])

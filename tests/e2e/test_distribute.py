@@ -12,6 +12,9 @@ import numpy as np
 import pytest
 
 from tests.support import cluster
+from tests.support import idle_runs
+from tf_srkd.data import arrays as data
+from tf_srkd.data import datasets
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
@@ -26,17 +29,38 @@ def cli(*args, timeout=600):
 
 
 @pytest.mark.slow
-def test_one_and_two_replicas_give_identical_counts(tmp_path):
-  common = ["--cpu_replicas=2", "--epochs=2", "--distill_epochs=1", "--train_examples=600",
-            "--batch_size=100", "--alpha=0.5", "--distill_alpha=0.5", "--modes=hybrid"]
-  cli(*common, "--strategy=default", f"--output_dir={tmp_path / 'one'}")
-  cli(*common, "--strategy=mirrored", f"--output_dir={tmp_path / 'two'}")
+def test_one_and_two_replicas_in_memory_and_on_disk_give_the_same_run(tmp_path):
+  """Replicas x storage: 1 or 2 replicas, the split in memory or streamed from disk
+  (`--max_in_memory_mb=0`), four runs with one result. Under `--deterministic`, so that
+  the students' weights can be compared bit for bit."""
+  common = ["--deterministic", "--cpu_replicas=2", "--epochs=2", "--distill_epochs=1",
+            "--train_examples=600", "--batch_size=100", "--alpha=0.5", "--distill_alpha=0.5",
+            "--modes=conventional,hybrid"]
+  runs = {}
+  for strategy in ("default", "mirrored"):
+    for storage, extra in (("memory", []), ("disk", ["--max_in_memory_mb=0"])):
+      runs[strategy, storage] = out = tmp_path / f"{strategy}-{storage}"
+      cli(*common, *extra, f"--strategy={strategy}", f"--output_dir={out}")
+  one = runs["default", "memory"]
+  assert np.load(one / "teacher/significance.npy").shape == (600,)
   for name in ("teacher/participation.npy", "students/hybrid/participation.npy"):
-    one, two = np.load(tmp_path / "one" / name), np.load(tmp_path / "two" / name)
-    assert 0 < one.sum() < one.size * 2
-    np.testing.assert_array_equal(one, two, err_msg=name)
-  np.testing.assert_allclose(np.load(tmp_path / "one/teacher/significance.npy"),
-                             np.load(tmp_path / "two/teacher/significance.npy"), atol=1e-6)
+    counts = np.load(one / name)
+    assert counts.shape == (600,) and 0 < counts.sum() < counts.size * 2
+    for key, out in runs.items():
+      np.testing.assert_array_equal(counts, np.load(out / name), err_msg=f"{name} {key}")
+  for key, out in runs.items():
+    np.testing.assert_allclose(np.load(one / "teacher/significance.npy"),
+                               np.load(out / "teacher/significance.npy"), atol=1e-6,
+                               err_msg=str(key))
+  for strategy in ("default", "mirrored"):  # Storage changes no bit of a student.
+    memory, disk = (keras.models.load_model(
+        runs[strategy, storage] / "students/conventional/model.keras").get_weights()
+                    for storage in ("memory", "disk"))
+    for wa, wb in zip(memory, disk, strict=True):
+      np.testing.assert_array_equal(wa, wb, err_msg=strategy)
+    np.testing.assert_array_equal(
+        np.load(runs[strategy, "memory"] / "teacher/significance.npy"),
+        np.load(runs[strategy, "disk"] / "teacher/significance.npy"), err_msg=strategy)
 
 
 @pytest.mark.slow
@@ -67,22 +91,26 @@ def test_two_worker_multiworker_counts_match_brute_force(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_worker_cli_equals_one_process(tmp_path):
-  """The whole job under MultiWorkerMirroredStrategy: same results, only the chief writes."""
-  args = ["--modes=regulated", "--epochs=2", "--train_examples=256", "--alpha=0.5",
-          "--distill_alpha=0.5"]
+def test_two_worker_cli_equals_one_process_in_memory_and_streaming(tmp_path):
+  """The whole job under MultiWorkerMirroredStrategy: same results, only the chief writes;
+  streamed from disk, each worker reads its share of every batch by global id."""
+  args = ["--deterministic", "--modes=regulated", "--epochs=2", "--train_examples=256",
+          "--alpha=0.5", "--distill_alpha=0.5"]
   cli(*args, f"--output_dir={tmp_path / 'single'}")
-  outputs = cluster.run_two_workers(lambda index: [
-      sys.executable, "-m", "tf_srkd.main", "--flagfile=flags/smoke.flags", *args,
-      "--strategy=multi_worker", f"--output_dir={tmp_path / 'multi'}"])
-  assert "student/regulated" in outputs[0] and "student/regulated" not in outputs[1]
-  for name in ("teacher/participation.npy", "students/regulated/participation.npy"):
-    np.testing.assert_array_equal(np.load(tmp_path / "single" / name),
-                                  np.load(tmp_path / "multi" / name), err_msg=name)
   single = json.loads((tmp_path / "single/summary.json").read_text())
-  multi = json.loads((tmp_path / "multi/summary.json").read_text())
-  assert single == multi
-  assert not [p for p in (tmp_path / "multi").rglob("*") if ".tmp" in p.name]
+  for storage, extra in (("memory", []), ("disk", ["--max_in_memory_mb=0"])):
+    multi_dir = tmp_path / f"multi-{storage}"
+    outputs = cluster.run_two_workers(lambda index, extra=extra, multi_dir=multi_dir: [
+        sys.executable, "-m", "tf_srkd.main", "--flagfile=flags/smoke.flags", *args, *extra,
+        "--strategy=multi_worker", f"--output_dir={multi_dir}"])
+    assert "student/regulated" in outputs[0] and "student/regulated" not in outputs[1]
+    for name in ("teacher/participation.npy", "teacher/significance.npy",
+                 "students/regulated/participation.npy"):
+      np.testing.assert_array_equal(np.load(tmp_path / "single" / name),
+                                    np.load(multi_dir / name), err_msg=f"{name} {storage}")
+    assert not [p for p in multi_dir.rglob("*") if ".tmp" in p.name]
+    if storage == "memory":
+      assert json.loads((multi_dir / "summary.json").read_text()) == single
 
 
 def _kill_when(path_glob_dir, prefix, process, minimum=1, timeout=300):
@@ -101,43 +129,72 @@ def _kill_when(path_glob_dir, prefix, process, minimum=1, timeout=300):
   raise AssertionError("checkpoint never appeared")
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("stage_dir,extra", [
-    ("teacher", ["--stage=teacher"]),
-    ("students/hybrid", ["--modes=hybrid"]),
-    ("teacher", ["--stage=teacher", "--margin_refresh=bounded", "--margin_max_age=2",
-                 "--margin_band=0.05"]),
-])
-def test_sigkill_then_restart_equals_uninterrupted(tmp_path, stage_dir, extra):
-  args = ["--deterministic", "--epochs=6", "--train_examples=3000", "--batch_size=100",
-          "--alpha=0.3", "--distill_alpha=0.3", "--backward=auto", *extra]
-  cli(*args, f"--output_dir={tmp_path / 'straight'}")
-  crashed = tmp_path / "crashed"
-  process = subprocess.Popen(
+def _start(args, output_dir):
+  return subprocess.Popen(
       [sys.executable, "-m", "tf_srkd.main", "--flagfile=flags/smoke.flags", *args,
-       f"--output_dir={crashed}"], cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL,
+       f"--output_dir={output_dir}"], cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL,
       stderr=subprocess.DEVNULL)
-  killed = _kill_when(str(crashed / stage_dir / "backup"), "ckpt-", process, minimum=1)
-  assert killed, "the run finished before it could be killed"
-  assert not (crashed / stage_dir / "metrics.json").exists()
-  cli(*args, f"--output_dir={crashed}")  # the same command again
-  a, b = tmp_path / "straight" / stage_dir, crashed / stage_dir
+
+
+def _assert_same_stage(a, b, epochs):
   np.testing.assert_array_equal(np.load(a / "participation.npy"), np.load(b / "participation.npy"))
   wa = keras.models.load_model(a / "model.keras").get_weights()
   wb = keras.models.load_model(b / "model.keras").get_weights()
   for x, y in zip(wa, wb):
     np.testing.assert_array_equal(x, y)
   history = json.loads((b / "metrics.json").read_text())["history"]
-  assert [h["epoch"] for h in history] == list(range(6))
+  assert [h["epoch"] for h in history] == list(range(epochs))
+
+
+# One job killed twice, in the teacher stage and then in the student's, covers both
+# stages' resume for the price of one uninterrupted run.
+@pytest.mark.slow
+@pytest.mark.parametrize("kill_in,extra", [
+    (("teacher", "students/hybrid"), ["--modes=hybrid"]),
+    (("teacher",), ["--stage=teacher", "--margin_refresh=bounded", "--margin_max_age=2",
+                    "--margin_band=0.05"]),
+])
+def test_sigkill_then_restart_equals_uninterrupted(tmp_path, kill_in, extra):
+  args = ["--deterministic", "--epochs=6", "--train_examples=3000", "--batch_size=100",
+          "--alpha=0.3", "--distill_alpha=0.3", "--backward=auto", *extra]
+  cli(*args, f"--output_dir={tmp_path / 'straight'}")
+  crashed = tmp_path / "crashed"
+  for stage_dir in kill_in:
+    killed = _kill_when(str(crashed / stage_dir / "backup"), "ckpt-", _start(args, crashed))
+    assert killed, f"the run finished {stage_dir} before it could be killed"
+    assert not (crashed / stage_dir / "metrics.json").exists()
+  cli(*args, f"--output_dir={crashed}")  # the same command again
+  for stage_dir in kill_in:
+    _assert_same_stage(tmp_path / "straight" / stage_dir, crashed / stage_dir, epochs=6)
+
+
+@pytest.fixture(scope="module")
+def replica_runs(tmp_path_factory):
+  """kind -> the 2-replica runs of tests/support/margin_reuse_worker.py (the teacher's with
+  bounded margins too), each trained once for the tests that read them."""
+  runs = {}
+
+  def get(kind):
+    if kind not in runs:
+      output = tmp_path_factory.mktemp(f"replicas-{kind}") / "r.npz"
+      refreshes = ["exact", "bounded"] if kind == "teacher" else ["exact"]
+      subprocess.run([sys.executable, "tests/support/margin_reuse_worker.py", kind, str(output),
+                      *refreshes], cwd=ROOT, env=ENV, check=True, timeout=900)
+      runs[kind] = np.load(output)
+    return runs[kind]
+
+  return get
+
+
+SHARES_REPLICA_RUNS = pytest.mark.xdist_group("test_distribute_replica_runs")
 
 
 @pytest.mark.slow
+@SHARES_REPLICA_RUNS
 @pytest.mark.parametrize("kind", ["teacher", "student"])
-def test_margin_reuse_is_bit_identical_on_two_replicas(tmp_path, kind):
+def test_margin_reuse_is_bit_identical_on_two_replicas(replica_runs, kind):
   """The version array stays consistent across replicas: reuse changes no bit."""
-  subprocess.run([sys.executable, "tests/support/margin_reuse_worker.py", kind, str(tmp_path / "r.npz")],
-                 cwd=ROOT, env=ENV, check=True, timeout=900)
-  result = np.load(tmp_path / "r.npz")
+  result = replica_runs(kind)
   assert int(result["replicas"]) == 2
   states = sorted(k[len("plain_"):] for k in result.files if k.startswith("plain_state"))
   assert states
@@ -145,3 +202,20 @@ def test_margin_reuse_is_bit_identical_on_two_replicas(tmp_path, kind):
     np.testing.assert_array_equal(result[f"plain_{key}"], result[f"reuse_{key}"], err_msg=key)
   assert not result["plain_gate_from_cache"].any()
   assert ((0 < result["reuse_gate_from_cache"]) & (result["reuse_gate_from_cache"] < 1)).any()
+
+
+@pytest.mark.slow
+@SHARES_REPLICA_RUNS
+def test_bounded_margins_keep_the_same_rows_and_counts_on_one_and_two_replicas(replica_runs,
+                                                                              tmp_path):
+  """The bound decides from mirrored cached values: every replica decides alike, and the
+  counts of a 2-replica run are those of the 1-replica run."""
+  two = replica_runs("teacher")
+  split = data.load_split(datasets.get_dataset_spec("mnist"), "train", idle_runs.N)
+  one = idle_runs.train(split, tmp_path / "one", False, "teacher", reuse=True,
+                        refresh="bounded")
+  np.testing.assert_array_equal(one[0].participation_counts(), two["bounded_counts"])
+  np.testing.assert_array_equal([h["participation_fraction"] for h in one[1]],
+                                two["bounded_participation_fraction"])
+  np.testing.assert_array_equal([h["gate_from_cache"] for h in one[1]],
+                                two["bounded_gate_from_cache"])

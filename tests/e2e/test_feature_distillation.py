@@ -1,10 +1,11 @@
 """`--distillation_loss`: feature terms beside the paper's KD in the flag pipeline, with a
-projection for channels that differ, a bit-identical resume, and layer errors up front."""
+projection for channels that differ, a bit-identical resume, and layer errors up front.
+
+The repeated flag on the command line, written back to flags.txt in order, is checked on
+bench/reproduction/feature_kd.py's quick run (tests/project/test_bench_quick.py)."""
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -13,7 +14,6 @@ from tf_srkd.run import config as config_lib
 from tf_srkd.run import pipeline
 from tf_srkd.run import resume
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 N = 96
 FEATURES = ("logits", "feature:conv2,conv2", "feature:fc2,fc2,cosine_similarity")
 
@@ -81,18 +81,3 @@ def test_changing_the_terms_is_another_run(tmp_path):
   _run(_config(out, stage="teacher"))
   with pytest.raises(config_lib.ConfigError, match="distillation_loss"):
     _run(_config(out, distillation_loss=("logits",), distillation_loss_weights=()))
-
-
-def test_the_cli_takes_the_repeated_flag_and_writes_it_back(tmp_path):
-  out = tmp_path / "out"
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-  result = subprocess.run(
-      [sys.executable, "-m", "tf_srkd.main", "--flagfile=flags/smoke.flags", f"--output_dir={out}",
-       "--modes=regulated", "--epochs=1", "--distillation_loss=logits",
-       "--distillation_loss=feature:conv1,conv1", "--distillation_loss_weights=1,2"],
-      cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-  assert result.returncode == 0, result.stderr[-3000:]
-  flags = (out / "flags.txt").read_text()
-  assert "--distillation_loss=logits\n--distillation_loss=feature:conv1,conv1\n" in flags
-  assert "--distillation_loss_weights=1.0,2.0\n" in flags
-  assert (out / "students" / "regulated" / "model.keras").exists()

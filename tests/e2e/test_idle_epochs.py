@@ -11,6 +11,10 @@ from tf_srkd.data import arrays as data
 from tf_srkd.data import datasets
 
 
+# Shares tests.support.idle_runs' trained runs with the other module that reads them.
+pytestmark = pytest.mark.xdist_group("idle_runs")
+
+
 @pytest.fixture(scope="module")
 def mnist_subset():
   return data.load_split(datasets.get_dataset_spec("mnist"), "train", N)

@@ -1,6 +1,8 @@
-"""How many pytest-xdist workers `-n auto` starts, and TensorFlow's share of the cores."""
+"""How many pytest-xdist workers `-n auto` starts, TensorFlow's share of the cores, and the
+order the tests are handed to them in."""
 
 import os
+import types
 
 import pytest
 
@@ -47,3 +49,28 @@ def test_the_user_can_pin_the_worker_count(monkeypatch):
   assert conftest.pytest_xdist_auto_num_workers(None) is None  # xdist reads the variable
   monkeypatch.delenv("PYTEST_XDIST_AUTO_NUM_WORKERS")
   assert conftest.pytest_xdist_auto_num_workers(None) == 2
+
+
+def _item(path, name, slow):
+  return types.SimpleNamespace(fspath=path, name=name, slow=slow)
+
+
+def test_files_with_slow_tests_run_first_each_file_whole_and_in_order():
+  item = _item
+  items = [item("a.py", "a1", False), item("a.py", "a2", False),
+           item("b.py", "b1", False), item("b.py", "b2", True),
+           item("c.py", "c1", False),
+           item("d.py", "d1", True), item("d.py", "d2", False)]
+  ordered = conftest.slow_modules_first(items, lambda i: i.slow)
+  assert [i.name for i in ordered] == ["b1", "b2", "d1", "d2", "a1", "a2", "c1"]
+  assert conftest.slow_modules_first(items, lambda i: False) == items
+
+
+def test_this_session_runs_the_slow_files_first(request):
+  """The hook really reorders the collected session (the unit above covers the rule)."""
+  items = request.session.items
+  slow = [i.get_closest_marker("slow") is not None for i in items]
+  files = [str(i.fspath) for i in items]
+  slow_files = {f for f, s in zip(files, slow) if s}
+  flags = [f in slow_files for f in files]
+  assert flags == sorted(flags, reverse=True)  # every slow file before every fast one

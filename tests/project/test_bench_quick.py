@@ -9,10 +9,12 @@ leave bench/ byte for byte alone (`--no_write`: RESULTS.md, the Pareto plots, no
 
 import glob
 import hashlib
+import json
 import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -26,7 +28,7 @@ QUICK_RUNS = {
     "reproduction/qad": (["--output_root={tmp}/run"], ["| hybrid |", "| ok / ok / ok |"]),
     "reproduction/precise_bn_case": (["--output_root={tmp}/run"], ["| hybrid |", "precise BN"]),
     "reproduction/feature_kd": (["--output_root={tmp}/run"], [
-        "| regulated | logits+feature@1 |", "| hybrid | logits |",
+        "| regulated | logits+feature@0.5 |", "| hybrid | logits |",
         "same ζ budget (±10 %)"]),
     "reproduction/peers": ([], ["| mnist | teacher | self_regulated |", "| mnist | student | infobatch |",
                    "| mnist | student | selective_backprop |", "| mnist | student | random |"]),
@@ -39,6 +41,40 @@ QUICK_RUNS = {
     "timing/bounded_margins": ([], ["| teacher | bounded K=", "| students/hybrid | exact |",
                                     "| teacher | conventional |", "extra admissions"]),
 }
+
+
+def _subsets_run(tmp_path):
+  """The subset tool's outputs, which the bench reads: its id lists, rows, curve and runs."""
+  from tf_srkd.data import subsets  # pylint: disable=import-outside-toplevel
+
+  run = tmp_path / "mnist-e1-n512"
+  out = run / "subsets"
+  significance = np.load(run / "teacher/significance.npy")
+  lists = {r: np.load(out / f"ids/{r}-f0.25.npy") for r in subsets.RANKINGS}
+  top, bottom = lists["top"], lists["bottom"]
+  assert all(len(ids) == len(top) > 0 for ids in lists.values())
+  assert not set(top) & set(bottom)
+  assert significance[top].mean() >= significance[bottom].mean()
+  rows = json.loads((out / "summary.json").read_text())["rows"]
+  assert len(rows) == 2 * 3 * 2  # methods x rankings x fractions
+  assert {r["ranking"] for r in rows if r["fraction"] == 1.0} == set(subsets.RANKINGS)
+  assert (out / "curve.png").stat().st_size > 0 and "| kd | top |" in (out / "table.md").read_text()
+  assert (out / "kd-top-f0.25/model.keras").exists()
+  assert (out / "supervised-all-f1/metrics.json").exists()
+
+
+def _feature_kd_run(tmp_path):
+  """The CLI took the repeated --distillation_loss in order and wrote it back."""
+  run = tmp_path / "run_quick" / "s0" / "logits+feature@0.5"
+  flags = (run / "flags.txt").read_text()
+  assert "--distillation_loss=logits\n--distillation_loss=feature:pool,pool\n" in flags
+  assert "--distillation_loss_weights=1.0,0.5\n" in flags
+  for mode in ("regulated", "hybrid"):
+    assert (run / "students" / mode / "model.keras").exists()
+
+
+#: script -> a check of the files its quick run left under the test's directory.
+RUN_CHECKS = {"reproduction/subsets": _subsets_run, "reproduction/feature_kd": _feature_kd_run}
 
 
 def _digests():
@@ -70,6 +106,8 @@ def test_quick_run_prints_its_table_and_leaves_bench_alone(script, tmp_path):
     # --quick runs two of the four modes.
     assert run.stdout.count(" | ok |\n") == 2, run.stdout[-3000:]
   assert _digests() == before, f"{script} --no_write changed bench/"
+  if script in RUN_CHECKS:
+    RUN_CHECKS[script](tmp_path)
 
 
 def test_every_quick_script_is_checked():

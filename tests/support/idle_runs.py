@@ -5,6 +5,8 @@ Shared by tests/e2e/test_idle_epochs.py and the 2-replica worker
 so that late epochs have one or two updates or none.
 """
 
+import hashlib
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -18,11 +20,20 @@ from tf_srkd.core import training
 
 N, EPOCHS, ALPHA = 128, 30, 0.005
 
+#: Finished trainings by their arguments: the tests train the same deterministic run
+#: many times over (the exact gate is the reference of most comparisons), and a run is
+#: a pure function of its arguments, so each is trained once per process.
+_TRAINED = {}
+
 
 def train(split, tmp_path, skip, kind, backward="compact", model_name=None, reuse=None,
           stop_at=None, strategy=None, steps_per_execution=0, refresh="exact", max_age=3,
           band=0.01, audit=False, callbacks=()):
   """Trains a teacher or a regulated student; returns (model, history, optimizer state).
+
+  A run without `stop_at`, `strategy` or `callbacks` is trained once per process and
+  then returned again (the same objects: read them, do not change them); `tmp_path`
+  holds the stage's files only for the call that trained it.
 
   Args:
     split: the first N MNIST examples (`data.SplitArrays`).
@@ -40,12 +51,30 @@ def train(split, tmp_path, skip, kind, backward="compact", model_name=None, reus
       `margin_band` and `margin_audit`.
     callbacks: further Keras callbacks of every `fit`.
   """
+  reuse = skip if reuse is None else reuse
+  key = None
+  if stop_at is None and strategy is None and not callbacks:
+    fingerprint = hashlib.sha256(np.ascontiguousarray(split.images).tobytes()
+                                 + np.ascontiguousarray(split.labels).tobytes()).hexdigest()
+    key = (fingerprint, skip, kind, backward, model_name, reuse, steps_per_execution,
+           refresh, max_age, band, audit)
+    if key in _TRAINED:
+      return _TRAINED[key]
+  result = _train(split, tmp_path, skip, kind, backward, model_name, reuse, stop_at, strategy,
+                  steps_per_execution, refresh, max_age, band, audit, callbacks)
+  if key is not None:
+    _TRAINED[key] = result
+  return result
+
+
+def _train(split, tmp_path, skip, kind, backward, model_name, reuse, stop_at, strategy,
+           steps_per_execution, refresh, max_age, band, audit, callbacks):
   tf.config.experimental.enable_op_determinism()
   strategy = strategy or tf.distribute.get_strategy()
   config = config_lib.Config.of(epochs=EPOCHS, batch_size=32, seed=1, verbose=0,
                                 skip_idle_epochs=skip, backward=backward, train_examples=N,
                                 output_dir=str(tmp_path),
-                                reuse_margins=skip if reuse is None else reuse,
+                                reuse_margins=reuse,
                                 steps_per_execution=steps_per_execution, margin_refresh=refresh,
                                 margin_max_age=max_age, margin_band=band, margin_audit=audit)
   extras = {}

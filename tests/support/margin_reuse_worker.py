@@ -1,9 +1,10 @@
 """Margin reuse under a 2-replica MirroredStrategy on the CPU (device setup is per process).
 
-Usage: python tests/support/margin_reuse_worker.py KIND OUTPUT_NPZ [bounded]
-Trains `tests.support.idle_runs` (KIND teacher or student) with the margin cache off,
-then on, and writes both runs' counts, weights and per-epoch logs to OUTPUT_NPZ. With
-`bounded`, the second run keeps margins under `--margin_refresh=bounded` (K 3, b 0.01).
+Usage: python tests/support/margin_reuse_worker.py KIND OUTPUT_NPZ [REFRESH ...]
+Trains `tests.support.idle_runs` (KIND teacher or student) with the margin cache off
+(`plain_*` in OUTPUT_NPZ), then on once per REFRESH (default `exact`): `reuse_*` for
+`exact`, `bounded_*` for `--margin_refresh=bounded` (K 3, b 0.01). Each run's counts,
+weights, optimizer state and per-epoch logs are written.
 """
 
 import os
@@ -24,14 +25,19 @@ from tf_srkd.data import arrays as data  # pylint: disable=g-import-not-at-top
 from tf_srkd.data import datasets  # pylint: disable=g-import-not-at-top
 
 
-def main(kind, output, refresh="exact"):
+#: Each REFRESH's run, by the prefix of its arrays.
+RUN_NAMES = {"exact": "reuse", "bounded": "bounded"}
+
+
+def main(kind, output, *refreshes):
   split = data.load_split(datasets.get_dataset_spec("mnist"), "train", idle_runs.N)
   arrays = {"replicas": STRATEGY.num_replicas_in_sync}
+  runs = [("plain", False, "exact")] + [(RUN_NAMES[r], True, r) for r in refreshes or ("exact",)]
   with tempfile.TemporaryDirectory() as tmp:
-    for name, reuse in (("plain", False), ("reuse", True)):
+    for name, reuse, refresh in runs:
       model, history, optimizer_state = idle_runs.train(
           split, pathlib.Path(tmp) / name, False, kind, reuse=reuse, strategy=STRATEGY,
-          refresh=refresh if reuse else "exact")
+          refresh=refresh)
       arrays[f"{name}_counts"] = model.participation_counts()
       for i, w in enumerate(model.network.get_weights() + optimizer_state):
         arrays[f"{name}_state{i}"] = w
