@@ -41,9 +41,10 @@ def parse_args(argv=None):
   p.add_argument("--modes", default=",".join(MODES), help="comma list of distillation modes")
   whole_runs.add_run_args(p, "bench_precise_bn",
                           "a seconds-scale check: 128 examples, 1 epoch, 20 test images, "
-                          "the hybrid mode, a tiny BN student")
+                          "the hybrid mode, a tiny BN teacher and student")
   return whole_runs.apply_quick(p.parse_args(argv), test_examples=20, calibration_samples=16,
                                 precise_bn_batches=2, modes="hybrid",
+                                teacher=whole_runs.TINY_BN_MODEL,
                                 student=whole_runs.TINY_BN_MODEL)
 
 

@@ -99,14 +99,16 @@ def test_the_test_venv_sees_this_environment_and_installs_into_itself(tmp_path):
 
 @pytest.fixture(scope="module")
 def smoke_run(installed, tmp_path_factory):
-  """(result, output dir) of `tf-srkd --flagfile=smoke` run from an empty directory."""
+  """(result, output dir) of `tf-srkd --flagfile=smoke` run from an empty directory,
+  tracked in MLflow (a SQLite store there): five stages logging their models."""
   workdir = tmp_path_factory.mktemp("empty")
   env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "TF_CPP_MIN_LOG_LEVEL")}
   # As a user would type it: relative to the directory the command runs in.
   if env.get("TFDS_DATA_DIR") and os.path.isabs(env["TFDS_DATA_DIR"]):
     env["TFDS_DATA_DIR"] = os.path.relpath(env["TFDS_DATA_DIR"], str(workdir))
   result = subprocess.run(
-      [str(installed["bin"] / "tf-srkd"), "--flagfile=smoke", "--nomlflow", "--output_dir=out"],
+      [str(installed["bin"] / "tf-srkd"), "--flagfile=smoke", "--mlflow",
+       "--mlflow_tracking_uri=sqlite:///mlflow.db", "--output_dir=out"],
       cwd=str(workdir), env=env, capture_output=True, text=True, timeout=900)
   return result, workdir / "out"
 
@@ -119,6 +121,7 @@ def test_installed_command_runs_the_shipped_smoke_experiment_from_anywhere(smoke
   for stage in ("teacher", "students/hybrid"):
     assert (out / stage / "metrics.json").is_file()
   assert "outputs in out" in result.stdout
+  assert (out.parent / "mlflow.db").is_file()
 
 
 @pytest.mark.slow

@@ -1,4 +1,6 @@
-"""Helpers of the benchmark scripts: bench/reproduction/mobile.py's verdicts, bench/standardised_models.py."""
+"""Helpers of the benchmark scripts: bench/reproduction/mobile.py's verdicts,
+bench/reproduction/peers_protocol.py's summary over seeds, bench/timing/streaming.py's
+growth goal, bench/standardised_models.py."""
 
 import os
 import sys
@@ -9,10 +11,12 @@ import numpy as np
 
 _BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "bench")
 _saved_path = list(sys.path)
-sys.path[:0] = [_BENCH, os.path.join(_BENCH, "reproduction")]
+sys.path[:0] = [_BENCH, os.path.join(_BENCH, "reproduction"), os.path.join(_BENCH, "timing")]
 try:
   import mobile  # pylint: disable=wrong-import-position
+  import peers_protocol  # pylint: disable=wrong-import-position
   import standardised_models  # pylint: disable=wrong-import-position
+  import streaming  # pylint: disable=wrong-import-position
 finally:
   # bench/reproduction/ holds an export.py: leave the real `export` package first on the path.
   sys.path[:] = _saved_path
@@ -39,6 +43,61 @@ def test_int8_op_check_names_every_problem():
   assert mobile.int8_op_check(good) == "ok"
   bad = {"full_integer": False, "ops": ["CONV_2D", "DEQUANTIZE"]}
   assert mobile.int8_op_check(bad) == "float tensors, DEQUANTIZE, no HARD_SWISH op"
+
+
+def _cell(accuracy, zeta, wall, target=None, setting=""):
+  return {"accuracy": accuracy, "zeta": zeta, "wall": wall, "target": target,
+          "setting": setting}
+
+
+def test_peers_protocol_summary_over_seeds(tmp_path):
+  by_seed = {}
+  for seed, (sb_accuracy, sb_zeta, random_zeta) in {0: (0.99, 0.0042, 0.0042),
+                                                    1: (0.10, 0.0050, 0.0038)}.items():
+    cells = {}
+    for stage in ("teacher", "student"):
+      for policy, refresh in peers_protocol.ARMS:
+        arm = peers_protocol.arm_name(policy, refresh)
+        cells[stage, arm] = _cell(0.99, 0.004, 100.0 if arm == "conventional" else 50.0 + 10 * seed)
+      cells[stage, "selective_backprop"] = _cell(sb_accuracy, sb_zeta, 40.0, 0.004, f"β={seed}")
+      cells[stage, "random"] = _cell(0.97, random_zeta, 10.0, 0.004, "p=0.004")
+    by_seed[seed] = cells
+  rows, points = peers_protocol.summarize("mnist", by_seed, at_chance=lambda a: a < 0.2)
+  rows = {(row[0], row[1]): row[2:] for row in rows}
+  assert len(rows) == 2 * len(peers_protocol.ARMS)
+  # setting, target ζ, ζ, matched, accuracy, time / conventional
+  assert rows["teacher", "conventional"] == [
+      "α=inf", "—", "0.400% ± 0.000%", "—", "0.9900 ± 0.0000", "1.000 ± 0.000"]
+  assert rows["student", "self_regulated"][0] == "paper α"
+  assert rows["student", "self_regulated"][5] == "0.550 ± 0.071"  # 50/100 and 60/100
+  assert rows["teacher", "selective_backprop"] == [
+      "β=0; β=1", "0.400% ± 0.000%", "0.460% ± 0.057%", "no (25% off)",
+      "0.5450 ± 0.6293 **AT CHANCE** (seed 1)", "0.400 ± 0.000"]
+  assert rows["teacher", "random"][2:4] == ["0.400% ± 0.028%", "yes"]  # 5 % off at worst
+  figure = peers_protocol.pareto_figure("mnist", points)
+  figure.savefig(tmp_path / "pareto.png")
+  assert (tmp_path / "pareto.png").stat().st_size > 0
+  assert "not shown: selective_backprop: at chance (0.545 at ζ 0.460%)" in (
+      figure.axes[0].get_xlabel())
+
+
+def _rss(peak, spread=0.0):
+  return {"peak_rss_mib": peak, "spread_mib": spread}
+
+
+def test_streaming_growth_goal_is_bookkeeping_plus_the_larger_of_slack_and_spread():
+  cells = {512: {"memory": _rss(500.0), "disk": _rss(480.0, 1.0)},
+           1024: {"memory": _rss(520.0), "disk": _rss(482.0, 2.0)}}
+  growth, goal = streaming.growth_rows(cells, [512, 1024])
+  # 20 MiB over 512 extra rows is 40,960 B per row; 2 MiB is 4,096 B.
+  assert growth == ["growth 512 → 1024, MiB (bytes per extra example)", "+20.0 (40960 B)",
+                    "+2.0 (4096 B)"]
+  assert goal[0].endswith("= 4.0 MiB") and goal[1:] == ["—", "met"]
+  cells[1024]["disk"] = _rss(486.0, 2.0)  # +6 MiB against 44 B x 512 + 4 MiB
+  assert streaming.growth_rows(cells, [512, 1024])[1][2] == "missed"
+  cells[512]["disk"] = _rss(480.0, 8.0)  # a spread beyond the slack widens the goal
+  goal = streaming.growth_rows(cells, [512, 1024])[1]
+  assert goal[0].endswith("= 8.0 MiB") and goal[2] == "met"
 
 
 def test_standardised_lenet_is_the_registry_model_on_standardised_pixels():

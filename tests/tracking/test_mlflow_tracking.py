@@ -591,17 +591,3 @@ def test_a_stage_logs_its_own_epochs_so_the_report_lists_them(tmp_path):
     record = report_records.record_from_run(client.get_run(tracker.stage_run_id(name)))
     epochs[record.role] = record.epochs
   assert epochs == {"teacher": 3, "student": 8}
-
-
-@pytest.mark.slow
-def test_a_tracked_smoke_run_prints_no_retracing_warning(tmp_path):
-  """Five stages logging their models: no TensorFlow retracing warning on the console."""
-  result = subprocess.run(
-      [sys.executable, "-m", "tf_srkd.main", "--flagfile=flags/smoke.flags", "--mlflow",
-       f"--mlflow_tracking_uri=sqlite:///{tmp_path}/mlflow.db", f"--output_dir={tmp_path}/run"],
-      cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True,
-      timeout=600, check=False)
-  assert result.returncode == 0, result.stderr[-3000:]
-  console = result.stdout + result.stderr
-  assert "== student-hybrid done" in result.stdout
-  assert "retracing" not in console, [l for l in console.splitlines() if "retracing" in l]
