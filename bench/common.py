@@ -36,6 +36,10 @@ sys.path[:] = [REPO_ROOT] + [p for p in sys.path if p != REPO_ROOT]
 if BENCH_DIR not in sys.path:
   sys.path.insert(1, BENCH_DIR)
 import render_results  # pylint: disable=wrong-import-position  (bench/ on the path first)
+from tf_srkd.cli import environment as _cli_environment  # pylint: disable=wrong-import-position
+
+# Every bench script is a command, and many start more: each ends ~1.3 s sooner.
+_cli_environment.skip_the_final_collection()
 if not os.environ.get("TFDS_DATA_DIR") and os.path.isdir(SHARED_TFDS):
   os.environ["TFDS_DATA_DIR"] = SHARED_TFDS
 elif os.environ.get("TFDS_DATA_DIR") and "://" not in os.environ["TFDS_DATA_DIR"]:

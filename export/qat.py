@@ -290,7 +290,13 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  import atexit  # pylint: disable=g-import-not-at-top
+  import gc  # pylint: disable=g-import-not-at-top
+
   from absl import app  # pylint: disable=g-import-not-at-top
 
+  # A command: end without CPython's last full collection over TensorFlow's million
+  # objects (~1.3 s; `tf_srkd.cli.environment.skip_the_final_collection` says why).
+  atexit.register(gc.freeze)
   _define_flags()
   app.run(main)

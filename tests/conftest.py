@@ -16,6 +16,12 @@ elif os.environ.get("TFDS_DATA_DIR") and "://" not in os.environ["TFDS_DATA_DIR"
   # started from other working directories.
   os.environ["TFDS_DATA_DIR"] = os.path.abspath(os.path.expanduser(os.environ["TFDS_DATA_DIR"]))
 
+# pytest and its workers end without CPython's last full collection over TensorFlow's
+# objects, as the commands do (~1.3 s a process, at the very end of a run).
+from tf_srkd.cli import environment as _cli_environment  # pylint: disable=wrong-import-position
+
+_cli_environment.skip_the_final_collection()
+
 #: TensorFlow reads its thread-pool sizes from these at start-up (0 or unset: every core).
 TF_THREAD_VARIABLES = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
 #: `-n auto` starts at most this many workers: beyond it, worker start-up (each imports

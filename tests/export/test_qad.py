@@ -103,6 +103,34 @@ def test_objective_follows_the_run_and_mode():
   assert not (labels.distill or labels.regulate or labels.weight_by_significance)
 
 
+@pytest.mark.parametrize("regulate", [False, True])
+def test_fine_tuning_traces_its_step_once(regulate, monkeypatch):
+  """The optimizer's slots exist before the first step: a tf.function that creates
+  variables is traced twice, and a fake-quantized MobileNet's trace costs seconds.
+  Without the gate every sample takes part."""
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  import tf_keras  # pylint: disable=import-outside-toplevel
+
+  from export import fine_tune  # pylint: disable=import-outside-toplevel
+  from tf_srkd.data import arrays as data  # pylint: disable=import-outside-toplevel
+
+  steps, function = [], tf.function
+  monkeypatch.setattr(tf, "function", lambda fn: steps.append(function(fn)) or steps[-1])
+  rng = np.random.default_rng(0)
+  train = data.SplitArrays(rng.integers(0, 256, (96, 8, 8, 1), dtype=np.uint8),
+                           rng.integers(0, 3, 96).astype(np.int32))
+  model = tf_keras.Sequential([tf_keras.layers.Flatten(input_shape=(8, 8, 1)),
+                               tf_keras.layers.Dense(3)])
+  teacher_logits = rng.normal(size=(96, 3)).astype(np.float32)
+  history, shares = fine_tune.fine_tune(
+      model, tf_keras, train, teacher_logits, None,
+      fine_tune.Objective(regulate=regulate, alpha=0.5, first_epoch=1), epochs=2,
+      learning_rate=1e-3, batch_size=32, seed=0)
+  assert len(history) == len(shares) == 2 and all(np.isfinite(history))
+  assert all(0 < share <= 1 for share in shares) if regulate else shares == [1.0, 1.0]
+  assert len(steps) == 1 and steps[0].experimental_get_tracing_count() == 1
+
+
 def test_export_qat_names_a_bad_objective_before_starting(tmp_path):
   with pytest.raises(ExportError, match="--qat_objective=teacher: expected one of "
                      "distillation, labels"):
@@ -148,14 +176,15 @@ def test_fake_quantized_mobilenet_v3_ranges_start_from_the_batches():
 
 @pytest.fixture(scope="module")
 def qad_run(tmp_path_factory):
-  """A tiny run through the CLI's `run` with --export=int8 --qad_epochs=1."""
+  """A tiny run through the CLI's `run` with --export=int8 --qad_epochs=1, in hybrid mode
+  (gate and significance; the ungated fine-tuning is test_fine_tuning_traces_its_step_once's)."""
   from tf_srkd.cli import main as cli_main  # pylint: disable=import-outside-toplevel
   from tf_srkd.run import config as config_lib  # pylint: disable=import-outside-toplevel
 
   out = str(tmp_path_factory.mktemp("qad") / "run")
   config = config_lib.Config.of(dataset="mnist", epochs=2, train_examples=512, batch_size=64,
                                 eval_batch_size=256, verbose=0, mlflow=False,
-                                modes=("conventional", "hybrid"), output_dir=out, export=("int8",),
+                                modes=("hybrid",), output_dir=out, export=("int8",),
                                 qad_epochs=1, export_at_chance=True)
   cli_main.run(config)
   return out
@@ -163,19 +192,18 @@ def qad_run(tmp_path_factory):
 
 @pytest.mark.slow
 def test_qad_epochs_exports_a_gated_full_integer_student(qad_run):
-  for mode, gated in (("conventional", False), ("hybrid", True)):
-    tflite_dir = os.path.join(qad_run, "students", mode, "tflite")
-    assert {"model_int8.tflite", "model_int8_qat.tflite"} <= set(os.listdir(tflite_dir))
-    with open(os.path.join(tflite_dir, "model_int8_qat.json"), encoding="utf-8") as f:
-      sidecar = json.load(f)
-    assert sidecar["full_integer"] and sidecar["input"]["dtype"] == "uint8"
-    qad = sidecar["qat"]
-    assert qad["self_regulation_gate"] is gated and qad["first_epoch"] == 2
-    share = qad["participation_per_epoch"][0]
-    # The gate keeps the misclassified and the unsure: some, not all, of 512 rows.
-    assert (0.0 < share < 1.0) if gated else share == 1.0
-    interpreter = litert_run.load(os.path.join(tflite_dir, "model_int8_qat.tflite"))
-    assert interpreter.get_output_details()[0]["dtype"] == np.int8
+  tflite_dir = os.path.join(qad_run, "students", "hybrid", "tflite")
+  assert {"model_int8.tflite", "model_int8_qat.tflite"} <= set(os.listdir(tflite_dir))
+  with open(os.path.join(tflite_dir, "model_int8_qat.json"), encoding="utf-8") as f:
+    sidecar = json.load(f)
+  assert sidecar["full_integer"] and sidecar["input"]["dtype"] == "uint8"
+  qad = sidecar["qat"]
+  assert qad["self_regulation_gate"] is True and qad["first_epoch"] == 2
+  share = qad["participation_per_epoch"][0]
+  # The gate keeps the misclassified and the unsure: some, not all, of 512 rows.
+  assert 0.0 < share < 1.0
+  interpreter = litert_run.load(os.path.join(tflite_dir, "model_int8_qat.tflite"))
+  assert interpreter.get_output_details()[0]["dtype"] == np.int8
 
 
 @pytest.mark.slow

@@ -14,7 +14,10 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
+from tf_srkd.cli import environment  # pylint: disable=g-import-not-at-top
 from tf_srkd.cli import strategy as strategy_lib  # pylint: disable=g-import-not-at-top
+
+environment.skip_the_final_collection()
 
 STRATEGY = strategy_lib.make_strategy("mirrored", cpu_replicas=2)
 
