@@ -93,7 +93,7 @@ def fine_tune(qmodel, tf_keras, train, teacher_logits, significance, objective: 
   optimizer = tf_keras.optimizers.Adam(learning_rate)
   variables = qmodel.trainable_variables
   # Its slots now, not in the step's first call: a tf.function that creates variables
-  # is traced twice, and one trace of a fake-quantized MobileNet costs ~8 s.
+  # is traced twice, and a fake-quantized MobileNet's trace costs seconds.
   optimizer.build(variables)
   eta = tf.Variable(0.0, trainable=False, dtype=tf.float32)
 
