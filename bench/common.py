@@ -70,24 +70,60 @@ def load_average():
     return float("nan")
 
 
-def machine_description():
-  """One line: CPU, cores, TF/Keras/Python versions, threads, GPUs, load."""
-  import keras  # pylint: disable=import-outside-toplevel
-  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+def machine_description(runs_in_child_processes=False):
+  """One line: CPU, cores, TF/Keras/Python versions, threads, GPUs, load.
 
+  Args:
+    runs_in_child_processes: the script measures `tf_srkd.main` runs it starts as child
+      processes and imports no TensorFlow itself. The versions then come from the
+      installed packages, the GPUs from the NVIDIA driver (`nvidia-smi -L`), and the
+      threads are the children's TF defaults: importing TensorFlow here would describe
+      this process, at ~5 s of CPU, not the runs.
+  """
   try:
     usable = len(os.sched_getaffinity(0))
   except AttributeError:
     usable = os.cpu_count()
-  gpus = tf.config.list_physical_devices("GPU")
+  if runs_in_child_processes:
+    tf_version, keras_version = _installed("tensorflow"), _installed("keras")
+    gpus = _driver_gpus()
+    threads = "TF defaults in the child runs"
+  else:
+    import keras  # pylint: disable=import-outside-toplevel
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+    tf_version, keras_version = tf.__version__, keras.__version__
+    gpus = len(tf.config.list_physical_devices("GPU"))
+    threads = (f"{tf.config.threading.get_intra_op_parallelism_threads()}/"
+               f"{tf.config.threading.get_inter_op_parallelism_threads()} (0 = TF default)")
   onednn = os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default (on)")
   return (f"{_cpu_model()}, {os.cpu_count()} logical cores ({usable} usable), "
-          f"{'no GPU' if not gpus else f'{len(gpus)} GPU(s)'}; TensorFlow {tf.__version__}, "
-          f"Keras {keras.__version__}, Python {platform.python_version()}; "
-          f"intra/inter-op threads {tf.config.threading.get_intra_op_parallelism_threads()}/"
-          f"{tf.config.threading.get_inter_op_parallelism_threads()} (0 = TF default), "
+          f"{'no GPU' if not gpus else f'{gpus} GPU(s)'}; TensorFlow {tf_version}, "
+          f"Keras {keras_version}, Python {platform.python_version()}; "
+          f"intra/inter-op threads {threads}, "
           f"oneDNN {onednn}, jit_compile=False; {code_version()}; 1-min load average at start "
           f"{load_average():.1f}")
+
+
+def _installed(distribution):
+  import importlib.metadata  # pylint: disable=import-outside-toplevel
+
+  try:
+    return importlib.metadata.version(distribution)
+  except importlib.metadata.PackageNotFoundError:
+    return "not installed"
+
+
+def _driver_gpus():
+  """How many GPUs the NVIDIA driver lists (0 without a driver)."""
+  import subprocess  # pylint: disable=import-outside-toplevel
+
+  try:
+    listed = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30,
+                            check=False)
+  except (OSError, subprocess.TimeoutExpired):
+    return 0
+  return sum(line.startswith("GPU ") for line in listed.stdout.splitlines())
 
 
 def code_version():

@@ -50,7 +50,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
   args = parse_args(argv)
-  machine = common.machine_description()
+  machine = common.machine_description(runs_in_child_processes=True)
   log = os.path.join(args.output_root, "main.log")
   common_flags = [f"--flagfile={args.dataset}", "--nomlflow", "--verbose=2",
                   f"--train_examples={args.train_examples}", f"--batch_size={args.batch_size}",

@@ -119,7 +119,7 @@ def table_rows(by_seed, modes):
 
 def main(argv=None):
   args = parse_args(argv)
-  machine = common.machine_description()
+  machine = common.machine_description(runs_in_child_processes=True)
   seeds = [int(s) for s in args.seeds.split(",") if s]
   by_seed, teachers = {}, []
   for seed in seeds:

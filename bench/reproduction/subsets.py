@@ -62,7 +62,7 @@ def top_vs_random(rows):
 
 def main(argv=None):
   args = parse_args(argv)
-  machine = common.machine_description()
+  machine = common.machine_description(runs_in_child_processes=True)
   run = os.path.join(args.root, f"{args.dataset}-e{args.epochs}-n{args.train_examples}")
   mlflow = [] if args.mlflow else ["--nomlflow"]
   if not os.path.exists(os.path.join(run, "teacher", "metrics.json")):

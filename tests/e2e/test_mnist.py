@@ -15,7 +15,7 @@ def test_short_real_mnist_run_via_cli(tmp_path):
   out = tmp_path / "run"
   result = subprocess.run(
       [sys.executable, "-m", "tf_srkd.main", "--flagfile=flags/mnist.flags", "--epochs=2",
-       "--modes=conventional,hybrid", "--distill_epochs=1", "--nomlflow",
+       "--modes=hybrid", "--distill_epochs=1", "--nomlflow",
        "--verbose=0", f"--output_dir={out}"],
       cwd=ROOT, capture_output=True, text=True, timeout=900)
   assert result.returncode == 0, result.stderr[-3000:]
@@ -23,6 +23,6 @@ def test_short_real_mnist_run_via_cli(tmp_path):
   assert summary["train_examples"] == 60000
   assert summary["teacher"]["test_accuracy"] > 0.95, summary
   assert 0 < summary["teacher"]["zeta"] < 0.5, summary  # self-regulation thins participation
-  assert summary["students"]["conventional"]["test_accuracy"] > 0.9, summary
+  assert summary["students"]["hybrid"]["test_accuracy"] > 0.9, summary
   assert summary["students"]["hybrid"]["zeta"] < 0.5, summary
   assert "teacher" in result.stdout and "student/hybrid" in result.stdout

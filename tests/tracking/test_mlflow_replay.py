@@ -36,7 +36,7 @@ RUN_SPECIFIC_PARAMS = {"output_dir", "mlflow_experiment"}
 
 def _config(tmp_path, name, uri):
   return config_lib.Config.of(dataset="mnist", epochs=3, train_examples=256, batch_size=64,
-                              eval_batch_size=256, modes=("conventional", "hybrid"),
+                              eval_batch_size=256, modes=("hybrid",),
                               distill_epochs=2, output_dir=str(tmp_path / name), verbose=0,
                               mlflow=True, mlflow_experiment=name, mlflow_tracking_uri=uri)
 
