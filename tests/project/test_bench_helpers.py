@@ -1,8 +1,9 @@
 """Helpers of the benchmark scripts: bench/reproduction/mobile.py's verdicts,
 bench/reproduction/peers_protocol.py's summary over seeds, bench/timing/streaming.py's
-growth goal, bench/standardised_models.py."""
+growth goal, bench/standardised_models.py, bench/common.py's machine line."""
 
 import os
+import subprocess
 import sys
 
 import keras
@@ -108,3 +109,19 @@ def test_standardised_lenet_is_the_registry_model_on_standardised_pixels():
   images = np.random.default_rng(0).random((4, 28, 28, 1)).astype("float32")
   np.testing.assert_allclose(model(images).numpy(), inner((images - 0.1307) / 0.3081).numpy(),
                              rtol=1e-5, atol=1e-5)
+
+
+def test_an_orchestrator_describes_the_machine_without_importing_tensorflow():
+  """A script whose runs are child processes names the versions its children will use,
+  and its own process stays free of TensorFlow (~5 s of CPU per bench run)."""
+  from importlib import metadata  # pylint: disable=import-outside-toplevel
+
+  script = ("import sys, common; line = common.machine_description(runs_in_child_processes=True); "
+            "print(line); print('tensorflow' in sys.modules, 'keras' in sys.modules)")
+  run = subprocess.run([sys.executable, "-c", script], cwd=_BENCH, capture_output=True,
+                       text=True, timeout=120, check=True,
+                       env=dict(os.environ, PYTHONPATH=os.path.dirname(_BENCH)))
+  line, imported = run.stdout.splitlines()
+  assert imported == "False False"
+  assert f"TensorFlow {metadata.version('tensorflow')}, Keras {metadata.version('keras')}," in line
+  assert "threads TF defaults in the child runs" in line and ("no GPU" in line or "GPU(s)" in line)
